@@ -1,0 +1,54 @@
+//! Mirrors: remote copies of the backing tree, fed from the journal in sequence order.
+//!
+//! A [`Mirror`] applies ops and makes them durable on `flush`. Everything that decides what
+//! to send when (workers, cursors, retries, acknowledgements to sync-mode writers) sits on
+//! top of this trait, so the directory mirror and the S3 mirror share it.
+
+pub mod dir;
+pub mod manifest;
+
+use std::path::PathBuf;
+
+use crate::journal::{Op, RelPath};
+
+pub use manifest::{Entry, EntryKind, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mirror {mirror}: {action} {path} failed")]
+    Io {
+        mirror: String,
+        action: &'static str,
+        path: RelPath,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mirror {mirror}: directory {dir:?} is not usable: {reason}")]
+    Unusable {
+        mirror: String,
+        dir: PathBuf,
+        reason: String,
+    },
+    #[error("failed to read backing {path} while building a manifest")]
+    Backing {
+        path: RelPath,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A remote copy of the backing tree.
+pub trait Mirror: Send {
+    /// Returns the name used in status and logs, such as `dir:/mnt/copy`.
+    fn name(&self) -> &str;
+
+    /// Applies one op. Must be safe to repeat after it failed part way (a retry), so
+    /// "already exists" and "already gone" outcomes of a repeat count as success.
+    fn apply(&mut self, op: &Op) -> Result<(), Error>;
+
+    /// Makes every op applied so far durable on the mirror.
+    fn flush(&mut self) -> Result<(), Error>;
+
+    /// Lists the mirror's tree with content checksums, for verify and resync.
+    fn manifest(&mut self) -> Result<Manifest, Error>;
+}

@@ -4,8 +4,11 @@
 //! to send when (workers, cursors, retries, acknowledgements to sync-mode writers) sits on
 //! top of this trait, so the directory mirror and the S3 mirror share it.
 
+pub mod acks;
+pub mod cursor;
 pub mod dir;
 pub mod manifest;
+pub mod worker;
 
 use std::path::PathBuf;
 

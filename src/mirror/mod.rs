@@ -4,6 +4,7 @@
 //! to send when (workers, cursors, retries, acknowledgements to sync-mode writers) sits on
 //! top of this trait, so the directory mirror and the S3 mirror share it.
 
+mod at;
 pub mod dir;
 pub mod manifest;
 
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 
 use crate::journal::{Op, RelPath};
 
+pub use dir::DirMirror;
 pub use manifest::{Entry, EntryKind, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,12 @@ pub enum Error {
     },
     #[error("failed to read backing {path} while building a manifest")]
     Backing {
+        path: RelPath,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read backing {path} while copying it to a mirror")]
+    BackingCopy {
         path: RelPath,
         #[source]
         source: std::io::Error,

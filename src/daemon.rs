@@ -387,7 +387,9 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         namespace: namespace.clone(),
         backing: config.backing.clone(),
         state_dir: config.state_dir.clone(),
-        skip_state_dir: config.state_is_inside_backing(),
+        // The name is reserved whether or not the state directory lives there, so that the
+        // mount, the mirrors and verify agree on the tree.
+        skip_state_dir: true,
         stop: Stop::default(),
     });
     let workers: Vec<_> = slots
@@ -463,7 +465,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         }
     }
     for slot in &slots {
-        ctx.store_cursor(slot, true);
+        ctx.store_cursor(slot);
     }
     acks.fail_all(libc::EIO);
     let head = journal.head().0;
@@ -548,7 +550,7 @@ fn mount_session(
         namespace,
         resync_needed,
         FsOptions {
-            hide_state_dir: config.state_is_inside_backing(),
+            hide_state_dir: true,
             when_full_blocks: config.when_full == WhenFull::Block,
         },
     )

@@ -150,11 +150,11 @@ impl Context {
         }
     }
 
-    /// Writes the cursor of a slot; failures are logged, since the next resync repairs the
-    /// mirror anyway.
-    pub fn store_cursor(&self, slot: &MirrorSlot, durable: bool) {
+    /// Writes the cursor of a slot durably. A failure is logged and otherwise ignored: the
+    /// cursor on disk stays behind, so the mirror gets records again that it already has.
+    pub fn store_cursor(&self, slot: &MirrorSlot) {
         let cursor = slot.cursor(self.journal.id());
-        if let Err(e) = cursor::store(&self.state_dir, &cursor, durable) {
+        if let Err(e) = cursor::store(&self.state_dir, &cursor, true) {
             log::warn!("failed to write cursor of mirror {}: {e}", slot.name);
         }
     }
@@ -221,14 +221,14 @@ impl Worker {
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
         }
-        self.ctx.store_cursor(&self.slot, true);
+        self.ctx.store_cursor(&self.slot);
     }
 
     /// Applies the next batch of records, if any.
     fn step(&mut self) -> Result<(), String> {
         if self.batch.is_empty() && !self.fill_batch()? {
             if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {
-                self.ctx.store_cursor(&self.slot, false);
+                self.ctx.store_cursor(&self.slot);
                 self.last_cursor_write = Instant::now();
             }
             return Ok(());
@@ -331,7 +331,7 @@ impl Worker {
         self.ctx.acks.confirm(self.slot.index, seq, position);
         self.recovered();
         if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {
-            self.ctx.store_cursor(&self.slot, false);
+            self.ctx.store_cursor(&self.slot);
             self.last_cursor_write = Instant::now();
         }
     }
@@ -373,7 +373,7 @@ impl Worker {
             .expect("progress lock")
             .needs_resync = false;
         self.confirm(head, position);
-        self.ctx.store_cursor(&self.slot, true);
+        self.ctx.store_cursor(&self.slot);
         Ok(())
     }
 
@@ -448,6 +448,6 @@ pub fn request_resync(slots: &[Arc<MirrorSlot>], flag: &AtomicBool, ctx: &Contex
     }
     for slot in slots {
         slot.progress.lock().expect("progress lock").needs_resync = true;
-        ctx.store_cursor(slot, true);
+        ctx.store_cursor(slot);
     }
 }

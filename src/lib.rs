@@ -2,10 +2,20 @@
 //! journal, and mirrors the journal to remote copies.
 //!
 //! ```text
-//! program write(2) -> kernel FUSE -> fs (backing directory) -> journal (segment files)
-//!                                                                 |
-//!                                               mirror workers <--+--> dir mirror, ...
+//! program write(2) -> kernel FUSE -> fs (backing directory, then journal record)
+//!                                        |
+//!                     reply <- mirror::acks (at once in async mode,
+//!                                            after `ack` mirrors confirmed in sync mode)
+//! journal segments -> mirror::worker (one per mirror) -> Mirror::apply, flush -> confirm
 //! ```
+//!
+//! `daemon` ties the stages together; `control` serves `status`, `sync` and `verify`.
 
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod fs;
 pub mod journal;
 pub mod mirror;
+pub mod status;
+pub mod verify;

@@ -4,13 +4,18 @@
 //! to send when (workers, cursors, retries, acknowledgements to sync-mode writers) sits on
 //! top of this trait, so the directory mirror and the S3 mirror share it.
 
+pub mod acks;
+mod at;
+pub mod cursor;
 pub mod dir;
 pub mod manifest;
+pub mod worker;
 
 use std::path::PathBuf;
 
 use crate::journal::{Op, RelPath};
 
+pub use dir::DirMirror;
 pub use manifest::{Entry, EntryKind, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,12 @@ pub enum Error {
     },
     #[error("failed to read backing {path} while building a manifest")]
     Backing {
+        path: RelPath,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read backing {path} while copying it to a mirror")]
+    BackingCopy {
         path: RelPath,
         #[source]
         source: std::io::Error,

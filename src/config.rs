@@ -1,0 +1,615 @@
+//! Mount configuration: `-o key=value` options and the TOML config file merged into one
+//! validated [`MountConfig`]. Every key states its unit, default and allowed values here, so
+//! that help text and error messages can quote them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Directory name, at the backing root, of the default state directory. The mount hides it.
+pub const STATE_DIR_NAME: &str = ".logmirror";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
+         on_mirror_failure, sync_timeout, drain_timeout, segment_size, log_file, threads"
+    )]
+    UnknownKey { key: String },
+    #[error("option {key:?} needs a value, as in {key}=VALUE")]
+    MissingValue { key: String },
+    #[error("invalid value {value:?} for {key}: {expected}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error("failed to read config file {path:?}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path:?}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Where a mirror lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MirrorSpec {
+    /// A directory on another disk or a network mount, written as `dir:/path`.
+    Dir(PathBuf),
+}
+
+impl MirrorSpec {
+    fn parse(value: &str) -> Result<MirrorSpec, Error> {
+        let invalid = |expected: &str| Error::InvalidValue {
+            key: "mirror".into(),
+            value: value.into(),
+            expected: expected.into(),
+        };
+        match value.split_once(':') {
+            Some(("dir", path)) if path.starts_with('/') => Ok(MirrorSpec::Dir(PathBuf::from(path))),
+            Some(("dir", _)) => Err(invalid("a directory mirror needs an absolute path, as in dir:/mnt/copy")),
+            _ => Err(invalid("expected dir:/absolute/path")),
+        }
+    }
+
+    /// Returns the name shown in status and logs.
+    pub fn name(&self) -> String {
+        match self {
+            MirrorSpec::Dir(path) => format!("dir:{}", path.display()),
+        }
+    }
+}
+
+/// When a write is acknowledged to the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// After the local commit and after `ack` mirrors confirmed the record.
+    Sync,
+    /// After the local commit; mirrors follow.
+    Async,
+}
+
+/// How many mirrors must confirm a record before a sync-mode write returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    All,
+    Count(usize),
+}
+
+/// What an async-mode writer gets when the unconfirmed backlog reached `max_backlog`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// The write waits until mirrors confirmed enough to make room.
+    Block,
+    /// The write fails with ENOSPC and is not committed.
+    Fail,
+}
+
+/// What a sync-mode writer gets when mirrors cannot confirm within `sync_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMirrorFailure {
+    /// Keep waiting, however long it takes.
+    Block,
+    /// Return EIO; the write stays committed locally and is still mirrored later.
+    Fail,
+    /// Return success and run as async until the mirrors caught up.
+    Degrade,
+}
+
+/// The validated configuration of one mount.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    /// At least one mirror.
+    pub mirrors: Vec<MirrorSpec>,
+    /// Default async.
+    pub mode: Mode,
+    /// Default all; a count must be between 1 and the number of mirrors.
+    pub ack: Ack,
+    /// Journal, cursors and control socket. Default `BACKING/.logmirror`.
+    pub state_dir: PathBuf,
+    /// Bytes of journal not yet confirmed by every mirror before `when_full` applies in async
+    /// mode. Default 1 GiB, minimum 1 MiB.
+    pub max_backlog_bytes: u64,
+    /// Default block.
+    pub when_full: WhenFull,
+    /// Default block.
+    pub on_mirror_failure: OnMirrorFailure,
+    /// How long a sync-mode write waits for mirrors before `on_mirror_failure` applies.
+    /// Default 30 s.
+    pub sync_timeout: Duration,
+    /// How long unmount waits for mirrors to confirm the backlog. Default 30 s.
+    pub drain_timeout: Duration,
+    /// Size at which the journal starts a new segment file. Default 64 MiB, minimum 1 MiB.
+    pub segment_size_bytes: u64,
+    /// Daemon log destination when running in the background. Default
+    /// `STATE/daemon.log`; in the foreground the daemon logs to stderr unless this is set.
+    pub log_file: Option<PathBuf>,
+    /// FUSE request threads. Default 4, 1 to 64.
+    pub threads: usize,
+    /// Mount options handed to the kernel as they are (`nosuid`, `nodev`, `noexec`, `ro`).
+    pub kernel_options: Vec<String>,
+}
+
+impl MountConfig {
+    /// Returns true when the state directory sits at the backing root and must be hidden.
+    pub fn state_is_inside_backing(&self) -> bool {
+        self.state_dir == self.backing.join(STATE_DIR_NAME)
+    }
+
+    /// Returns how many mirrors must confirm a sync-mode write.
+    pub fn ack_count(&self) -> usize {
+        match self.ack {
+            Ack::All => self.mirrors.len(),
+            Ack::Count(n) => n,
+        }
+    }
+}
+
+/// Keys as they appear in a config file; every field is optional there.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    #[serde(default)]
+    mirror: Option<OneOrMany>,
+    mode: Option<String>,
+    ack: Option<AckValue>,
+    state: Option<PathBuf>,
+    max_backlog: Option<SizeValue>,
+    when_full: Option<String>,
+    on_mirror_failure: Option<String>,
+    sync_timeout: Option<DurationValue>,
+    drain_timeout: Option<DurationValue>,
+    segment_size: Option<SizeValue>,
+    log_file: Option<PathBuf>,
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AckValue {
+    Count(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+/// Options gathered from the file and `-o`, still as text, in the order they were given.
+#[derive(Debug, Default)]
+struct RawOptions {
+    pairs: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+/// Mount options that mount(8), fstab and the kernel use; accepted and handed on or ignored.
+const KERNEL_FLAGS: &[&str] = &["nosuid", "nodev", "noexec", "suid", "dev", "exec", "ro", "rw"];
+const IGNORED_FLAGS: &[&str] = &[
+    "defaults",
+    "default_permissions",
+    "allow_other",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "atime",
+    "noatime",
+    "relatime",
+    "async",
+];
+
+impl RawOptions {
+    fn push_option_string(&mut self, text: &str) -> Result<(), Error> {
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item.split_once('=') {
+                Some((key, value)) => self.pairs.push((key.to_string(), value.to_string())),
+                None => self.flags.push(item.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    fn push_file(&mut self, path: &Path) -> Result<(), Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: FileOptions = toml::from_str(&text).map_err(|e| Error::ParseFile {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        let mut push = |key: &str, value: String| self.pairs.push((key.to_string(), value));
+        match file.mirror {
+            Some(OneOrMany::One(m)) => push("mirror", m),
+            Some(OneOrMany::Many(list)) => list.into_iter().for_each(|m| push("mirror", m)),
+            None => {}
+        }
+        let text_of_size = |v: SizeValue| match v {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(t) => t,
+        };
+        let text_of_duration = |v: DurationValue| match v {
+            DurationValue::Seconds(n) => n.to_string(),
+            DurationValue::Text(t) => t,
+        };
+        if let Some(v) = file.mode {
+            push("mode", v);
+        }
+        if let Some(v) = file.ack {
+            push(
+                "ack",
+                match v {
+                    AckValue::Count(n) => n.to_string(),
+                    AckValue::Text(t) => t,
+                },
+            );
+        }
+        if let Some(v) = file.state {
+            push("state", v.to_string_lossy().into_owned());
+        }
+        if let Some(v) = file.max_backlog {
+            push("max_backlog", text_of_size(v));
+        }
+        if let Some(v) = file.when_full {
+            push("when_full", v);
+        }
+        if let Some(v) = file.on_mirror_failure {
+            push("on_mirror_failure", v);
+        }
+        if let Some(v) = file.sync_timeout {
+            push("sync_timeout", text_of_duration(v));
+        }
+        if let Some(v) = file.drain_timeout {
+            push("drain_timeout", text_of_duration(v));
+        }
+        if let Some(v) = file.segment_size {
+            push("segment_size", text_of_size(v));
+        }
+        if let Some(v) = file.log_file {
+            push("log_file", v.to_string_lossy().into_owned());
+        }
+        if let Some(v) = file.threads {
+            push("threads", v.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Builds the configuration from an optional config file and `-o` option strings; `-o`
+/// values override the file, and mirrors given with `-o` replace the file's list.
+pub fn build(
+    backing: &Path,
+    mountpoint: &Path,
+    config_file: Option<&Path>,
+    option_strings: &[String],
+) -> Result<MountConfig, Error> {
+    let mut from_file = RawOptions::default();
+    if let Some(path) = config_file {
+        from_file.push_file(path)?;
+    }
+    let mut from_args = RawOptions::default();
+    for text in option_strings {
+        from_args.push_option_string(text)?;
+    }
+    let args_have_mirrors = from_args.pairs.iter().any(|(k, _)| k == "mirror");
+    let mut raw = RawOptions::default();
+    for (key, value) in from_file.pairs {
+        if !(args_have_mirrors && key == "mirror") {
+            raw.pairs.push((key, value));
+        }
+    }
+    raw.pairs.extend(from_args.pairs);
+    raw.flags.extend(from_file.flags);
+    raw.flags.extend(from_args.flags);
+    resolve(backing, mountpoint, raw)
+}
+
+fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountConfig, Error> {
+    let mut config = MountConfig {
+        backing: backing.to_path_buf(),
+        mountpoint: mountpoint.to_path_buf(),
+        mirrors: Vec::new(),
+        mode: Mode::Async,
+        ack: Ack::All,
+        state_dir: backing.join(STATE_DIR_NAME),
+        max_backlog_bytes: 1 << 30,
+        when_full: WhenFull::Block,
+        on_mirror_failure: OnMirrorFailure::Block,
+        sync_timeout: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(30),
+        segment_size_bytes: 64 << 20,
+        log_file: None,
+        threads: 4,
+        kernel_options: Vec::new(),
+    };
+    for flag in raw.flags {
+        if KERNEL_FLAGS.contains(&flag.as_str()) {
+            if flag != "rw" {
+                config.kernel_options.push(flag);
+            }
+        } else if IGNORED_FLAGS.contains(&flag.as_str()) || flag.starts_with("x-") {
+            continue;
+        } else if is_known_key(&flag) {
+            return Err(Error::MissingValue { key: flag });
+        } else {
+            return Err(Error::UnknownKey { key: flag });
+        }
+    }
+    for (key, value) in raw.pairs {
+        apply_pair(&mut config, &key, &value)?;
+    }
+    check(&config)?;
+    Ok(config)
+}
+
+fn is_known_key(key: &str) -> bool {
+    matches!(
+        key,
+        "mirror"
+            | "mode"
+            | "ack"
+            | "state"
+            | "max_backlog"
+            | "when_full"
+            | "on_mirror_failure"
+            | "sync_timeout"
+            | "drain_timeout"
+            | "segment_size"
+            | "log_file"
+            | "threads"
+    )
+}
+
+fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Error> {
+    let invalid = |expected: &str| Error::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    };
+    match key {
+        "mirror" => config.mirrors.push(MirrorSpec::parse(value)?),
+        "mode" => {
+            config.mode = match value {
+                "sync" => Mode::Sync,
+                "async" => Mode::Async,
+                _ => return Err(invalid("expected sync or async")),
+            }
+        }
+        "ack" => {
+            config.ack = match value {
+                "all" => Ack::All,
+                n => match n.parse::<usize>() {
+                    Ok(n) if n >= 1 => Ack::Count(n),
+                    _ => return Err(invalid("expected all or a number of mirrors from 1 up")),
+                },
+            }
+        }
+        "state" => config.state_dir = absolute_path(key, value)?,
+        "max_backlog" => {
+            config.max_backlog_bytes = parse_size(value)
+                .filter(|n| *n >= 1 << 20)
+                .ok_or_else(|| invalid("expected a size of at least 1M, as in 512M or 2G"))?
+        }
+        "segment_size" => {
+            config.segment_size_bytes = parse_size(value)
+                .filter(|n| (1 << 20..=1 << 30).contains(n))
+                .ok_or_else(|| invalid("expected a size from 1M to 1G, as in 64M"))?
+        }
+        "when_full" => {
+            config.when_full = match value {
+                "block" => WhenFull::Block,
+                "fail" => WhenFull::Fail,
+                _ => return Err(invalid("expected block or fail")),
+            }
+        }
+        "on_mirror_failure" => {
+            config.on_mirror_failure = match value {
+                "block" => OnMirrorFailure::Block,
+                "fail" => OnMirrorFailure::Fail,
+                "degrade" => OnMirrorFailure::Degrade,
+                _ => return Err(invalid("expected block, fail or degrade")),
+            }
+        }
+        "sync_timeout" => {
+            config.sync_timeout = parse_duration(value)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| invalid("expected a duration above zero, as in 30s, 500ms or 2m"))?
+        }
+        "drain_timeout" => {
+            config.drain_timeout = parse_duration(value)
+                .ok_or_else(|| invalid("expected a duration, as in 30s, 500ms or 2m"))?
+        }
+        "log_file" => config.log_file = Some(absolute_path(key, value)?),
+        "threads" => {
+            config.threads = value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| invalid("expected a number from 1 to 64"))?
+        }
+        "fsname" | "subtype" => {}
+        _ => return Err(Error::UnknownKey { key: key.to_string() }),
+    }
+    Ok(())
+}
+
+fn absolute_path(key: &str, value: &str) -> Result<PathBuf, Error> {
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(Error::InvalidValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: "expected an absolute path".to_string(),
+        })
+    }
+}
+
+fn check(config: &MountConfig) -> Result<(), Error> {
+    if config.mirrors.is_empty() {
+        return Err(Error::Conflict(
+            "no mirror given; add at least one, as in -o mirror=dir:/mnt/copy".into(),
+        ));
+    }
+    if let Ack::Count(n) = config.ack {
+        if n > config.mirrors.len() {
+            return Err(Error::Conflict(format!(
+                "ack={n} is larger than the number of mirrors ({}); use ack=all or at most {}",
+                config.mirrors.len(),
+                config.mirrors.len()
+            )));
+        }
+    }
+    let mut names: Vec<String> = config.mirrors.iter().map(MirrorSpec::name).collect();
+    names.sort();
+    if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Conflict(format!("mirror {} is given twice", pair[0])));
+    }
+    Ok(())
+}
+
+/// Parses a byte size: a number with an optional K, M, G or T suffix (powers of 1024,
+/// optionally followed by `iB` or `B`).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(digits_end);
+    let number: u64 = digits.parse().ok()?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1u64 << shift)
+}
+
+/// Parses a duration: a number with an optional `ms`, `s`, `m` or `h` suffix; a bare number
+/// is seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(digits_end);
+    let number: u64 = digits.parse().ok()?;
+    match suffix {
+        "ms" => Some(Duration::from_millis(number)),
+        "" | "s" => Some(Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        "h" => number.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_args(options: &[&str]) -> Result<MountConfig, Error> {
+        let options: Vec<String> = options.iter().map(|s| s.to_string()).collect();
+        build(Path::new("/b"), Path::new("/m"), None, &options)
+    }
+
+    #[test]
+    fn options_defaults() {
+        let config = build_args(&["mirror=dir:/a"]).unwrap();
+        assert_eq!(config.mode, Mode::Async);
+        assert_eq!(config.ack_count(), 1);
+        assert_eq!(config.state_dir, PathBuf::from("/b/.logmirror"));
+        assert_eq!(config.max_backlog_bytes, 1 << 30);
+        assert!(config.state_is_inside_backing());
+    }
+
+    #[test]
+    fn options_repeated_mirrors() {
+        let config = build_args(&["mirror=dir:/a,mirror=dir:/b", "mode=sync,ack=1"]).unwrap();
+        assert_eq!(config.mirrors.len(), 2);
+        assert_eq!(config.mode, Mode::Sync);
+        assert_eq!(config.ack_count(), 1);
+    }
+
+    #[test]
+    fn options_errors_name_the_value() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["mirror=dir:/a,colour=red"], "\"colour\""),
+            (&["mirror=dir:/a,mode=fast"], "\"fast\""),
+            (&["mirror=dir:relative"], "\"dir:relative\""),
+            (&["mirror=s4://x"], "\"s4://x\""),
+            (&["mirror=dir:/a,ack=2"], "ack=2"),
+            (&["mirror=dir:/a,ack=0"], "\"0\""),
+            (&["mirror=dir:/a,max_backlog=lots"], "\"lots\""),
+            (&["mirror=dir:/a,sync_timeout=0"], "\"0\""),
+            (&["mirror=dir:/a,mirror=dir:/a"], "dir:/a"),
+            (&["mode=sync"], "no mirror"),
+            (&["mirror=dir:/a,mode"], "\"mode\""),
+        ];
+        for (options, needle) in cases {
+            let message = build_args(options).unwrap_err().to_string();
+            assert!(message.contains(needle), "{options:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn options_mount_flags_accepted() {
+        let config = build_args(&["mirror=dir:/a,_netdev,nofail,x-systemd.after=x,nosuid"]).unwrap();
+        assert_eq!(config.kernel_options, vec!["nosuid".to_string()]);
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("ten"), None);
+    }
+
+    #[test]
+    fn config_file_merges_with_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "mirror = [\"dir:/x\", \"dir:/y\"]\nmode = \"sync\"\nack = 1\n").unwrap();
+        let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &["mode=async".into()]).unwrap();
+        assert_eq!(config.mirrors.len(), 2);
+        assert_eq!(config.mode, Mode::Async);
+        std::fs::write(&path, "mirror = 3\n").unwrap();
+        let message = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap_err().to_string();
+        assert!(message.contains("m.toml"), "{message}");
+        std::fs::write(&path, "mirrors = \"dir:/x\"\n").unwrap();
+        let message = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap_err().to_string();
+        assert!(message.contains("mirrors"), "{message}");
+    }
+}

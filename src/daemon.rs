@@ -1,0 +1,620 @@
+//! The mount daemon's life: checks, detaching into the background, journal recovery, mirror
+//! workers, the FUSE session, and on unmount or SIGTERM the drain of what mirrors still
+//! lack. Startup reports success or the cause of failure to the waiting `logmirror mount`
+//! through a pipe, after the mount serves.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::config::{MirrorSpec, Mode, MountConfig, WhenFull};
+use crate::control;
+use crate::fs::{FsOptions, LogFs};
+use crate::journal::{Journal, Position, Seq};
+use crate::mirror::acks::{AckPolicy, Acks};
+use crate::mirror::cursor;
+use crate::mirror::dir::DirMirror;
+use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
+use crate::mirror::Mirror;
+use crate::status::MountInfo;
+
+/// Magic number of FUSE in `statfs(2)`'s f_type.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("failed to {action} {path:?}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to open the journal")]
+    Journal(#[from] crate::journal::Error),
+    #[error("failed to open mirror {name}")]
+    Mirror {
+        name: String,
+        #[source]
+        source: crate::mirror::Error,
+    },
+    #[error("the daemon failed during start-up: {0}")]
+    Startup(String),
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Checks paths, then runs the daemon: in this process with `foreground`, otherwise in a
+/// detached child while this process waits until the mount serves.
+pub fn mount(mut config: MountConfig, foreground: bool) -> Result<(), Error> {
+    check_paths(&mut config)?;
+    if foreground {
+        return run(config, &mut None);
+    }
+    let (read_end, write_end) = pipe()?;
+    // SAFETY: no thread has been started yet, so the child may run anything after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io_error("fork a daemon for", &config.mountpoint)(std::io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        drop(write_end);
+        return wait_for_child(read_end, &config);
+    }
+    drop(read_end);
+    detach(&config);
+    let mut notify = Some(File::from(write_end));
+    match run(config, &mut notify) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            let message = crate::mirror::worker::error_chain(&e);
+            if let Some(mut notify) = notify {
+                let _ = writeln!(notify, "{message}");
+            }
+            log::error!("{message}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::Startup(format!("pipe: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn wait_for_child(read_end: OwnedFd, config: &MountConfig) -> Result<(), Error> {
+    let mut message = String::new();
+    let _ = File::from(read_end).read_to_string(&mut message);
+    let message = message.trim();
+    if message == "ready" {
+        return Ok(());
+    }
+    if message.is_empty() {
+        return Err(Error::Startup(format!(
+            "the daemon exited without reporting; see its log at {:?}",
+            log_path(config)
+        )));
+    }
+    Err(Error::Startup(message.to_string()))
+}
+
+fn log_path(config: &MountConfig) -> PathBuf {
+    config
+        .log_file
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("daemon.log"))
+}
+
+/// Starts a new session and sends stdin and stdout to /dev/null and stderr to the log file.
+fn detach(config: &MountConfig) {
+    // SAFETY: setsid has no preconditions; failure (already a leader) is harmless.
+    unsafe { libc::setsid() };
+    let _ = std::fs::create_dir_all(&config.state_dir);
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(config));
+    // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
+    unsafe {
+        if let Ok(null) = &null {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+        if let Ok(log) = &log {
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// Canonicalizes and cross-checks the paths of the configuration.
+fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
+    let backing = &config.backing;
+    let meta = std::fs::metadata(backing).map_err(|e| {
+        Error::Invalid(format!(
+            "backing directory {backing:?} cannot be used: {e}; create it or fix the path"
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::Invalid(format!("backing path {backing:?} is not a directory")));
+    }
+    clean_dead_mount(&config.mountpoint);
+    let mountpoint = &config.mountpoint;
+    let meta = std::fs::metadata(mountpoint).map_err(|e| {
+        Error::Invalid(format!("mount point {mountpoint:?} cannot be used: {e}; create the directory"))
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::Invalid(format!("mount point {mountpoint:?} is not a directory")));
+    }
+    let default_state = config.state_is_inside_backing();
+    config.backing = backing.canonicalize().map_err(io_error("resolve", backing))?;
+    config.mountpoint = config.mountpoint.canonicalize().map_err(io_error("resolve", mountpoint))?;
+    if is_mounted_here(&config.mountpoint) {
+        return Err(Error::Invalid(format!(
+            "mount point {:?} is already a mount; unmount it first (fusermount3 -u)",
+            config.mountpoint
+        )));
+    }
+    if default_state {
+        config.state_dir = config.backing.join(crate::config::STATE_DIR_NAME);
+    }
+    let (backing, mountpoint) = (&config.backing, &config.mountpoint);
+    if backing == mountpoint {
+        return Err(Error::Invalid(format!(
+            "backing directory and mount point are the same path {backing:?}; use two directories"
+        )));
+    }
+    if mountpoint.starts_with(backing) || backing.starts_with(mountpoint) {
+        return Err(Error::Invalid(format!(
+            "backing directory {backing:?} and mount point {mountpoint:?} are nested; use two separate directories"
+        )));
+    }
+    for spec in &config.mirrors {
+        let MirrorSpec::Dir(dir) = spec;
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+        if dir.starts_with(backing) || dir.starts_with(mountpoint) || backing.starts_with(&dir) {
+            return Err(Error::Invalid(format!(
+                "mirror {} overlaps the backing directory {backing:?} or the mount point {mountpoint:?}; \
+                 put the mirror outside both",
+                spec.name()
+            )));
+        }
+    }
+    if !default_state && (config.state_dir.starts_with(backing) || config.state_dir.starts_with(mountpoint)) {
+        return Err(Error::Invalid(format!(
+            "state directory {:?} is inside the backing directory or the mount point; \
+             leave state unset (it defaults to BACKING/.logmirror, hidden from the mount) or put it elsewhere",
+            config.state_dir
+        )));
+    }
+    Ok(())
+}
+
+/// Returns true if a filesystem is mounted exactly at `path`.
+fn is_mounted_here(path: &Path) -> bool {
+    mount_entry(path).is_some()
+}
+
+/// Returns the filesystem type of the mount at `path`, from /proc/self/mountinfo.
+fn mount_entry(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = path.as_os_str().as_bytes();
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mount_point = unescape_mountinfo(fields.get(4)?);
+        let dash = fields.iter().position(|f| *f == "-")?;
+        (mount_point == wanted).then(|| fields.get(dash + 1).map(|s| s.to_string()))?
+    })
+}
+
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Unmounts a logmirror mount left behind by a daemon that died ("Transport endpoint is
+/// not connected"), so that a restart needs no manual step. Other mounts are left alone.
+fn clean_dead_mount(mountpoint: &Path) {
+    let Err(e) = std::fs::metadata(mountpoint) else { return };
+    if e.raw_os_error() != Some(libc::ENOTCONN) {
+        return;
+    }
+    let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    match mount_entry(&absolute) {
+        Some(fstype) if fstype == "fuse.logmirror" => {}
+        _ => return,
+    }
+    log::warn!("mount point {absolute:?} holds a dead logmirror mount; unmounting it");
+    let Ok(path) = CString::new(absolute.as_os_str().as_bytes()) else { return };
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let detached = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0;
+    if !detached {
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&absolute)
+            .status();
+    }
+}
+
+/// Locks the state directory so that two daemons never share a journal.
+fn lock_state_dir(state_dir: &Path) -> Result<File, Error> {
+    std::fs::create_dir_all(state_dir).map_err(io_error("create state directory", state_dir))?;
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("open", &path))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Invalid(format!(
+            "state directory {state_dir:?} is in use by another logmirror daemon; \
+             unmount that mount first or give this one another state= directory"
+        )));
+    }
+    Ok(file)
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset operations on a local set, then masking in the only thread so far.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Runs the daemon until the mount goes away, then drains.
+///
+/// `notify` is the pipe to the waiting `logmirror mount`; it is closed once the mount serves
+/// so that the waiting process returns.
+fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
+    let signals = block_signals();
+    // SAFETY: umask has no preconditions. Modes come from the requests, already masked.
+    unsafe { libc::umask(0) };
+    let _lock = lock_state_dir(&config.state_dir)?;
+    let clean_marker = config.state_dir.join("clean-shutdown");
+    let was_clean = clean_marker.exists();
+
+    let journal_dir = config.state_dir.join("journal");
+    let (journal, recovery) = Journal::open(&journal_dir, config.segment_size_bytes)?;
+    let journal = Arc::new(journal);
+    log::info!(
+        "journal {:?}: {} records in {} segments, head seq {}, {} torn bytes cut{}",
+        journal_dir,
+        recovery.records,
+        recovery.segments,
+        recovery.head,
+        recovery.torn_bytes_cut,
+        if was_clean || recovery.head == Seq(0) { "" } else { "; previous run did not shut down cleanly" }
+    );
+    let _ = std::fs::remove_file(&clean_marker);
+
+    let slots = open_mirrors(&config, &journal, was_clean)?;
+    let confirmed = slots.iter().map(|s| s.progress().confirmed).collect();
+    let acks = Arc::new(Acks::new(
+        AckPolicy {
+            mode: config.mode,
+            ack_count: config.ack_count(),
+            on_mirror_failure: config.on_mirror_failure,
+            sync_timeout: config.sync_timeout,
+            max_backlog_bytes: config.max_backlog_bytes,
+        },
+        confirmed,
+    ));
+    let namespace = Arc::new(RwLock::new(()));
+    let ctx = Arc::new(Context {
+        journal: journal.clone(),
+        acks: acks.clone(),
+        namespace: namespace.clone(),
+        backing: config.backing.clone(),
+        state_dir: config.state_dir.clone(),
+        skip_state_dir: config.state_is_inside_backing(),
+        stop: Stop::default(),
+    });
+    let workers: Vec<_> = slots
+        .iter()
+        .map(|slot| worker::spawn(ctx.clone(), slot.clone()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Startup(format!("cannot start mirror workers: {e}")))?;
+
+    let resync_needed = Arc::new(AtomicBool::new(false));
+    spawn_housekeeping(ctx.clone(), slots.clone(), resync_needed.clone());
+
+    let info = MountInfo {
+        mountpoint: config.mountpoint.display().to_string(),
+        backing: config.backing.display().to_string(),
+        state_dir: config.state_dir.display().to_string(),
+        mode: match config.mode {
+            Mode::Sync => "sync".into(),
+            Mode::Async => "async".into(),
+        },
+    };
+    let (listener, link) = control::Server::bind(&config.state_dir, &config.mountpoint)
+        .map_err(io_error("create the control socket in", &config.state_dir))?;
+    let server = Arc::new(control::Server {
+        info,
+        ctx: ctx.clone(),
+        slots: slots.clone(),
+    });
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || server.serve(listener))
+        .map_err(|e| Error::Startup(format!("cannot start the control thread: {e}")))?;
+
+    let session_done = mount_session(&config, journal.clone(), acks.clone(), namespace, resync_needed)?;
+    wait_until_serving(&config.mountpoint)?;
+    log::info!(
+        "mounted {:?} on {:?}: mode {}, mirrors {}",
+        config.backing,
+        config.mountpoint,
+        match config.mode {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        },
+        config.mirrors.iter().map(MirrorSpec::name).collect::<Vec<_>>().join(", ")
+    );
+    if let Some(mut notify) = notify.take() {
+        let _ = writeln!(notify, "ready");
+    }
+    spawn_signal_thread(signals, config.mountpoint.clone());
+
+    let _ = session_done.recv();
+    log::info!("{:?} unmounted; draining mirrors (drain_timeout={:?})", config.mountpoint, config.drain_timeout);
+    drain(&config, &ctx, &slots);
+    ctx.stop.set();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for worker in workers {
+        while !worker.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for slot in &slots {
+        ctx.store_cursor(slot, true);
+    }
+    acks.fail_all(libc::EIO);
+    let head = journal.head().0;
+    if head.0 > 0 {
+        journal.sync_to(head)?;
+    }
+    let (min_seq, _) = acks.min_confirmed();
+    let _ = journal.release_up_to(min_seq);
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_file(config.state_dir.join("control.sock"));
+    File::create(&clean_marker)
+        .and_then(|f| f.sync_all())
+        .map_err(io_error("write", &clean_marker))?;
+    log::info!("daemon for {:?} stopped", config.mountpoint);
+    Ok(())
+}
+
+/// Opens each mirror and its cursor, deciding which mirrors must be resynced.
+fn open_mirrors(config: &MountConfig, journal: &Journal, was_clean: bool) -> Result<Vec<Arc<MirrorSlot>>, Error> {
+    let mut slots = Vec::new();
+    for (index, spec) in config.mirrors.iter().enumerate() {
+        let name = spec.name();
+        let MirrorSpec::Dir(dir) = spec;
+        let mirror: Box<dyn Mirror> = Box::new(DirMirror::open(dir).map_err(|source| Error::Mirror {
+            name: name.clone(),
+            source,
+        })?);
+        let cursor = cursor::load(&config.state_dir, &name);
+        let (head, _) = journal.head();
+        let first = journal.first_seq();
+        let mut progress = Progress::default();
+        let reason = match &cursor {
+            None => Some("it has no cursor yet"),
+            Some(c) if c.journal_id != journal.id() => Some("its cursor belongs to another journal"),
+            Some(c) if c.needs_resync => Some("a resync was pending"),
+            Some(_) if !was_clean && head.0 > 0 => Some("the previous run did not shut down cleanly"),
+            Some(c) if c.seq > head.0 => Some("its cursor is ahead of the journal"),
+            Some(c) if first.0 > 0 && c.seq + 1 < first.0 => Some("the journal no longer holds the records it lacks"),
+            Some(_) => None,
+        };
+        if let Some(c) = &cursor {
+            progress.confirmed = (Seq(c.seq), Position(c.position));
+        }
+        if let Some(reason) = reason {
+            log::info!("mirror {name}: will resync from the backing tree because {reason}");
+            progress.needs_resync = true;
+            progress.confirmed = (Seq(0), Position(0));
+        }
+        slots.push(Arc::new(MirrorSlot {
+            index,
+            name,
+            mirror: Mutex::new(mirror),
+            progress: Mutex::new(progress),
+        }));
+    }
+    Ok(slots)
+}
+
+fn mount_session(
+    config: &MountConfig,
+    journal: Arc<Journal>,
+    acks: Arc<Acks>,
+    namespace: Arc<RwLock<()>>,
+    resync_needed: Arc<AtomicBool>,
+) -> Result<std::sync::mpsc::Receiver<()>, Error> {
+    let root = crate::fs::open_root(&config.backing).map_err(io_error("open", &config.backing))?;
+    let fs = LogFs::new(
+        root,
+        journal,
+        acks,
+        namespace,
+        resync_needed,
+        FsOptions {
+            hide_state_dir: config.state_is_inside_backing(),
+            when_full_blocks: config.when_full == WhenFull::Block,
+        },
+    )
+    .map_err(io_error("open", &config.backing))?;
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = vec![
+        fuser::MountOption::FSName(config.backing.display().to_string()),
+        fuser::MountOption::Subtype("logmirror".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    for option in &config.kernel_options {
+        fuse_config.mount_options.push(match option.as_str() {
+            "nosuid" => fuser::MountOption::NoSuid,
+            "nodev" => fuser::MountOption::NoDev,
+            "noexec" => fuser::MountOption::NoExec,
+            "suid" => fuser::MountOption::Suid,
+            "dev" => fuser::MountOption::Dev,
+            "exec" => fuser::MountOption::Exec,
+            "ro" => fuser::MountOption::RO,
+            other => fuser::MountOption::CUSTOM(other.to_string()),
+        });
+    }
+    // SAFETY: geteuid has no preconditions.
+    fuse_config.acl = if unsafe { libc::geteuid() } == 0 {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(config.threads);
+    fuse_config.clone_fd = config.threads > 1;
+    let session = fuser::Session::new(fs, &config.mountpoint, &fuse_config)
+        .map_err(io_error("mount FUSE on", &config.mountpoint))?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            if let Err(e) = session.run() {
+                log::error!("FUSE session ended with an error: {e}");
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| Error::Startup(format!("cannot start the FUSE session thread: {e}")))?;
+    Ok(done_rx)
+}
+
+/// Waits until the kernel serves the mount point through FUSE.
+fn wait_until_serving(mountpoint: &Path) -> Result<(), Error> {
+    let path = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| Error::Invalid(format!("mount point {mountpoint:?} contains a NUL byte")))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // SAFETY: an all-zero statfs is a valid plain C struct; the path is NUL-terminated.
+        let f_type = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            if libc::statfs(path.as_ptr(), &mut st) == 0 { st.f_type as i64 } else { 0 }
+        };
+        if f_type == FUSE_SUPER_MAGIC {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Startup(format!("mount point {mountpoint:?} did not start serving within 30 s")));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Unmounts on SIGTERM or SIGINT (lazily, so programs with open files finish while the
+/// daemon keeps serving them); SIGHUP is logged.
+fn spawn_signal_thread(signals: libc::sigset_t, mountpoint: PathBuf) {
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let mut signal = 0;
+        // SAFETY: `signals` is a valid set blocked in every thread; `signal` is writable.
+        if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
+            continue;
+        }
+        if signal == libc::SIGHUP {
+            log::warn!("SIGHUP received: reloading the configuration is not supported; remount to change it");
+            continue;
+        }
+        log::info!("signal {signal} received: unmounting {mountpoint:?}");
+        let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) else { return };
+        // SAFETY: `path` is a valid NUL-terminated string.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&mountpoint)
+                .status();
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start the signal thread: {e}; stop the daemon with fusermount3 -u");
+    }
+}
+
+/// Runs periodic duties: sync-mode timeouts, resync requests, removal of confirmed
+/// segments.
+fn spawn_housekeeping(ctx: Arc<Context>, slots: Vec<Arc<MirrorSlot>>, resync_needed: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new().name("housekeeping".into()).spawn(move || {
+        let mut last_release = Instant::now();
+        while !ctx.stop.sleep(Duration::from_millis(50)) {
+            ctx.acks.tick(ctx.journal.head().0);
+            worker::request_resync(&slots, &resync_needed, &ctx);
+            if last_release.elapsed() >= Duration::from_secs(1) {
+                last_release = Instant::now();
+                let (min_seq, _) = ctx.acks.min_confirmed();
+                if let Err(e) = ctx.journal.release_up_to(min_seq) {
+                    log::warn!("failed to remove confirmed journal segments: {e}");
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start the housekeeping thread: {e}");
+    }
+}
+
+/// Waits up to `drain_timeout` for every mirror to confirm the journal head.
+fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) {
+    let head = ctx.journal.head().0;
+    let started = Instant::now();
+    if ctx.acks.wait_all_confirmed(head, started + config.drain_timeout) {
+        log::info!("mirrors drained up to seq {head} in {:.1?}", started.elapsed());
+        return;
+    }
+    for slot in slots {
+        let confirmed = slot.progress().confirmed.0;
+        if confirmed < head {
+            log::warn!(
+                "mirror {}: drain timed out at seq {confirmed} of {head}; the {} records it lacks stay in the journal and are sent after the next mount",
+                slot.name,
+                head.0 - confirmed.0
+            );
+        }
+    }
+}

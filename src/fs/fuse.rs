@@ -1,0 +1,468 @@
+//! The fuser adapter: decodes each request, calls `ops.rs`, and sends the reply, either at
+//! once or from whichever thread acknowledges the journal record (sync mode). A failure is
+//! logged here, once, where it becomes an errno.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use fuser::{
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+
+use super::error::Error;
+use super::ops::{Caller, SetAttr};
+use super::{LogFs, MAX_WRITE_BYTES, TTL};
+use crate::journal::Seq;
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+/// Logs a failure that is logmirror's own (not a refusal the program should expect), and
+/// returns its errno.
+fn errno(op: &str, err: Error) -> Errno {
+    if err.is_internal() {
+        log::error!("{op}: {:#}", anyhow_like(&err));
+    } else {
+        log::trace!("{op}: {err}");
+    }
+    Errno::from_i32(err.errno())
+}
+
+/// Formats an error with its sources, as `error: cause: cause`.
+fn anyhow_like(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl LogFs {
+    /// Replies through `send` once `seq` is acknowledged under the mode in force.
+    fn reply_when_acked(&self, seq: Option<Seq>, send: impl FnOnce(Result<(), Errno>) + Send + 'static) {
+        self.acks
+            .complete(seq, Box::new(move |result| send(result.map_err(Errno::from_i32))));
+    }
+}
+
+impl Filesystem for LogFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
+            config.set_max_write(max).ok();
+        }
+        // Parallel lookups and readdirs in one directory; the backing filesystem serializes
+        // what it must.
+        config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS).ok();
+        // Without this the kernel asks for the security.capability xattr before every write
+        // (a second round trip per write); with it the kernel flags writes that must clear
+        // setuid and setgid, and `ops::write` does that itself.
+        config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2).ok();
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match LogFs::lookup(self, parent.0, name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno("lookup", e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        LogFs::forget(self, ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match LogFs::getattr(self, ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(errno("getattr", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh: fh.map(|f| f.0),
+        };
+        match LogFs::setattr(self, ino.0, change) {
+            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("setattr", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match LogFs::readlink(self, ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno("readlink", e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match LogFs::mknod(self, caller(req), parent.0, name, mode, umask, rdev) {
+            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("mknod", e)),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        match LogFs::mkdir(self, caller(req), parent.0, name, mode, umask) {
+            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("mkdir", e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match LogFs::unlink(self, parent.0, name, false) {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("unlink", e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match LogFs::unlink(self, parent.0, name, true) {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("rmdir", e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        match LogFs::symlink(self, caller(req), parent.0, link_name, target.as_os_str()) {
+            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("symlink", e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match LogFs::rename(self, parent.0, name, newparent.0, newname, flags.bits()) {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("rename", e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        match LogFs::link(self, ino.0, newparent.0, newname) {
+            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("link", e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match LogFs::open(self, ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("open", e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match LogFs::read(self, fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno("read", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match LogFs::write(self, ino.0, fh.0, offset, data, kill_suidgid) {
+            Ok((written, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.written(written),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("write", e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        LogFs::release(self, fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match LogFs::fsync(self, fh.0, datasync) {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("fsync", e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match LogFs::opendir(self, ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("opendir", e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let result = LogFs::readdir(self, fh.0, offset as i64, |entry| {
+            reply.add(
+                INodeNo(entry.ino),
+                entry.next_offset as u64,
+                entry.kind,
+                OsStr::from_bytes(&entry.name),
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("readdir", e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        LogFs::releasedir(self, fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match LogFs::fsyncdir(self, fh.0) {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("fsyncdir", e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match LogFs::statfs(self) {
+            Ok(st) => reply.statfs(
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+                st.f_bsize as u32,
+                st.f_namemax as u32,
+                st.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno("statfs", e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match LogFs::setxattr(self, ino.0, name, value, flags) {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("setxattr", e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            match LogFs::getxattr_size(self, ino.0, name) {
+                Ok(n) => reply.size(n as u32),
+                Err(e) => reply.error(errno("getxattr", e)),
+            }
+            return;
+        }
+        match LogFs::getxattr(self, ino.0, name, size) {
+            Ok(value) => reply.data(&value),
+            Err(e) => reply.error(errno("getxattr", e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match LogFs::listxattr(self, ino.0, size) {
+            Ok(names) if size == 0 => reply.size(names.len() as u32),
+            Ok(names) => reply.data(&names),
+            Err(e) => reply.error(errno("listxattr", e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match LogFs::removexattr(self, ino.0, name) {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("removexattr", e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match LogFs::create(self, caller(req), parent.0, name, mode, umask, flags) {
+            Ok((attr, fh, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("create", e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match LogFs::fallocate(self, ino.0, fh.0, offset, length, mode) {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("fallocate", e)),
+        }
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match LogFs::lseek(self, fh.0, offset, whence) {
+            Ok(offset) => reply.offset(offset),
+            Err(e) => reply.error(errno("lseek", e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match LogFs::copy_file_range(self, (fh_in.0, offset_in), (ino_out.0, fh_out.0, offset_out), len) {
+            Ok((written, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.written(written),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno("copy_file_range", e)),
+        }
+    }
+}

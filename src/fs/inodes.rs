@@ -1,0 +1,168 @@
+//! The inode table: one O_PATH descriptor per inode the kernel knows, and the names it is
+//! known by, so every operation reaches the backing file through a descriptor and every
+//! journal record can name the file by its current path.
+//!
+//! FUSE inode numbers are the backing inode numbers (stable across remounts), except that
+//! the backing root is inode 1 as FUSE requires.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::journal::RelPath;
+
+pub const ROOT_INO: u64 = 1;
+
+/// Deepest directory nesting followed when building a path; deeper trees cannot be
+/// journaled by path (the kernel's PATH_MAX is 4096 bytes, so real trees stay far below).
+const MAX_DEPTH: usize = 4096;
+
+/// One name of an inode: the directory inode and the entry name in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub parent: u64,
+    pub name: OsString,
+}
+
+/// An inode the kernel holds a reference to.
+pub struct Inode {
+    pub ino: u64,
+    /// O_PATH | O_NOFOLLOW descriptor of the backing entry.
+    pub fd: OwnedFd,
+    pub is_dir: bool,
+    lookups: AtomicU64,
+    links: Mutex<Vec<Link>>,
+    /// Serializes a change to this file's data with its journal append, so that the journal
+    /// holds changes to one file in the order the backing file got them.
+    pub data_lock: Mutex<()>,
+}
+
+impl Inode {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn links(&self) -> Vec<Link> {
+        self.links.lock().expect("links lock").clone()
+    }
+
+    pub fn add_link(&self, parent: u64, name: &OsStr) {
+        let mut links = self.links.lock().expect("links lock");
+        if !links.iter().any(|l| l.parent == parent && l.name == name) {
+            links.push(Link {
+                parent,
+                name: name.to_os_string(),
+            });
+        }
+    }
+
+    pub fn remove_link(&self, parent: u64, name: &OsStr) {
+        let mut links = self.links.lock().expect("links lock");
+        links.retain(|l| !(l.parent == parent && l.name == name));
+    }
+}
+
+/// All inodes the kernel may refer to, keyed by FUSE inode number.
+pub struct InodeTable {
+    inodes: RwLock<HashMap<u64, Arc<Inode>>>,
+    /// Backing inode number of the root, which FUSE calls 1.
+    root_backing_ino: u64,
+}
+
+impl InodeTable {
+    pub fn new(root_fd: OwnedFd, root_backing_ino: u64) -> InodeTable {
+        let root = Arc::new(Inode {
+            ino: ROOT_INO,
+            fd: root_fd,
+            is_dir: true,
+            lookups: AtomicU64::new(1),
+            links: Mutex::new(Vec::new()),
+            data_lock: Mutex::new(()),
+        });
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT_INO, root);
+        InodeTable {
+            inodes: RwLock::new(inodes),
+            root_backing_ino,
+        }
+    }
+
+    /// Maps a backing inode number to the FUSE inode number.
+    pub fn fuse_ino(&self, backing_ino: u64) -> u64 {
+        if backing_ino == self.root_backing_ino {
+            ROOT_INO
+        } else {
+            backing_ino
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.inodes.read().expect("inode table lock").get(&ino).cloned()
+    }
+
+    /// Records one more kernel reference to the inode, creating the entry with `fd` if the
+    /// kernel did not know it yet, and records `link` as one of its names.
+    pub fn remember(&self, ino: u64, fd: OwnedFd, is_dir: bool, link: Link) -> Arc<Inode> {
+        let mut inodes = self.inodes.write().expect("inode table lock");
+        let inode = inodes.entry(ino).or_insert_with(|| {
+            Arc::new(Inode {
+                ino,
+                fd,
+                is_dir,
+                lookups: AtomicU64::new(0),
+                links: Mutex::new(Vec::new()),
+                data_lock: Mutex::new(()),
+            })
+        });
+        inode.lookups.fetch_add(1, Ordering::Relaxed);
+        inode.add_link(link.parent, &link.name);
+        inode.clone()
+    }
+
+    /// Drops `count` kernel references; the entry goes when none remain.
+    pub fn forget(&self, ino: u64, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut inodes = self.inodes.write().expect("inode table lock");
+        if let Some(inode) = inodes.get(&ino) {
+            let left = inode.lookups.load(Ordering::Relaxed).saturating_sub(count);
+            inode.lookups.store(left, Ordering::Relaxed);
+            if left == 0 {
+                inodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Returns the current path of an inode from the first of its known names that leads
+    /// to the root, or `None` when none does (an unlinked file, or names the kernel never
+    /// looked up).
+    pub fn path_of(&self, inode: &Inode) -> Option<RelPath> {
+        self.path_below(inode, 0)
+    }
+
+    fn path_below(&self, inode: &Inode, depth: usize) -> Option<RelPath> {
+        if inode.ino == ROOT_INO {
+            return Some(RelPath::root());
+        }
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        for link in inode.links() {
+            let Some(parent) = self.get(link.parent) else {
+                continue;
+            };
+            if let Some(path) = self.path_below(&parent, depth + 1) {
+                return Some(path.join(&link.name));
+            }
+        }
+        None
+    }
+
+    /// Returns the number of inodes held, for status.
+    pub fn len(&self) -> usize {
+        self.inodes.read().expect("inode table lock").len()
+    }
+}

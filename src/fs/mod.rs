@@ -1,0 +1,99 @@
+//! The filesystem: FUSE requests become changes to the backing directory, each followed by a
+//! journal record, and the reply waits for whatever the mode promises (see `mirror::acks`).
+//!
+//! `fuse.rs` adapts fuser callbacks, `ops.rs` does the work against the backing directory,
+//! `inodes.rs` and `handles.rs` keep the descriptors, `sys.rs` wraps the libc calls.
+
+mod error;
+mod fuse;
+mod handles;
+mod inodes;
+mod ops;
+mod sys;
+
+pub use error::Error;
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::config::STATE_DIR_NAME;
+use crate::journal::Journal;
+use crate::mirror::acks::Acks;
+
+use handles::HandleTable;
+use inodes::InodeTable;
+
+/// How long the kernel may cache attributes and names. Every change goes through this
+/// filesystem, so the cache is kept coherent by the kernel itself.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Largest write request the kernel may send; the kernel caps it at its own limit
+/// (`/proc/sys/fs/fuse/max_pages_limit`, 1 MiB by default).
+pub const MAX_WRITE_BYTES: u32 = 1 << 20;
+
+/// Settings of the filesystem that come from the mount configuration.
+pub struct FsOptions {
+    /// Hide `.logmirror` at the root, because the state directory lives there.
+    pub hide_state_dir: bool,
+    /// Async writers wait for room when the backlog is full (otherwise they get ENOSPC).
+    pub when_full_blocks: bool,
+}
+
+/// The mounted filesystem. Handlers take `&self` and run on several FUSE threads at once.
+pub struct LogFs {
+    inodes: InodeTable,
+    handles: HandleTable,
+    journal: Arc<Journal>,
+    acks: Arc<Acks>,
+    /// Taken shared by every change while it reaches the backing directory and the journal,
+    /// and exclusively by changes to names (so a record's path is the path at its place in
+    /// the journal) and by a mirror resync (which needs a still backing tree).
+    namespace: Arc<RwLock<()>>,
+    /// Set when a change reached the backing directory but not the journal; mirror workers
+    /// then resync from the backing tree.
+    resync_needed: Arc<AtomicBool>,
+    options: FsOptions,
+    /// The daemon runs as root, so new entries must be given to the caller.
+    is_root: bool,
+}
+
+/// Opens the backing root as an O_PATH descriptor, the anchor of every later *at() call.
+pub fn open_root(path: &std::path::Path) -> std::io::Result<OwnedFd> {
+    sys::openat(
+        std::os::fd::AsFd::as_fd(&std::fs::File::open("/")?),
+        path.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+}
+
+impl LogFs {
+    pub fn new(
+        root_fd: OwnedFd,
+        journal: Arc<Journal>,
+        acks: Arc<Acks>,
+        namespace: Arc<RwLock<()>>,
+        resync_needed: Arc<AtomicBool>,
+        options: FsOptions,
+    ) -> std::io::Result<LogFs> {
+        let st = sys::fstat(std::os::fd::AsFd::as_fd(&root_fd))?;
+        Ok(LogFs {
+            inodes: InodeTable::new(root_fd, st.st_ino),
+            handles: HandleTable::default(),
+            journal,
+            acks,
+            namespace,
+            resync_needed,
+            options,
+            // SAFETY: geteuid has no preconditions.
+            is_root: unsafe { libc::geteuid() } == 0,
+        })
+    }
+
+    fn is_reserved(&self, parent: u64, name: &OsStr) -> bool {
+        self.options.hide_state_dir && parent == inodes::ROOT_INO && name == STATE_DIR_NAME
+    }
+}

@@ -1,0 +1,786 @@
+//! Operations on the backing directory. Each change is made on the backing directory first,
+//! then journaled; the caller (`fuse.rs`) replies once the returned record is acknowledged.
+//!
+//! Nothing here replies to the kernel or waits for a mirror.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, TimeOrNow};
+
+use super::error::{Error, backing};
+use super::handles::{DirHandle, FileHandle};
+use super::inodes::{Inode, Link, ROOT_INO};
+use super::sys::{self, DirStream};
+use super::{LogFs, MAX_WRITE_BYTES};
+use crate::journal::{Op, RelPath, Seq, Timestamp};
+
+/// The process a request comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attribute changes of one setattr request.
+#[derive(Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+/// One entry of a directory listing.
+pub struct ListedEntry {
+    pub ino: u64,
+    pub next_offset: i64,
+    pub kind: FileType,
+    pub name: Vec<u8>,
+}
+
+pub fn file_attr(st: &libc::stat, ino: u64) -> FileAttr {
+    let time = |secs: i64, nanos: i64| {
+        if secs >= 0 {
+            UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos as u32)
+        } else {
+            UNIX_EPOCH - std::time::Duration::new(secs.unsigned_abs(), 0)
+                + std::time::Duration::new(0, nanos as u32)
+        }
+    };
+    FileAttr {
+        ino: fuser::INodeNo(ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+pub fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dirent_type(d_type: u8) -> FileType {
+    match d_type {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn timestamp(time: TimeOrNow) -> Timestamp {
+    let time = match time {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let before = e.duration();
+            let mut secs = -(before.as_secs() as i64);
+            let mut nanos = 0;
+            if before.subsec_nanos() > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - before.subsec_nanos();
+            }
+            Timestamp { secs, nanos }
+        }
+    }
+}
+
+fn timespec(time: Option<Timestamp>) -> libc::timespec {
+    match time {
+        Some(t) => libc::timespec {
+            tv_sec: t.secs,
+            tv_nsec: t.nanos as i64,
+        },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    }
+}
+
+impl LogFs {
+    fn inode(&self, ino: u64) -> Result<Arc<Inode>, Error> {
+        self.inodes.get(ino).ok_or(Error::UnknownInode(ino))
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<Arc<FileHandle>, Error> {
+        self.handles.file(fh).ok_or(Error::UnknownHandle(fh))
+    }
+
+    fn reject_reserved(&self, parent: u64, name: &OsStr) -> Result<(), Error> {
+        if self.is_reserved(parent, name) {
+            return Err(Error::Reserved(name.to_string_lossy().into_owned()));
+        }
+        Ok(())
+    }
+
+    /// Returns the path of `name` inside directory `parent`, if the directory's path is
+    /// known.
+    fn child_path(&self, parent: &Inode, name: &OsStr) -> Option<RelPath> {
+        self.inodes.path_of(parent).map(|p| p.join(name))
+    }
+
+    /// Appends `op` to the journal. A change whose path is unknown cannot be journaled; the
+    /// mirrors then get it from a resync of the backing tree.
+    fn journal(&self, op_name: &'static str, op: Option<Op>) -> Result<Option<Seq>, Error> {
+        let Some(op) = op else {
+            self.request_resync(op_name, "its path is not known");
+            return Ok(None);
+        };
+        match self.journal.append(&op) {
+            Ok((seq, _)) => Ok(Some(seq)),
+            Err(source) => {
+                self.resync_needed.store(true, Ordering::SeqCst);
+                Err(Error::Journal { op: op_name, source })
+            }
+        }
+    }
+
+    fn request_resync(&self, op_name: &str, why: &str) {
+        if !self.resync_needed.swap(true, Ordering::SeqCst) {
+            log::warn!("{op_name} could not be journaled because {why}; mirrors will resync from the backing tree");
+        }
+    }
+
+    /// Looks up `name` in `parent` and takes one kernel reference on the result.
+    fn remember_child(&self, parent: u64, parent_inode: &Inode, name: &OsStr) -> Result<FileAttr, Error> {
+        let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .map_err(backing("lookup"))?;
+        let st = sys::fstat(fd.as_fd()).map_err(backing("lookup"))?;
+        let ino = self.inodes.fuse_ino(st.st_ino);
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        self.inodes.remember(
+            ino,
+            fd,
+            is_dir,
+            Link {
+                parent,
+                name: name.to_os_string(),
+            },
+        );
+        Ok(file_attr(&st, ino))
+    }
+
+    /// Gives a new entry to the calling user, as a local filesystem would.
+    fn chown_new(&self, parent: &Inode, fd: std::os::fd::BorrowedFd<'_>, caller: Caller) -> Result<(), Error> {
+        if !self.is_root {
+            return Ok(());
+        }
+        let parent_st = sys::fstat(parent.fd()).map_err(backing("create"))?;
+        let gid = if parent_st.st_mode & libc::S_ISGID != 0 {
+            parent_st.st_gid
+        } else {
+            caller.gid
+        };
+        sys::fchown_fd(fd, caller.uid, gid).map_err(backing("chown"))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Error> {
+        if self.is_reserved(parent, name) {
+            return Err(Error::Backing {
+                op: "lookup",
+                source: std::io::Error::from_raw_os_error(libc::ENOENT),
+            });
+        }
+        let parent_inode = self.inode(parent)?;
+        self.remember_child(parent, &parent_inode, name)
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.forget(ino, count);
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr, Error> {
+        let inode = self.inode(ino)?;
+        let st = sys::fstat(inode.fd()).map_err(backing("getattr"))?;
+        Ok(file_attr(&st, ino))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, Error> {
+        let inode = self.inode(ino)?;
+        sys::readlink_fd(inode.fd()).map_err(backing("readlink"))
+    }
+
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(FileAttr, u64, Option<Seq>), Error> {
+        self.reject_reserved(parent, name)?;
+        let _names = self.namespace.write().expect("namespace lock");
+        let parent_inode = self.inode(parent)?;
+        let mode = mode & !umask & 0o7777;
+        let access = flags & libc::O_ACCMODE;
+        let base = access | libc::O_NOFOLLOW;
+        let (fd, created) = match sys::openat(parent_inode.fd(), name, base | libc::O_CREAT | libc::O_EXCL, mode) {
+            Ok(fd) => (fd, true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                (sys::openat(parent_inode.fd(), name, base, 0).map_err(backing("open"))?, false)
+            }
+            Err(e) => return Err(backing("create")(e)),
+        };
+        if created {
+            self.chown_new(&parent_inode, fd.as_fd(), caller)?;
+        }
+        let attr = self.remember_child(parent, &parent_inode, name)?;
+        let path = self.child_path(&parent_inode, name);
+        let mut seq = None;
+        if created {
+            let st = sys::fstat(fd.as_fd()).map_err(backing("create"))?;
+            let op = path.map(|path| Op::Create {
+                path,
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+            });
+            seq = self.journal("create", op)?;
+        } else if flags & libc::O_TRUNC != 0 {
+            sys::ftruncate(fd.as_fd(), 0).map_err(backing("truncate"))?;
+            seq = self.journal("truncate", path.map(|path| Op::Truncate { path, size: 0 }))?;
+        }
+        let fh = self.handles.insert_file(FileHandle {
+            ino: attr.ino.0,
+            fd,
+            sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
+        });
+        Ok((attr, fh, seq))
+    }
+
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Result<(FileAttr, Option<Seq>), Error> {
+        self.reject_reserved(parent, name)?;
+        let _names = self.namespace.write().expect("namespace lock");
+        let parent_inode = self.inode(parent)?;
+        let kind = mode & libc::S_IFMT;
+        let mode = kind | (mode & !umask & 0o7777);
+        sys::mknodat(parent_inode.fd(), name, mode, rdev as u64).map_err(backing("mknod"))?;
+        let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .map_err(backing("mknod"))?;
+        self.chown_new(&parent_inode, fd.as_fd(), caller)?;
+        let st = sys::fstat(fd.as_fd()).map_err(backing("mknod"))?;
+        drop(fd);
+        let attr = self.remember_child(parent, &parent_inode, name)?;
+        let op = self.child_path(&parent_inode, name).map(|path| {
+            if kind == libc::S_IFREG || kind == 0 {
+                Op::Create {
+                    path,
+                    mode: st.st_mode & 0o7777,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                }
+            } else {
+                Op::Mknod {
+                    path,
+                    mode: st.st_mode,
+                    rdev: st.st_rdev,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                }
+            }
+        });
+        let seq = self.journal("mknod", op)?;
+        Ok((attr, seq))
+    }
+
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> Result<(FileAttr, Option<Seq>), Error> {
+        self.reject_reserved(parent, name)?;
+        let _names = self.namespace.write().expect("namespace lock");
+        let parent_inode = self.inode(parent)?;
+        sys::mkdirat(parent_inode.fd(), name, mode & !umask & 0o7777).map_err(backing("mkdir"))?;
+        let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .map_err(backing("mkdir"))?;
+        self.chown_new(&parent_inode, fd.as_fd(), caller)?;
+        let st = sys::fstat(fd.as_fd()).map_err(backing("mkdir"))?;
+        drop(fd);
+        let attr = self.remember_child(parent, &parent_inode, name)?;
+        let op = self.child_path(&parent_inode, name).map(|path| Op::Mkdir {
+            path,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        });
+        let seq = self.journal("mkdir", op)?;
+        Ok((attr, seq))
+    }
+
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Result<(FileAttr, Option<Seq>), Error> {
+        self.reject_reserved(parent, name)?;
+        let _names = self.namespace.write().expect("namespace lock");
+        let parent_inode = self.inode(parent)?;
+        sys::symlinkat(target, parent_inode.fd(), name).map_err(backing("symlink"))?;
+        let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .map_err(backing("symlink"))?;
+        self.chown_new(&parent_inode, fd.as_fd(), caller)?;
+        let st = sys::fstat(fd.as_fd()).map_err(backing("symlink"))?;
+        drop(fd);
+        let attr = self.remember_child(parent, &parent_inode, name)?;
+        let op = self.child_path(&parent_inode, name).map(|path| Op::Symlink {
+            path,
+            target: target.as_bytes().to_vec(),
+            uid: st.st_uid,
+            gid: st.st_gid,
+        });
+        let seq = self.journal("symlink", op)?;
+        Ok((attr, seq))
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<(FileAttr, Option<Seq>), Error> {
+        self.reject_reserved(new_parent, new_name)?;
+        let _names = self.namespace.write().expect("namespace lock");
+        let inode = self.inode(ino)?;
+        let parent_inode = self.inode(new_parent)?;
+        let existing = self.inodes.path_of(&inode);
+        sys::link_fd(inode.fd(), parent_inode.fd(), new_name).map_err(backing("link"))?;
+        let attr = self.remember_child(new_parent, &parent_inode, new_name)?;
+        let path = self.child_path(&parent_inode, new_name);
+        let op = existing.zip(path).map(|(existing, path)| Op::Link { existing, path });
+        let seq = self.journal("link", op)?;
+        Ok((attr, seq))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr, is_dir: bool) -> Result<Option<Seq>, Error> {
+        let op_name = if is_dir { "rmdir" } else { "unlink" };
+        self.reject_reserved(parent, name)?;
+        let _names = self.namespace.write().expect("namespace lock");
+        let parent_inode = self.inode(parent)?;
+        let st = sys::fstatat(parent_inode.fd(), name).map_err(backing(op_name))?;
+        let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+        sys::unlinkat(parent_inode.fd(), name, flags).map_err(backing(op_name))?;
+        if let Some(child) = self.inodes.get(self.inodes.fuse_ino(st.st_ino)) {
+            child.remove_link(parent, name);
+        }
+        let op = self.child_path(&parent_inode, name).map(|path| {
+            if is_dir {
+                Op::Rmdir { path }
+            } else {
+                Op::Unlink { path }
+            }
+        });
+        self.journal(op_name, op)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<Option<Seq>, Error> {
+        self.reject_reserved(parent, name)?;
+        self.reject_reserved(new_parent, new_name)?;
+        if flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(Error::Unsupported("rename with RENAME_WHITEOUT"));
+        }
+        let _names = self.namespace.write().expect("namespace lock");
+        let from_dir = self.inode(parent)?;
+        let to_dir = self.inode(new_parent)?;
+        let from_st = sys::fstatat(from_dir.fd(), name).map_err(backing("rename"))?;
+        let to_st = sys::fstatat(to_dir.fd(), new_name).ok();
+        sys::renameat2(from_dir.fd(), name, to_dir.fd(), new_name, flags).map_err(backing("rename"))?;
+
+        let from_ino = self.inodes.fuse_ino(from_st.st_ino);
+        let to_ino = to_st.map(|st| self.inodes.fuse_ino(st.st_ino));
+        if to_ino != Some(from_ino) {
+            if let Some(moved) = self.inodes.get(from_ino) {
+                moved.remove_link(parent, name);
+                moved.add_link(new_parent, new_name);
+            }
+            if let Some(replaced) = to_ino.and_then(|ino| self.inodes.get(ino)) {
+                replaced.remove_link(new_parent, new_name);
+                if flags & libc::RENAME_EXCHANGE != 0 {
+                    replaced.add_link(parent, name);
+                }
+            }
+        }
+        let from = self.child_path(&from_dir, name);
+        let to = self.child_path(&to_dir, new_name);
+        let op = from.zip(to).map(|(from, to)| Op::Rename { from, to, flags });
+        self.journal("rename", op)
+    }
+
+    pub fn setattr(&self, ino: u64, change: SetAttr) -> Result<(FileAttr, Option<Seq>), Error> {
+        let _names = self.namespace.read().expect("namespace lock");
+        let inode = self.inode(ino)?;
+        let _data = inode.data_lock.lock().expect("data lock");
+        let path = self.inodes.path_of(&inode);
+        let before = sys::fstat(inode.fd()).map_err(backing("setattr"))?;
+        let is_symlink = before.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        let mut seq = None;
+
+        if let Some(mode) = change.mode.filter(|_| !is_symlink) {
+            sys::chmod_fd(inode.fd(), mode & 0o7777).map_err(backing("chmod"))?;
+            let op = path.clone().map(|path| Op::SetMode { path, mode: mode & 0o7777 });
+            seq = self.journal("chmod", op)?.or(seq);
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            let uid = change.uid.unwrap_or(u32::MAX);
+            let gid = change.gid.unwrap_or(u32::MAX);
+            sys::fchown_fd(inode.fd(), uid, gid).map_err(backing("chown"))?;
+            let op = path.clone().map(|path| Op::SetOwner {
+                path,
+                uid: change.uid,
+                gid: change.gid,
+            });
+            seq = self.journal("chown", op)?.or(seq);
+            // chown clears setuid and setgid on files; the mirror must end with the same bits.
+            let after = sys::fstat(inode.fd()).map_err(backing("chown"))?;
+            if after.st_mode != before.st_mode && !is_symlink {
+                let mode = after.st_mode & 0o7777;
+                let op = path.clone().map(|path| Op::SetMode { path, mode });
+                seq = self.journal("chmod", op)?.or(seq);
+            }
+        }
+        if let Some(size) = change.size {
+            self.truncate(&inode, change.fh, size)?;
+            let op = path.clone().map(|path| Op::Truncate { path, size });
+            seq = self.journal("truncate", op)?.or(seq);
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            let atime = change.atime.map(timestamp);
+            let mtime = change.mtime.map(timestamp);
+            sys::utimens_fd(inode.fd(), &[timespec(atime), timespec(mtime)]).map_err(backing("utimens"))?;
+            let op = path.map(|path| Op::SetTimes { path, atime, mtime });
+            seq = self.journal("utimens", op)?.or(seq);
+        }
+        let st = sys::fstat(inode.fd()).map_err(backing("setattr"))?;
+        Ok((file_attr(&st, ino), seq))
+    }
+
+    fn truncate(&self, inode: &Inode, fh: Option<u64>, size: u64) -> Result<(), Error> {
+        if let Some(handle) = fh.and_then(|fh| self.handles.file(fh)) {
+            match sys::ftruncate(handle.fd(), size) {
+                Ok(()) => return Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::EINVAL)) => {}
+                Err(e) => return Err(backing("truncate")(e)),
+            }
+        }
+        let fd = sys::reopen(inode.fd(), libc::O_WRONLY).map_err(backing("truncate"))?;
+        sys::ftruncate(fd.as_fd(), size).map_err(backing("truncate"))
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Error> {
+        let inode = self.inode(ino)?;
+        let keep = libc::O_ACCMODE | libc::O_NOATIME;
+        let fd = sys::reopen(inode.fd(), flags & keep).map_err(backing("open"))?;
+        Ok(self.handles.insert_file(FileHandle {
+            ino,
+            fd,
+            sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
+        }))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
+        let handle = self.file_handle(fh)?;
+        let mut buf = vec![0u8; size.min(MAX_WRITE_BYTES * 4) as usize];
+        let n = sys::pread(handle.fd(), &mut buf, offset).map_err(backing("read"))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Writes to an open file. `kill_suidgid` is set by the kernel for writers without
+    /// CAP_FSETID: the write must clear setuid, setgid and file capabilities first, as a
+    /// local filesystem would.
+    pub fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Result<(u32, Option<Seq>), Error> {
+        let journal = &self.journal;
+        if !self.acks.wait_for_room(self.options.when_full_blocks, || journal.head().1) {
+            return Err(Error::BacklogFull);
+        }
+        let handle = self.file_handle(fh)?;
+        let seq = {
+            let _names = self.namespace.read().expect("namespace lock");
+            let inode = self.inode(ino)?;
+            let _data = inode.data_lock.lock().expect("data lock");
+            if kill_suidgid {
+                self.kill_suidgid(&inode)?;
+            }
+            let written = sys::pwrite_all(handle.fd(), data, offset).map_err(backing("write"))?;
+            let op = self.inodes.path_of(&inode).map(|path| Op::Write {
+                path,
+                offset,
+                data: data[..written].to_vec(),
+            });
+            let seq = self.journal_data_change("write", &inode, op)?;
+            if written < data.len() {
+                log::warn!("short write on the backing file: {written} of {} bytes, ino={ino}", data.len());
+            }
+            (written, seq)
+        };
+        if handle.sync_writes {
+            self.make_durable(&handle, true, seq.1)?;
+        }
+        Ok((seq.0 as u32, seq.1))
+    }
+
+    /// Clears setuid, setgid (when group-executable) and the security.capability xattr of a
+    /// file about to be written by an unprivileged process.
+    fn kill_suidgid(&self, inode: &Inode) -> Result<(), Error> {
+        let st = sys::fstat(inode.fd()).map_err(backing("write"))?;
+        let mut mode = st.st_mode & 0o7777;
+        let group_exec = mode & libc::S_IXGRP != 0;
+        if mode & libc::S_ISUID != 0 || (mode & libc::S_ISGID != 0 && group_exec) {
+            mode &= !libc::S_ISUID;
+            if group_exec {
+                mode &= !libc::S_ISGID;
+            }
+            sys::chmod_fd(inode.fd(), mode).map_err(backing("chmod"))?;
+            let op = self.inodes.path_of(inode).map(|path| Op::SetMode { path, mode });
+            self.journal_data_change("chmod", inode, op)?;
+        }
+        let capability = OsStr::new("security.capability");
+        match sys::removexattr(inode.fd(), capability) {
+            Ok(()) => {
+                let op = self.inodes.path_of(inode).map(|path| Op::RemoveXattr {
+                    path,
+                    name: capability.as_bytes().to_vec(),
+                });
+                self.journal_data_change("removexattr", inode, op)?;
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => {}
+            Err(e) => return Err(backing("removexattr")(e)),
+        }
+        Ok(())
+    }
+
+    /// Journals a change to an inode's data or attributes. An unlinked file needs no record:
+    /// no mirror has a name for it any more.
+    fn journal_data_change(&self, op_name: &'static str, inode: &Inode, op: Option<Op>) -> Result<Option<Seq>, Error> {
+        if op.is_none() {
+            let nlink = sys::fstat(inode.fd()).map(|st| st.st_nlink).unwrap_or(0);
+            if nlink == 0 {
+                return Ok(None);
+            }
+        }
+        self.journal(op_name, op)
+    }
+
+    fn make_durable(&self, handle: &FileHandle, data_only: bool, seq: Option<Seq>) -> Result<(), Error> {
+        sys::fsync(handle.fd(), data_only).map_err(backing("fsync"))?;
+        if let Some(seq) = seq {
+            self.journal
+                .sync_to(seq)
+                .map_err(|source| Error::Journal { op: "fsync", source })?;
+        }
+        Ok(())
+    }
+
+    /// Makes the file's data durable locally; returns the journal head, which sync mode
+    /// also waits for on the mirrors.
+    pub fn fsync(&self, fh: u64, data_only: bool) -> Result<Option<Seq>, Error> {
+        let handle = self.file_handle(fh)?;
+        let head = self.journal.head().0;
+        self.make_durable(&handle, data_only, Some(head).filter(|s| s.0 > 0))?;
+        Ok(Some(head).filter(|s| s.0 > 0))
+    }
+
+    pub fn fsyncdir(&self, fh: u64) -> Result<Option<Seq>, Error> {
+        let dir = self.handles.dir(fh).ok_or(Error::UnknownHandle(fh))?;
+        let inode = self.inode(dir.ino)?;
+        let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(backing("fsyncdir"))?;
+        sys::fsync(fd.as_fd(), false).map_err(backing("fsyncdir"))?;
+        let head = self.journal.head().0;
+        if head.0 > 0 {
+            self.journal
+                .sync_to(head)
+                .map_err(|source| Error::Journal { op: "fsyncdir", source })?;
+            return Ok(Some(head));
+        }
+        Ok(None)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove_file(fh);
+    }
+
+    pub fn fallocate(&self, ino: u64, fh: u64, offset: u64, length: u64, mode: i32) -> Result<Option<Seq>, Error> {
+        let handle = self.file_handle(fh)?;
+        let _names = self.namespace.read().expect("namespace lock");
+        let inode = self.inode(ino)?;
+        let _data = inode.data_lock.lock().expect("data lock");
+        sys::fallocate(handle.fd(), mode, offset, length).map_err(backing("fallocate"))?;
+        let op = self.inodes.path_of(&inode).map(|path| Op::Fallocate {
+            path,
+            mode,
+            offset,
+            length,
+        });
+        self.journal_data_change("fallocate", &inode, op)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, Error> {
+        let handle = self.file_handle(fh)?;
+        sys::lseek(handle.fd(), offset, whence).map_err(backing("lseek"))
+    }
+
+    /// Copies a range between two open files through this process, so the copy is journaled
+    /// like a write.
+    pub fn copy_file_range(
+        &self,
+        (fh_in, offset_in): (u64, u64),
+        (ino_out, fh_out, offset_out): (u64, u64, u64),
+        length: u64,
+    ) -> Result<(u32, Option<Seq>), Error> {
+        let length = length.min(MAX_WRITE_BYTES as u64 * 16) as u32;
+        let data = self.read(fh_in, offset_in, length)?;
+        if data.is_empty() {
+            return Ok((0, None));
+        }
+        self.write(ino_out, fh_out, offset_out, &data, false)
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64, Error> {
+        let inode = self.inode(ino)?;
+        let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(backing("opendir"))?;
+        let stream = DirStream::new(fd).map_err(backing("opendir"))?;
+        Ok(self.handles.insert_dir(DirHandle {
+            ino,
+            stream: std::sync::Mutex::new(stream),
+        }))
+    }
+
+    /// Lists entries from `offset`, calling `add` for each until it returns true (full).
+    pub fn readdir(&self, fh: u64, offset: i64, mut add: impl FnMut(ListedEntry) -> bool) -> Result<(), Error> {
+        let dir = self.handles.dir(fh).ok_or(Error::UnknownHandle(fh))?;
+        let mut stream = dir.stream.lock().expect("dir stream lock");
+        stream.seek(offset);
+        while let Some(entry) = stream.next_entry().map_err(backing("readdir"))? {
+            if dir.ino == ROOT_INO && self.is_reserved(ROOT_INO, OsStr::from_bytes(&entry.name)) {
+                continue;
+            }
+            let listed = ListedEntry {
+                ino: self.inodes.fuse_ino(entry.ino),
+                next_offset: entry.next_offset,
+                kind: dirent_type(entry.d_type),
+                name: entry.name,
+            };
+            if add(listed) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove_dir(fh);
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs, Error> {
+        let root = self.inode(ROOT_INO)?;
+        sys::fstatvfs(root.fd()).map_err(backing("statfs"))
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<Vec<u8>, Error> {
+        let inode = self.inode(ino)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::getxattr(inode.fd(), name, &mut buf).map_err(backing("getxattr"))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Returns the size of an xattr value, for a size probe.
+    pub fn getxattr_size(&self, ino: u64, name: &OsStr) -> Result<usize, Error> {
+        let inode = self.inode(ino)?;
+        sys::getxattr(inode.fd(), name, &mut []).map_err(backing("getxattr"))
+    }
+
+    pub fn listxattr(&self, ino: u64, size: u32) -> Result<Vec<u8>, Error> {
+        let inode = self.inode(ino)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::listxattr(inode.fd(), &mut buf).map_err(backing("listxattr"))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<Option<Seq>, Error> {
+        let _names = self.namespace.read().expect("namespace lock");
+        let inode = self.inode(ino)?;
+        let _data = inode.data_lock.lock().expect("data lock");
+        sys::setxattr(inode.fd(), name, value, flags).map_err(backing("setxattr"))?;
+        let op = self.inodes.path_of(&inode).map(|path| Op::SetXattr {
+            path,
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+            flags,
+        });
+        self.journal_data_change("setxattr", &inode, op)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<Option<Seq>, Error> {
+        let _names = self.namespace.read().expect("namespace lock");
+        let inode = self.inode(ino)?;
+        let _data = inode.data_lock.lock().expect("data lock");
+        sys::removexattr(inode.fd(), name).map_err(backing("removexattr"))?;
+        let op = self.inodes.path_of(&inode).map(|path| Op::RemoveXattr {
+            path,
+            name: name.as_bytes().to_vec(),
+        });
+        self.journal_data_change("removexattr", &inode, op)
+    }
+}

@@ -1,0 +1,326 @@
+//! Acknowledgements: decides when the reply to a committed change may go to the program.
+//!
+//! `fs` hands over a completion for each committed record. In async mode it runs at once; in
+//! sync mode it waits until `ack` mirrors confirmed the record, and `on_mirror_failure`
+//! decides what happens after `sync_timeout`. Mirror workers report confirmations here. The
+//! async backlog limit (`max_backlog`, `when_full`) is enforced here too.
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Mode, OnMirrorFailure};
+use crate::journal::{Position, Seq};
+
+/// Sends the reply of one request: `Ok` or an errno.
+pub type Completion = Box<dyn FnOnce(Result<(), i32>) + Send>;
+
+/// Acknowledgement policy, from the mount configuration.
+#[derive(Clone, Debug)]
+pub struct AckPolicy {
+    pub mode: Mode,
+    /// Mirrors that must confirm a record in sync mode.
+    pub ack_count: usize,
+    pub on_mirror_failure: OnMirrorFailure,
+    pub sync_timeout: Duration,
+    pub max_backlog_bytes: u64,
+}
+
+struct Waiter {
+    since: Instant,
+    done: Completion,
+}
+
+struct State {
+    /// Newest confirmed record and its end position, per mirror.
+    confirmed: Vec<(Seq, Position)>,
+    pending: BTreeMap<Seq, Vec<Waiter>>,
+    /// Sync mode fell back to async after `sync_timeout` (policy degrade).
+    degraded: bool,
+    since_degraded: Option<Instant>,
+}
+
+/// Shared between FUSE threads, mirror workers and the control socket.
+pub struct Acks {
+    policy: AckPolicy,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Acks {
+    /// Starts with each mirror's confirmed position as read from its cursor.
+    pub fn new(policy: AckPolicy, confirmed: Vec<(Seq, Position)>) -> Acks {
+        Acks {
+            policy,
+            state: Mutex::new(State {
+                confirmed,
+                pending: BTreeMap::new(),
+                degraded: false,
+                since_degraded: None,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &AckPolicy {
+        &self.policy
+    }
+
+    /// Runs `done` once the record `seq` is acknowledged under the mode in force; `None`
+    /// means nothing was journaled and the reply can go at once.
+    pub fn complete(&self, seq: Option<Seq>, done: Completion) {
+        let Some(seq) = seq else {
+            return done(Ok(()));
+        };
+        let mut state = self.state.lock().expect("acks lock");
+        if self.policy.mode == Mode::Async || state.degraded || acked_seq(&state, &self.policy) >= seq {
+            drop(state);
+            return done(Ok(()));
+        }
+        state.pending.entry(seq).or_default().push(Waiter {
+            since: Instant::now(),
+            done,
+        });
+    }
+
+    /// Records that mirror `index` confirmed every record up to `seq`, and releases the
+    /// writers this acknowledges.
+    pub fn confirm(&self, index: usize, seq: Seq, position: Position) {
+        let ready = {
+            let mut state = self.state.lock().expect("acks lock");
+            state.confirmed[index] = (seq, position);
+            let acked = acked_seq(&state, &self.policy);
+            take_up_to(&mut state.pending, acked)
+        };
+        self.changed.notify_all();
+        for waiter in ready {
+            (waiter.done)(Ok(()));
+        }
+    }
+
+    /// Returns the oldest position every mirror confirmed: the start of the backlog.
+    pub fn min_confirmed(&self) -> (Seq, Position) {
+        let state = self.state.lock().expect("acks lock");
+        state.confirmed.iter().copied().min().unwrap_or_default()
+    }
+
+    /// Returns the newest record confirmed by mirror `index`.
+    pub fn confirmed(&self, index: usize) -> (Seq, Position) {
+        self.state.lock().expect("acks lock").confirmed[index]
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.state.lock().expect("acks lock").degraded
+    }
+
+    /// Waits while the async backlog is full. Returns false if the policy says to fail the
+    /// write instead. `head` returns the journal's end position.
+    pub fn wait_for_room(&self, when_full_blocks: bool, head: impl Fn() -> Position) -> bool {
+        if self.policy.mode == Mode::Sync && !self.is_degraded() {
+            return true;
+        }
+        let mut state = self.state.lock().expect("acks lock");
+        loop {
+            let start = state.confirmed.iter().map(|c| c.1).min().unwrap_or_default();
+            if head().0.saturating_sub(start.0) < self.policy.max_backlog_bytes {
+                return true;
+            }
+            if !when_full_blocks {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(200))
+                .expect("acks lock")
+                .0;
+        }
+    }
+
+    /// Waits until every mirror confirmed `seq` or `deadline` passes; returns whether they
+    /// did.
+    pub fn wait_all_confirmed(&self, seq: Seq, deadline: Instant) -> bool {
+        let mut state = self.state.lock().expect("acks lock");
+        loop {
+            if state.confirmed.iter().all(|c| c.0 >= seq) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, (deadline - now).min(Duration::from_millis(200)))
+                .expect("acks lock")
+                .0;
+        }
+    }
+
+    /// Applies `on_mirror_failure` to writers that waited longer than `sync_timeout`, and
+    /// leaves degraded mode once the mirrors confirmed everything up to `head`. Called
+    /// periodically by the housekeeping thread.
+    pub fn tick(&self, head: Seq) {
+        let mut expired = Vec::new();
+        let mut state = self.state.lock().expect("acks lock");
+        if state.degraded && acked_seq(&state, &self.policy) >= head {
+            state.degraded = false;
+            let lasted = state.since_degraded.take().map(|t| t.elapsed()).unwrap_or_default();
+            log::info!("sync mode restored: mirrors caught up after {lasted:.1?} in async mode");
+        }
+        let timed_out = state
+            .pending
+            .values()
+            .flatten()
+            .any(|w| w.since.elapsed() >= self.policy.sync_timeout);
+        if timed_out {
+            match self.policy.on_mirror_failure {
+                OnMirrorFailure::Block => {}
+                OnMirrorFailure::Fail => {
+                    let timeout = self.policy.sync_timeout;
+                    for waiters in state.pending.values_mut() {
+                        let (old, young): (Vec<_>, Vec<_>) =
+                            waiters.drain(..).partition(|w| w.since.elapsed() >= timeout);
+                        *waiters = young;
+                        expired.extend(old.into_iter().map(|w| (w, Err(libc::EIO))));
+                    }
+                    state.pending.retain(|_, w| !w.is_empty());
+                    log::error!(
+                        "mirrors did not confirm within sync_timeout={:?}: {} writes got EIO \
+                         (they stay committed locally and will still be mirrored)",
+                        timeout,
+                        expired.len()
+                    );
+                }
+                OnMirrorFailure::Degrade => {
+                    state.degraded = true;
+                    state.since_degraded = Some(Instant::now());
+                    let all = std::mem::take(&mut state.pending);
+                    expired.extend(all.into_values().flatten().map(|w| (w, Ok(()))));
+                    log::warn!(
+                        "mirrors did not confirm within sync_timeout={:?}: switching to async \
+                         mode until they catch up ({} waiting writes released)",
+                        self.policy.sync_timeout,
+                        expired.len()
+                    );
+                }
+            }
+        }
+        drop(state);
+        for (waiter, result) in expired {
+            (waiter.done)(result);
+        }
+    }
+
+    /// Fails every waiting writer with `errno`; used when the daemon stops.
+    pub fn fail_all(&self, errno: i32) {
+        let all = std::mem::take(&mut self.state.lock().expect("acks lock").pending);
+        for waiter in all.into_values().flatten() {
+            (waiter.done)(Err(errno));
+        }
+    }
+}
+
+/// Returns the newest record confirmed by at least `ack_count` mirrors.
+fn acked_seq(state: &State, policy: &AckPolicy) -> Seq {
+    let mut seqs: Vec<Seq> = state.confirmed.iter().map(|c| c.0).collect();
+    seqs.sort_unstable_by(|a, b| b.cmp(a));
+    let index = policy.ack_count.clamp(1, seqs.len().max(1)) - 1;
+    seqs.get(index).copied().unwrap_or_default()
+}
+
+fn take_up_to(pending: &mut BTreeMap<Seq, Vec<Waiter>>, seq: Seq) -> Vec<Waiter> {
+    let rest = pending.split_off(&seq.next());
+    let ready = std::mem::replace(pending, rest);
+    ready.into_values().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn policy(mode: Mode, ack_count: usize, on_failure: OnMirrorFailure) -> AckPolicy {
+        AckPolicy {
+            mode,
+            ack_count,
+            on_mirror_failure: on_failure,
+            sync_timeout: Duration::from_millis(0),
+            max_backlog_bytes: 1000,
+        }
+    }
+
+    fn counter() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)))
+    }
+
+    fn completion(ok: &Arc<AtomicUsize>, err: &Arc<AtomicUsize>) -> Completion {
+        let (ok, err) = (ok.clone(), err.clone());
+        Box::new(move |r| {
+            match r {
+                Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                Err(_) => err.fetch_add(1, Ordering::SeqCst),
+            };
+        })
+    }
+
+    #[test]
+    fn sync_waits_for_ack_count() {
+        let acks = Acks::new(policy(Mode::Sync, 1, OnMirrorFailure::Block), vec![Default::default(); 2]);
+        let (ok, err) = counter();
+        acks.complete(Some(Seq(1)), completion(&ok, &err));
+        acks.complete(Some(Seq(2)), completion(&ok, &err));
+        assert_eq!(ok.load(Ordering::SeqCst), 0);
+        acks.confirm(1, Seq(1), Position(10));
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        acks.confirm(0, Seq(2), Position(20));
+        assert_eq!(ok.load(Ordering::SeqCst), 2);
+        assert_eq!(err.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn sync_all_needs_every_mirror() {
+        let acks = Acks::new(policy(Mode::Sync, 2, OnMirrorFailure::Block), vec![Default::default(); 2]);
+        let (ok, err) = counter();
+        acks.complete(Some(Seq(1)), completion(&ok, &err));
+        acks.confirm(0, Seq(1), Position(10));
+        assert_eq!(ok.load(Ordering::SeqCst), 0);
+        acks.confirm(1, Seq(1), Position(10));
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn timeout_fail_returns_eio() {
+        let acks = Acks::new(policy(Mode::Sync, 1, OnMirrorFailure::Fail), vec![Default::default()]);
+        let (ok, err) = counter();
+        acks.complete(Some(Seq(1)), completion(&ok, &err));
+        acks.tick(Seq(1));
+        assert_eq!(err.load(Ordering::SeqCst), 1);
+        assert_eq!(ok.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn timeout_degrade_then_restore() {
+        let acks = Acks::new(policy(Mode::Sync, 1, OnMirrorFailure::Degrade), vec![Default::default()]);
+        let (ok, err) = counter();
+        acks.complete(Some(Seq(1)), completion(&ok, &err));
+        acks.tick(Seq(1));
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        assert!(acks.is_degraded());
+        acks.complete(Some(Seq(2)), completion(&ok, &err));
+        assert_eq!(ok.load(Ordering::SeqCst), 2);
+        acks.confirm(0, Seq(2), Position(5));
+        acks.tick(Seq(2));
+        assert!(!acks.is_degraded());
+        assert_eq!(err.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn backlog_full_fails_without_blocking() {
+        let acks = Acks::new(policy(Mode::Async, 1, OnMirrorFailure::Block), vec![Default::default()]);
+        assert!(acks.wait_for_room(false, || Position(999)));
+        assert!(!acks.wait_for_room(false, || Position(1000)));
+        acks.confirm(0, Seq(3), Position(500));
+        assert!(acks.wait_for_room(false, || Position(1000)));
+    }
+}

@@ -1,0 +1,117 @@
+//! Mirror cursors: the newest journal record each mirror confirmed, kept in the state
+//! directory so a restart resumes where the mirror stopped.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Contents of one cursor file (JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Mirror name, as in status.
+    pub mirror: String,
+    /// Id of the journal the sequence numbers belong to.
+    pub journal_id: u64,
+    pub seq: u64,
+    pub position: u64,
+    /// The mirror must be compared with the backing tree and repaired before records after
+    /// `seq` apply (set after a crash or when a change could not be journaled).
+    pub needs_resync: bool,
+}
+
+/// Returns the cursor file of a mirror: the name with every byte outside `[A-Za-z0-9._-]`
+/// replaced, plus a CRC32C of the whole name so that two names never share a file.
+pub fn path(state_dir: &Path, mirror: &str) -> PathBuf {
+    let safe: String = mirror
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' })
+        .take(120)
+        .collect();
+    let crc = crc32c::crc32c(mirror.as_bytes());
+    state_dir.join("cursors").join(format!("{safe}-{crc:08x}.json"))
+}
+
+/// Reads a cursor; a missing file is `None`, and so is an unreadable one (logged), since a
+/// resync repairs the mirror either way.
+pub fn load(state_dir: &Path, mirror: &str) -> Option<Cursor> {
+    let path = path(state_dir, mirror);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::error!("cannot read cursor file {path:?}: {e}; mirror {mirror} will be resynced");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<Cursor>(&text) {
+        Ok(cursor) if cursor.mirror == mirror => Some(cursor),
+        Ok(cursor) => {
+            log::error!(
+                "cursor file {path:?} belongs to mirror {} instead of {mirror}; mirror will be resynced",
+                cursor.mirror
+            );
+            None
+        }
+        Err(e) => {
+            log::error!("cursor file {path:?} is corrupt ({e}); mirror {mirror} will be resynced");
+            None
+        }
+    }
+}
+
+/// Writes a cursor by replacing the file; `durable` adds the fsyncs that make it survive a
+/// power loss.
+pub fn store(state_dir: &Path, cursor: &Cursor, durable: bool) -> io::Result<()> {
+    let path = path(state_dir, &cursor.mirror);
+    let dir = path.parent().expect("cursor path has a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(cursor).expect("cursor serializes"))?;
+    if durable {
+        file.sync_data()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    if durable {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let cursor = Cursor {
+            mirror: "dir:/mnt/copy".into(),
+            journal_id: 7,
+            seq: 42,
+            position: 4096,
+            needs_resync: false,
+        };
+        assert_eq!(load(dir.path(), "dir:/mnt/copy"), None);
+        store(dir.path(), &cursor, true).unwrap();
+        assert_eq!(load(dir.path(), "dir:/mnt/copy"), Some(cursor));
+        assert_eq!(load(dir.path(), "dir:/mnt/other"), None);
+    }
+
+    #[test]
+    fn cursor_corrupt_file_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path(), "dir:/x");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"{not json").unwrap();
+        assert_eq!(load(dir.path(), "dir:/x"), None);
+    }
+
+    #[test]
+    fn cursor_names_do_not_collide() {
+        let a = path(Path::new("/s"), "dir:/a b");
+        let b = path(Path::new("/s"), "dir:/a_b");
+        assert_ne!(a, b);
+    }
+}

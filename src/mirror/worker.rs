@@ -1,0 +1,413 @@
+//! Mirror workers: one thread per mirror reads the journal from the mirror's cursor, applies
+//! records in batches, flushes, and reports each confirmed batch to `acks`. A failure is
+//! retried with capped backoff; a mirror that missed changes is resynced from the backing
+//! tree while writers are held back.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::Mirror;
+use super::acks::Acks;
+use super::cursor::{self, Cursor};
+use crate::config::STATE_DIR_NAME;
+use crate::journal::{self, Journal, Position, Reader, Record, Seq};
+
+/// Records applied before a flush; many sync-mode writers share one flush (group commit).
+const BATCH_MAX_RECORDS: usize = 4096;
+/// Payload bytes applied before a flush.
+const BATCH_MAX_BYTES: u64 = 8 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a worker rewrites its cursor file while records flow.
+const CURSOR_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a failing mirror is logged again at warn.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// State of a mirror as shown in status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorState {
+    /// Confirmed everything, or less than a second behind.
+    Ok,
+    /// Behind by more than a second, without errors.
+    Lagging,
+    /// The latest attempt failed; retrying.
+    Down,
+}
+
+/// Progress of one mirror, read by status and updated by its worker.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub confirmed: (Seq, Position),
+    pub last_error: Option<String>,
+    pub failing_since: Option<Instant>,
+    pub failed_attempts: u64,
+    /// Commit time of the oldest record the mirror has not confirmed, as far as the worker
+    /// has read.
+    pub oldest_unconfirmed_ns: Option<u64>,
+    pub needs_resync: bool,
+    pub resyncing: bool,
+}
+
+/// One mirror and its progress.
+pub struct MirrorSlot {
+    pub index: usize,
+    pub name: String,
+    pub mirror: Mutex<Box<dyn Mirror>>,
+    pub progress: Mutex<Progress>,
+}
+
+impl MirrorSlot {
+    pub fn progress(&self) -> Progress {
+        self.progress.lock().expect("progress lock").clone()
+    }
+
+    /// Returns the state and lag in seconds against `head`.
+    pub fn state(&self, head: Seq) -> (MirrorState, f64) {
+        let progress = self.progress();
+        let lag_seconds = if progress.confirmed.0 >= head {
+            0.0
+        } else {
+            let now = now_ns();
+            progress
+                .oldest_unconfirmed_ns
+                .map(|t| now.saturating_sub(t) as f64 / 1e9)
+                .unwrap_or(0.0)
+        };
+        let state = if progress.failing_since.is_some() {
+            MirrorState::Down
+        } else if progress.confirmed.0 < head && (lag_seconds >= 1.0 || progress.needs_resync) {
+            MirrorState::Lagging
+        } else {
+            MirrorState::Ok
+        };
+        (state, lag_seconds)
+    }
+
+    pub fn cursor(&self, journal_id: u64) -> Cursor {
+        let progress = self.progress();
+        Cursor {
+            mirror: self.name.clone(),
+            journal_id,
+            seq: progress.confirmed.0.0,
+            position: progress.confirmed.1.0,
+            needs_resync: progress.needs_resync,
+        }
+    }
+}
+
+/// A stop flag that also wakes sleeping workers.
+#[derive(Default)]
+pub struct Stop {
+    stopped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stop {
+    pub fn set(&self) {
+        *self.stopped.lock().expect("stop lock") = true;
+        self.changed.notify_all();
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.stopped.lock().expect("stop lock")
+    }
+
+    /// Sleeps for `duration` unless stopped first; returns whether stopped.
+    pub fn sleep(&self, duration: Duration) -> bool {
+        let guard = self.stopped.lock().expect("stop lock");
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, duration, |stopped| !*stopped)
+            .expect("stop lock");
+        *guard
+    }
+}
+
+/// What every worker shares.
+pub struct Context {
+    pub journal: Arc<Journal>,
+    pub acks: Arc<Acks>,
+    /// Held exclusively during a resync so that the backing tree stands still.
+    pub namespace: Arc<RwLock<()>>,
+    pub backing: PathBuf,
+    pub state_dir: PathBuf,
+    /// Hide the state directory's name at the backing root from mirrors.
+    pub skip_state_dir: bool,
+    pub stop: Stop,
+}
+
+impl Context {
+    fn skip_at_root(&self) -> Vec<&OsStr> {
+        if self.skip_state_dir {
+            vec![OsStr::new(STATE_DIR_NAME)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Writes the cursor of a slot; failures are logged, since the next resync repairs the
+    /// mirror anyway.
+    pub fn store_cursor(&self, slot: &MirrorSlot, durable: bool) {
+        let cursor = slot.cursor(self.journal.id());
+        if let Err(e) = cursor::store(&self.state_dir, &cursor, durable) {
+            log::warn!("failed to write cursor of mirror {}: {e}", slot.name);
+        }
+    }
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the worker thread of one mirror.
+pub fn spawn(ctx: Arc<Context>, slot: Arc<MirrorSlot>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("mirror-{}", slot.index))
+        .spawn(move || Worker::new(ctx, slot).run())
+}
+
+struct Worker {
+    ctx: Arc<Context>,
+    slot: Arc<MirrorSlot>,
+    reader: Option<Reader>,
+    batch: Vec<(Record, Position)>,
+    /// Records of `batch` already applied, so a retry resumes after them.
+    applied: usize,
+    backoff: Duration,
+    last_cursor_write: Instant,
+    last_failure_log: Option<Instant>,
+}
+
+impl Worker {
+    fn new(ctx: Arc<Context>, slot: Arc<MirrorSlot>) -> Worker {
+        Worker {
+            ctx,
+            slot,
+            reader: None,
+            batch: Vec::new(),
+            applied: 0,
+            backoff: BACKOFF_MIN,
+            last_cursor_write: Instant::now(),
+            last_failure_log: None,
+        }
+    }
+
+    fn run(mut self) {
+        while !self.ctx.stop.is_set() {
+            let needs_resync = self.slot.progress.lock().expect("progress lock").needs_resync;
+            let result = if needs_resync {
+                self.resync()
+            } else {
+                self.step()
+            };
+            if let Err(message) = result {
+                self.failed(message);
+                if self.ctx.stop.sleep(self.backoff) {
+                    break;
+                }
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        self.ctx.store_cursor(&self.slot, true);
+    }
+
+    /// Applies the next batch of records, if any.
+    fn step(&mut self) -> Result<(), String> {
+        if self.batch.is_empty() && !self.fill_batch()? {
+            if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {
+                self.ctx.store_cursor(&self.slot, false);
+                self.last_cursor_write = Instant::now();
+            }
+            return Ok(());
+        }
+        self.apply_batch()?;
+        let (last, position) = self.batch.last().map(|(r, p)| (r.seq, *p)).expect("batch not empty");
+        self.batch.clear();
+        self.applied = 0;
+        self.confirm(last, position);
+        Ok(())
+    }
+
+    /// Reads records after the confirmed one; returns false when there are none yet.
+    fn fill_batch(&mut self) -> Result<bool, String> {
+        let confirmed = self.slot.progress().confirmed.0;
+        let head = self.ctx.journal.wait_beyond(confirmed, Duration::from_millis(100));
+        if head <= confirmed {
+            return Ok(false);
+        }
+        if self.reader.is_none() {
+            match self.ctx.journal.read_after(confirmed) {
+                Ok(reader) => self.reader = Some(reader),
+                Err(journal::Error::Released { .. }) => {
+                    log::warn!(
+                        "mirror {}: the journal no longer holds the records after seq {confirmed}; resyncing from the backing tree",
+                        self.slot.name
+                    );
+                    self.slot.progress.lock().expect("progress lock").needs_resync = true;
+                    return Ok(false);
+                }
+                Err(e) => return Err(format!("reading the journal: {e}")),
+            }
+        }
+        let reader = self.reader.as_mut().expect("reader set above");
+        let mut bytes = 0u64;
+        while self.batch.len() < BATCH_MAX_RECORDS && bytes < BATCH_MAX_BYTES {
+            match reader.next() {
+                Some(Ok((record, position))) => {
+                    bytes += op_bytes(&record);
+                    self.batch.push((record, position));
+                }
+                Some(Err(e)) => {
+                    self.reader = None;
+                    self.batch.clear();
+                    log::error!(
+                        "mirror {}: journal read failed: {e}; resyncing the mirror from the backing tree",
+                        self.slot.name
+                    );
+                    self.slot.progress.lock().expect("progress lock").needs_resync = true;
+                    return Ok(false);
+                }
+                None => break,
+            }
+        }
+        if let Some((first, _)) = self.batch.first() {
+            self.slot.progress.lock().expect("progress lock").oldest_unconfirmed_ns = Some(first.committed_at_ns);
+        }
+        Ok(!self.batch.is_empty())
+    }
+
+    fn apply_batch(&mut self) -> Result<(), String> {
+        let mut mirror = self.slot.mirror.lock().expect("mirror lock");
+        while self.applied < self.batch.len() {
+            let (record, _) = &self.batch[self.applied];
+            mirror
+                .apply(&record.op)
+                .map_err(|e| format!("seq {}: {}", record.seq, error_chain(&e)))?;
+            self.applied += 1;
+        }
+        mirror.flush().map_err(|e| format!("flush: {}", error_chain(&e)))
+    }
+
+    fn confirm(&mut self, seq: Seq, position: Position) {
+        {
+            let mut progress = self.slot.progress.lock().expect("progress lock");
+            progress.confirmed = (seq, position);
+            progress.oldest_unconfirmed_ns = None;
+        }
+        self.ctx.acks.confirm(self.slot.index, seq, position);
+        self.recovered();
+        if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {
+            self.ctx.store_cursor(&self.slot, false);
+            self.last_cursor_write = Instant::now();
+        }
+    }
+
+    /// Makes the mirror equal to the backing tree while writers wait, then continues from
+    /// the journal head.
+    fn resync(&mut self) -> Result<(), String> {
+        log::info!("mirror {}: resync from the backing tree started", self.slot.name);
+        self.slot.progress.lock().expect("progress lock").resyncing = true;
+        let started = Instant::now();
+        let result = {
+            let _still = self.ctx.namespace.write().expect("namespace lock");
+            let (head, position) = self.ctx.journal.head();
+            let skip = self.ctx.skip_at_root();
+            let mut mirror = self.slot.mirror.lock().expect("mirror lock");
+            super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip).map(|stats| (head, position, stats))
+        };
+        self.slot.progress.lock().expect("progress lock").resyncing = false;
+        let (head, position, stats) = result.map_err(|e| format!("resync: {}", error_chain(&e)))?;
+        log::info!(
+            "mirror {}: resync done in {:.1?}: {} entries checked, {} files copied ({} bytes), {} removed",
+            self.slot.name,
+            started.elapsed(),
+            stats.entries_checked,
+            stats.files_copied,
+            stats.bytes_copied,
+            stats.removed
+        );
+        self.reader = None;
+        self.batch.clear();
+        self.applied = 0;
+        self.slot.progress.lock().expect("progress lock").needs_resync = false;
+        self.confirm(head, position);
+        self.ctx.store_cursor(&self.slot, true);
+        Ok(())
+    }
+
+    fn failed(&mut self, message: String) {
+        let first = {
+            let mut progress = self.slot.progress.lock().expect("progress lock");
+            progress.failed_attempts += 1;
+            progress.last_error = Some(message.clone());
+            let first = progress.failing_since.is_none();
+            progress.failing_since.get_or_insert_with(Instant::now);
+            first
+        };
+        let due = self
+            .last_failure_log
+            .is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL);
+        if first {
+            log::warn!("mirror {}: ok -> down: {message}; retrying with backoff", self.slot.name);
+            self.last_failure_log = Some(Instant::now());
+        } else if due {
+            let attempts = self.slot.progress().failed_attempts;
+            log::warn!("mirror {}: still down after {attempts} attempts: {message}", self.slot.name);
+            self.last_failure_log = Some(Instant::now());
+        } else {
+            log::debug!("mirror {}: attempt failed: {message}", self.slot.name);
+        }
+    }
+
+    fn recovered(&mut self) {
+        self.backoff = BACKOFF_MIN;
+        let mut progress = self.slot.progress.lock().expect("progress lock");
+        if let Some(since) = progress.failing_since.take() {
+            log::info!(
+                "mirror {}: down -> ok after {} failed attempts, {:.1?}",
+                self.slot.name,
+                progress.failed_attempts,
+                since.elapsed()
+            );
+            progress.failed_attempts = 0;
+        }
+    }
+}
+
+fn op_bytes(record: &Record) -> u64 {
+    match &record.op {
+        journal::Op::Write { data, .. } => data.len() as u64 + 64,
+        _ => 64,
+    }
+}
+
+/// Formats an error with its sources, as `error: cause: cause`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Marks every mirror for a resync, for when a change could not be journaled.
+pub fn request_resync(slots: &[Arc<MirrorSlot>], flag: &AtomicBool, ctx: &Context) {
+    if !flag.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    for slot in slots {
+        slot.progress.lock().expect("progress lock").needs_resync = true;
+        ctx.store_cursor(slot, true);
+    }
+}

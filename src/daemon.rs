@@ -252,7 +252,7 @@ fn clean_dead_mount(mountpoint: &Path) {
     }
     let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     match mount_entry(&absolute) {
-        Some(fstype) if fstype == "fuse.logmirror" => {}
+        Some(fstype) if fstype == crate::fs::FS_TYPE => {}
         _ => return,
     }
     log::warn!("mount point {absolute:?} holds a dead logmirror mount; unmounting it");
@@ -487,33 +487,26 @@ fn mount_session(
     )
     .map_err(io_error("open", &config.backing))?;
     let mut fuse_config = fuser::Config::default();
-    fuse_config.mount_options = vec![
-        fuser::MountOption::FSName(config.backing.display().to_string()),
-        fuser::MountOption::Subtype("logmirror".into()),
-        fuser::MountOption::DefaultPermissions,
-    ];
-    for option in &config.kernel_options {
-        fuse_config.mount_options.push(match option.as_str() {
-            "nosuid" => fuser::MountOption::NoSuid,
-            "nodev" => fuser::MountOption::NoDev,
-            "noexec" => fuser::MountOption::NoExec,
-            "suid" => fuser::MountOption::Suid,
-            "dev" => fuser::MountOption::Dev,
-            "exec" => fuser::MountOption::Exec,
-            "ro" => fuser::MountOption::RO,
-            other => fuser::MountOption::CUSTOM(other.to_string()),
-        });
-    }
-    // SAFETY: geteuid has no preconditions.
-    fuse_config.acl = if unsafe { libc::geteuid() } == 0 {
-        fuser::SessionACL::All
-    } else {
-        fuser::SessionACL::Owner
-    };
     fuse_config.n_threads = Some(config.threads);
     fuse_config.clone_fd = config.threads > 1;
-    let session = fuser::Session::new(fs, &config.mountpoint, &fuse_config)
-        .map_err(io_error("mount FUSE on", &config.mountpoint))?;
+    // SAFETY: geteuid has no preconditions.
+    let session = if unsafe { libc::geteuid() } == 0 {
+        fuse_config.acl = fuser::SessionACL::All;
+        let device = crate::fs::mount_kernel(&config.backing, &config.mountpoint, &config.kernel_options)
+            .map_err(io_error("mount FUSE on", &config.mountpoint))?;
+        fuser::Session::from_fd(fs, device, fuser::SessionACL::All, fuse_config)
+    } else {
+        fuse_config.mount_options = vec![
+            fuser::MountOption::FSName(config.backing.display().to_string()),
+            fuser::MountOption::Subtype("logmirror".into()),
+            fuser::MountOption::DefaultPermissions,
+        ];
+        for option in &config.kernel_options {
+            fuse_config.mount_options.push(fuser::MountOption::CUSTOM(option.clone()));
+        }
+        fuser::Session::new(fs, &config.mountpoint, &fuse_config)
+    }
+    .map_err(io_error("start the FUSE session on", &config.mountpoint))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("fuse-session".into())

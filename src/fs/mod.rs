@@ -8,10 +8,12 @@ mod error;
 mod fuse;
 mod handles;
 mod inodes;
+mod mount;
 mod ops;
 mod sys;
 
 pub use error::Error;
+pub use mount::{FS_TYPE, mount_kernel};
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;

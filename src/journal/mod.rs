@@ -8,12 +8,22 @@
 //! On disk: a directory of segment files, each a header followed by CRC32C-framed records
 //! (layout in `format.rs` and docs/FORMAT.md).
 
+mod commit;
+mod format;
+mod reader;
 mod record;
+mod writer;
 
+pub use reader::Reader;
 pub use record::{Op, Record, RelPath, Seq, Timestamp};
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use commit::Commit;
+use writer::Writer;
 
 /// Byte position in the journal stream: the number of journal bytes (headers excluded)
 /// written before a point since the journal was created. Lag in bytes is the difference of
@@ -38,7 +48,7 @@ pub struct Recovery {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to {action} journal file {path:?}")]
+    #[error("failed to {action} {path:?}")]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -57,61 +67,253 @@ pub enum Error {
     TooLarge { bytes: usize, max: usize },
 }
 
+impl Error {
+    fn io(action: &'static str, path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// The journal. Shared between FUSE threads (append, sync) and mirror workers (read) behind
 /// an `Arc`.
 pub struct Journal {
     dir: PathBuf,
+    inner: Arc<Inner>,
+}
+
+/// State shared by the journal and its readers.
+struct Inner {
+    journal_id: u64,
+    /// Serializes appends and roll-overs. Taken before `state`, never while holding it.
+    writer: Mutex<Writer>,
+    /// Head and segment list as readers, `release_up_to` and group commit see them. The
+    /// writer publishes into it after each record's bytes are written.
+    state: Mutex<State>,
+    /// Signalled whenever the published head moves.
+    head_changed: Condvar,
+    commit: Commit,
+    /// Serializes `release_up_to`, so that a failed removal can put its segments back in
+    /// front of the list without another release having removed the ones after them.
+    release: Mutex<()>,
+    /// Exclusive lock on the directory's lock file, held while the journal or a reader of it
+    /// exists.
+    _dir_lock: File,
+}
+
+struct State {
+    head: Seq,
+    head_position: Position,
+    /// Segments in the directory, oldest first. The last one is the active segment.
+    segments: Vec<SegmentInfo>,
+    /// Sum of the segment file sizes, headers included.
+    size_bytes: u64,
+    /// The active segment's file, for group commit.
+    active: OpenSegment,
+    /// Segments rolled away from since the last group commit, which must be synced by the
+    /// next one.
+    unsynced: Vec<OpenSegment>,
+}
+
+/// A segment in the directory, as published to readers.
+#[derive(Clone, Debug)]
+struct SegmentInfo {
+    first_seq: Seq,
+    base_position: Position,
+    /// Length of the file: header plus whole, published frames.
+    len_bytes: u64,
+    path: PathBuf,
+}
+
+impl SegmentInfo {
+    /// Returns the stream position just after the segment's last published frame.
+    fn end_position(&self) -> Position {
+        Position(self.base_position.0 + (self.len_bytes - format::HEADER_LEN as u64))
+    }
+}
+
+/// A segment file held open by the writer, kept until a group commit has synced it.
+#[derive(Clone, Debug)]
+struct OpenSegment {
+    first_seq: Seq,
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
+
+impl State {
+    /// Returns the oldest sequence number in a segment, or `Seq(0)` when no segment
+    /// contains a record.
+    fn first_seq(&self) -> Seq {
+        match self.segments.first() {
+            Some(oldest) if self.head >= oldest.first_seq => oldest.first_seq,
+            _ => Seq(0),
+        }
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning, so that a panic on one FUSE or mirror thread does not
+/// make the journal unusable for every other thread.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Journal {
     /// Opens or creates the journal in `dir`, scanning every segment and cutting a torn tail.
+    ///
+    /// The active segment rolls over once it contains at least one record and
+    /// `segment_size_bytes` bytes (header included). A record larger than that still goes
+    /// whole into one segment.
     pub fn open(dir: &Path, segment_size_bytes: u64) -> Result<(Journal, Recovery), Error> {
-        let _ = (dir, segment_size_bytes);
-        unimplemented!("journal open")
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create journal directory", dir, e))?;
+        let dir_lock = writer::lock_dir(dir)?;
+        let found = reader::recover(dir)?;
+
+        let writer = Writer::new(dir, segment_size_bytes, &found);
+        let state = State {
+            head: found.head,
+            head_position: found.head_position,
+            size_bytes: found.segments.iter().map(|s| s.len_bytes).sum(),
+            segments: found.segments,
+            active: found.active,
+            unsynced: Vec::new(),
+        };
+        let recovery = Recovery {
+            first_seq: state.first_seq(),
+            head: found.head,
+            head_position: found.head_position,
+            segments: state.segments.len(),
+            records: found.records,
+            torn_bytes_cut: found.torn_bytes_cut,
+        };
+        log::info!(
+            "journal opened: dir={} journal_id={:016x} segments={} records={} first_seq={} \
+             head={} torn_bytes_cut={}",
+            dir.display(),
+            found.journal_id,
+            recovery.segments,
+            recovery.records,
+            recovery.first_seq,
+            recovery.head,
+            recovery.torn_bytes_cut
+        );
+
+        let inner = Inner {
+            journal_id: found.journal_id,
+            writer: Mutex::new(writer),
+            state: Mutex::new(state),
+            head_changed: Condvar::new(),
+            // Recovery synced every segment, so every record found is durable.
+            commit: Commit::new(found.head),
+            release: Mutex::new(()),
+            _dir_lock: dir_lock,
+        };
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            inner: Arc::new(inner),
+        };
+        Ok((journal, recovery))
     }
 
     /// Appends one record with one write(2) and returns its sequence number and end
     /// position. The record survives a crash of the daemon once this returns, and a crash
     /// of the machine once `sync_to` covers it.
     pub fn append(&self, op: &Op) -> Result<(Seq, Position), Error> {
-        let _ = op;
-        unimplemented!("journal append")
+        lock(&self.inner.writer).append(op, &self.inner.state, &self.inner.head_changed)
     }
 
     /// Makes every record up to `seq` durable (fdatasync); concurrent callers share one
     /// fsync (group commit).
+    ///
+    /// A `seq` beyond the head syncs up to the head. After one fsync fails, every later
+    /// call fails too, because the kernel may have dropped the unwritten pages.
     pub fn sync_to(&self, seq: Seq) -> Result<(), Error> {
-        let _ = seq;
-        unimplemented!()
+        let seq = seq.min(self.head().0);
+        self.inner.commit.sync_to(seq, || {
+            let mut state = self.inner.state();
+            let mut files = std::mem::take(&mut state.unsynced);
+            files.push(state.active.clone());
+            (state.head, files)
+        })
     }
 
     /// Returns the newest record's sequence number and end position.
     pub fn head(&self) -> (Seq, Position) {
-        unimplemented!()
+        let state = self.inner.state();
+        (state.head, state.head_position)
+    }
+
+    /// Returns the newest sequence number known to be on stable storage.
+    pub fn durable_seq(&self) -> Seq {
+        self.inner.commit.durable_seq()
+    }
+
+    /// Returns the number of fdatasync calls group commits made on segment files since
+    /// `open`.
+    pub fn fsync_count(&self) -> u64 {
+        self.inner.commit.fsync_count()
     }
 
     /// Blocks until a record newer than `seq` exists or `timeout` passes; returns the head.
     pub fn wait_beyond(&self, seq: Seq, timeout: Duration) -> Seq {
-        let _ = (seq, timeout);
-        unimplemented!()
+        let deadline = Instant::now().checked_add(timeout);
+        let mut state = self.inner.state();
+        while state.head <= seq {
+            let now = Instant::now();
+            let left = match deadline {
+                Some(deadline) if deadline > now => deadline - now,
+                Some(_) => break,
+                // A timeout too large to add to the clock waits in steps of a day.
+                None => Duration::from_secs(86_400),
+            };
+            state = self
+                .inner
+                .head_changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state.head
     }
 
     /// Returns a reader over the records after `after`, in order.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Released` when the record after `after` was already removed.
     pub fn read_after(&self, after: Seq) -> Result<Reader, Error> {
-        let _ = after;
-        unimplemented!()
+        Reader::new(Arc::clone(&self.inner), after)
     }
 
     /// Removes whole segments whose records are all at or below `seq`. The segment being
     /// appended to is never removed, so sequence numbers continue across restarts.
     pub fn release_up_to(&self, seq: Seq) -> Result<usize, Error> {
-        let _ = seq;
-        unimplemented!()
+        let _serial = lock(&self.inner.release);
+        writer::release_up_to(&self.dir, &self.inner.state, seq)
     }
 
     /// Returns the bytes held in segment files.
     pub fn size_bytes(&self) -> u64 {
-        unimplemented!()
+        self.inner.state().size_bytes
+    }
+
+    /// Returns the oldest sequence number in a segment, or `Seq(0)` when no segment
+    /// contains a record.
+    pub fn first_seq(&self) -> Seq {
+        self.inner.state().first_seq()
+    }
+
+    /// Returns the random id chosen when the journal was created, written in every segment
+    /// header.
+    pub fn id(&self) -> u64 {
+        self.inner.journal_id
     }
 
     /// Returns the directory holding the segments.
@@ -120,14 +322,375 @@ impl Journal {
     }
 }
 
-/// Reads records in sequence order. `next` returns `None` at the head as it was when the
-/// call was made; records appended later are returned by later calls.
-pub struct Reader {}
+/// Ops, strategies and helpers shared by the tests of the journal's files.
+#[cfg(test)]
+mod testing {
+    use proptest::prelude::*;
 
-impl Iterator for Reader {
-    type Item = Result<(Record, Position), Error>;
+    use super::*;
 
-    fn next(&mut self) -> Option<Self::Item> {
-        unimplemented!()
+    pub fn path(text: &str) -> RelPath {
+        RelPath::from_bytes(text.as_bytes()).expect("test paths are valid")
+    }
+
+    /// Returns a write of `len` bytes that differs for every `n`.
+    pub fn write_op(n: u64, len: usize) -> Op {
+        Op::Write {
+            path: path(&format!("logs/app-{}.log", n % 7)),
+            offset: n * 1000,
+            data: (0..len).map(|i| (n as usize + i) as u8).collect(),
+        }
+    }
+
+    /// Returns one op of every variant, with values that use the full width of each field.
+    pub fn every_op() -> Vec<Op> {
+        let time = |secs, nanos| Some(Timestamp { secs, nanos });
+        vec![
+            Op::Write {
+                path: path("a/b.log"),
+                offset: u64::MAX,
+                data: b"line\n\0\xff".to_vec(),
+            },
+            Op::Create {
+                path: path("c"),
+                mode: 0o100644,
+                uid: 1000,
+                gid: u32::MAX,
+            },
+            Op::Mknod {
+                path: path("dev/fifo"),
+                mode: 0o010600,
+                rdev: 0x0102_0304_0506_0708,
+                uid: 0,
+                gid: 5,
+            },
+            Op::Mkdir {
+                path: path("d/e"),
+                mode: 0o40755,
+                uid: 7,
+                gid: 8,
+            },
+            Op::Symlink {
+                path: path("link"),
+                target: b"../../\xfe/target".to_vec(),
+                uid: 1,
+                gid: 2,
+            },
+            Op::Link {
+                existing: path("a/b.log"),
+                path: path("a/b.log.1"),
+            },
+            Op::Unlink { path: path("x") },
+            Op::Rmdir {
+                path: RelPath::root(),
+            },
+            Op::Rename {
+                from: path("a.log"),
+                to: path("a.log.1"),
+                flags: 1,
+            },
+            Op::Truncate {
+                path: path("t"),
+                size: 1 << 40,
+            },
+            Op::SetMode {
+                path: path("m"),
+                mode: 0o4755,
+            },
+            Op::SetOwner {
+                path: path("o"),
+                uid: Some(0),
+                gid: None,
+            },
+            Op::SetOwner {
+                path: path("o"),
+                uid: None,
+                gid: Some(u32::MAX),
+            },
+            Op::SetTimes {
+                path: path("t"),
+                atime: time(-1, 999_999_999),
+                mtime: None,
+            },
+            Op::SetTimes {
+                path: path("t"),
+                atime: None,
+                mtime: time(i64::MAX, 0),
+            },
+            Op::Fallocate {
+                path: path("f"),
+                mode: -3,
+                offset: 4096,
+                length: u64::MAX,
+            },
+            Op::SetXattr {
+                path: path("x"),
+                name: b"user.tag".to_vec(),
+                value: Vec::new(),
+                flags: 2,
+            },
+            Op::RemoveXattr {
+                path: path("x"),
+                name: b"user.tag".to_vec(),
+            },
+        ]
+    }
+
+    /// Reads every record after `after` that is published now.
+    pub fn read_all(journal: &Journal, after: Seq) -> Vec<(Record, Position)> {
+        journal
+            .read_after(after)
+            .expect("read_after")
+            .map(|r| r.expect("record"))
+            .collect()
+    }
+
+    /// Returns the segment file names in `dir`, sorted.
+    pub fn segment_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn arb_path() -> impl Strategy<Value = RelPath> {
+        prop::collection::vec("[a-z0-9 ._-]{1,8}", 0..4)
+            .prop_filter_map("components must not be . or ..", |parts| {
+                RelPath::from_bytes(parts.join("/").as_bytes())
+            })
+    }
+
+    fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..64)
+    }
+
+    fn arb_time() -> impl Strategy<Value = Option<Timestamp>> {
+        prop::option::of(
+            (any::<i64>(), any::<u32>()).prop_map(|(secs, nanos)| Timestamp { secs, nanos }),
+        )
+    }
+
+    /// Generates ops of every variant with arbitrary field values.
+    pub fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (arb_path(), any::<u64>(), arb_bytes()).prop_map(|(path, offset, data)| Op::Write {
+                path,
+                offset,
+                data
+            }),
+            (arb_path(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+                |(path, mode, uid, gid)| Op::Create {
+                    path,
+                    mode,
+                    uid,
+                    gid
+                }
+            ),
+            (
+                arb_path(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(|(path, mode, rdev, uid, gid)| Op::Mknod {
+                    path,
+                    mode,
+                    rdev,
+                    uid,
+                    gid
+                }),
+            (arb_path(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+                |(path, mode, uid, gid)| Op::Mkdir {
+                    path,
+                    mode,
+                    uid,
+                    gid
+                }
+            ),
+            (arb_path(), arb_bytes(), any::<u32>(), any::<u32>()).prop_map(
+                |(path, target, uid, gid)| Op::Symlink {
+                    path,
+                    target,
+                    uid,
+                    gid
+                }
+            ),
+            (arb_path(), arb_path()).prop_map(|(existing, path)| Op::Link { existing, path }),
+            arb_path().prop_map(|path| Op::Unlink { path }),
+            arb_path().prop_map(|path| Op::Rmdir { path }),
+            (arb_path(), arb_path(), any::<u32>()).prop_map(|(from, to, flags)| Op::Rename {
+                from,
+                to,
+                flags
+            }),
+            (arb_path(), any::<u64>()).prop_map(|(path, size)| Op::Truncate { path, size }),
+            (arb_path(), any::<u32>()).prop_map(|(path, mode)| Op::SetMode { path, mode }),
+            (arb_path(), any::<Option<u32>>(), any::<Option<u32>>())
+                .prop_map(|(path, uid, gid)| Op::SetOwner { path, uid, gid }),
+            (arb_path(), arb_time(), arb_time()).prop_map(|(path, atime, mtime)| Op::SetTimes {
+                path,
+                atime,
+                mtime
+            }),
+            (arb_path(), any::<i32>(), any::<u64>(), any::<u64>()).prop_map(
+                |(path, mode, offset, length)| Op::Fallocate {
+                    path,
+                    mode,
+                    offset,
+                    length
+                }
+            ),
+            (arb_path(), arb_bytes(), arb_bytes(), any::<i32>()).prop_map(
+                |(path, name, value, flags)| Op::SetXattr {
+                    path,
+                    name,
+                    value,
+                    flags
+                }
+            ),
+            (arb_path(), arb_bytes()).prop_map(|(path, name)| Op::RemoveXattr { path, name }),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+
+    use super::testing::{read_all, segment_names, write_op};
+    use super::*;
+
+    #[test]
+    fn journal_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Journal>();
+        assert_send_sync::<Arc<Journal>>();
+        fn assert_send<T: Send>() {}
+        assert_send::<Reader>();
+    }
+
+    #[test]
+    fn open_empty_dir_creates_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("journal");
+        let (journal, recovery) = Journal::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovery.first_seq, Seq(0));
+        assert_eq!(recovery.head, Seq(0));
+        assert_eq!(recovery.head_position, Position(0));
+        assert_eq!(recovery.segments, 1);
+        assert_eq!(recovery.records, 0);
+        assert_eq!(recovery.torn_bytes_cut, 0);
+        assert_eq!(segment_names(&dir), ["00000000000000000001.seg"]);
+        assert_eq!(journal.size_bytes(), 44);
+        assert_eq!(journal.head(), (Seq(0), Position(0)));
+        assert_eq!(journal.first_seq(), Seq(0));
+        assert_eq!(journal.dir(), dir);
+        assert!(read_all(&journal, Seq(0)).is_empty());
+    }
+
+    #[test]
+    fn append_then_reopen_keeps_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        let id = journal.id();
+        let op1 = write_op(1, 10);
+        let op2 = write_op(2, 0);
+        let frame1 = 24 + format::payload_len(&op1) as u64;
+        let frame2 = 24 + format::payload_len(&op2) as u64;
+        assert_eq!(journal.append(&op1).unwrap(), (Seq(1), Position(frame1)));
+        assert_eq!(
+            journal.append(&op2).unwrap(),
+            (Seq(2), Position(frame1 + frame2))
+        );
+        assert_eq!(journal.size_bytes(), 44 + frame1 + frame2);
+        assert_eq!(journal.first_seq(), Seq(1));
+        drop(journal);
+
+        let (journal, recovery) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        assert_eq!(journal.id(), id);
+        assert_eq!(recovery.first_seq, Seq(1));
+        assert_eq!(recovery.head, Seq(2));
+        assert_eq!(recovery.head_position, Position(frame1 + frame2));
+        assert_eq!(recovery.records, 2);
+        assert_eq!(recovery.segments, 1);
+        let records = read_all(&journal, Seq(0));
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].0.op, op1);
+        assert_eq!(records[0].1, Position(frame1));
+        assert_eq!(records[1].0.op, op2);
+        assert_eq!(records[1].0.seq, Seq(2));
+        assert_eq!(journal.append(&op1).unwrap().0, Seq(3));
+    }
+
+    #[test]
+    fn append_records_commit_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        journal.append(&write_op(1, 1)).unwrap();
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let records = read_all(&journal, Seq(0));
+        assert!(records[0].0.committed_at_ns >= before);
+        assert!(records[0].0.committed_at_ns <= after);
+    }
+
+    #[test]
+    fn open_rejects_second_journal_on_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        let reader = journal.read_after(Seq(0)).unwrap();
+        match Journal::open(tmp.path(), 1 << 20) {
+            Err(Error::Io {
+                action,
+                path,
+                source,
+            }) => {
+                assert_eq!(action, "lock journal directory");
+                assert_eq!(path, tmp.path().join("LOCK"));
+                assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
+            }
+            Err(other) => panic!("expected Io, got {other:?}"),
+            Ok(_) => panic!("a second journal opened on the same directory"),
+        }
+        // A reader keeps the journal state, and so the lock, alive.
+        drop(journal);
+        assert!(Journal::open(tmp.path(), 1 << 20).is_err());
+        drop(reader);
+        assert!(Journal::open(tmp.path(), 1 << 20).is_ok());
+    }
+
+    #[test]
+    fn wait_beyond_times_out_at_head() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        journal.append(&write_op(1, 1)).unwrap();
+        assert_eq!(
+            journal.wait_beyond(Seq(1), Duration::from_millis(20)),
+            Seq(1)
+        );
+        assert_eq!(journal.wait_beyond(Seq(0), Duration::ZERO), Seq(1));
+    }
+
+    #[test]
+    fn wait_beyond_wakes_on_append() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        let journal = Arc::new(journal);
+        let waiter = {
+            let journal = Arc::clone(&journal);
+            thread::spawn(move || journal.wait_beyond(Seq(0), Duration::from_secs(60)))
+        };
+        journal.append(&write_op(1, 1)).unwrap();
+        assert_eq!(waiter.join().unwrap(), Seq(1));
     }
 }

@@ -15,7 +15,11 @@ use logmirror::{config, daemon, status};
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "logmirror", version, about = "Mount a log directory whose every write is committed locally and mirrored")]
+#[command(
+    name = "logmirror",
+    version,
+    about = "Mount a log directory whose every write is committed locally and mirrored"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,7 +29,7 @@ pub struct Cli {
 pub enum Command {
     /// Mount BACKING on MOUNTPOINT; returns once the mount serves (daemon in the background).
     Mount {
-        /// Local directory that holds the real files.
+        /// Local directory that contains the real files.
         backing: PathBuf,
         /// Directory where programs see and write the files.
         mountpoint: PathBuf,
@@ -76,15 +80,24 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
         } => mount(backing, mountpoint, options, foreground, config),
         Command::Status { mountpoint, json } => show_status(mountpoint, json),
-        Command::Sync { mountpoint, timeout } => sync(mountpoint, timeout),
-        Command::Verify { mountpoint, timeout } => verify(mountpoint, timeout),
+        Command::Sync {
+            mountpoint,
+            timeout,
+        } => sync(mountpoint, timeout),
+        Command::Verify {
+            mountpoint,
+            timeout,
+        } => verify(mountpoint, timeout),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("logmirror: {e:#}");
             let usage = e.downcast_ref::<config::Error>().is_some()
-                || matches!(e.downcast_ref::<daemon::Error>(), Some(daemon::Error::Invalid(_)));
+                || matches!(
+                    e.downcast_ref::<daemon::Error>(),
+                    Some(daemon::Error::Invalid(_))
+                );
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
     }
@@ -98,20 +111,22 @@ fn mount(
     config_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let config = config::build(&backing, &mountpoint, config_file.as_deref(), &options)?;
-    daemon::mount(config, foreground).with_context(|| format!("mount {backing:?} on {mountpoint:?}"))?;
+    daemon::mount(config, foreground)
+        .with_context(|| format!("mount {backing:?} on {mountpoint:?}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn ask(mountpoint: &PathBuf, request: Request, timeout: Duration) -> anyhow::Result<Response> {
     let response = control::request(mountpoint, &request, timeout)?;
     if let Response::Error { message } = &response {
-        bail!("the daemon of {mountpoint:?} answered: {message}");
+        bail!("the daemon of {mountpoint:?} returned an error: {message}");
     }
     Ok(response)
 }
 
 fn show_status(mountpoint: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
-    let Response::Status(status) = ask(&mountpoint, Request::Status, Duration::from_secs(10))? else {
+    let Response::Status(status) = ask(&mountpoint, Request::Status, Duration::from_secs(10))?
+    else {
         bail!("the daemon of {mountpoint:?} sent an unexpected response to status");
     };
     if json {
@@ -146,7 +161,9 @@ fn verify(mountpoint: PathBuf, timeout: u64) -> anyhow::Result<ExitCode> {
     let request = Request::Verify {
         timeout_ms: timeout.saturating_mul(1000),
     };
-    let Response::Verified(report) = ask(&mountpoint, request, Duration::from_secs(timeout * 3 + 600))? else {
+    let Response::Verified(report) =
+        ask(&mountpoint, request, Duration::from_secs(timeout * 3 + 600))?
+    else {
         bail!("the daemon of {mountpoint:?} sent an unexpected response to verify");
     };
     for mirror in &report.mirrors {
@@ -163,5 +180,9 @@ fn verify(mountpoint: PathBuf, timeout: u64) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -52,8 +52,12 @@ impl MirrorSpec {
             expected: expected.into(),
         };
         match value.split_once(':') {
-            Some(("dir", path)) if path.starts_with('/') => Ok(MirrorSpec::Dir(PathBuf::from(path))),
-            Some(("dir", _)) => Err(invalid("a directory mirror needs an absolute path, as in dir:/mnt/copy")),
+            Some(("dir", path)) if path.starts_with('/') => {
+                Ok(MirrorSpec::Dir(PathBuf::from(path)))
+            }
+            Some(("dir", _)) => Err(invalid(
+                "a directory mirror needs an absolute path, as in dir:/mnt/copy",
+            )),
             _ => Err(invalid("expected dir:/absolute/path")),
         }
     }
@@ -209,7 +213,9 @@ struct RawOptions {
 }
 
 /// Mount options that mount(8), fstab and the kernel use; accepted and handed on or ignored.
-const KERNEL_FLAGS: &[&str] = &["nosuid", "nodev", "noexec", "suid", "dev", "exec", "ro", "rw"];
+const KERNEL_FLAGS: &[&str] = &[
+    "nosuid", "nodev", "noexec", "suid", "dev", "exec", "ro", "rw",
+];
 const IGNORED_FLAGS: &[&str] = &[
     "defaults",
     "default_permissions",
@@ -456,8 +462,14 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 .filter(|n| (1..=64).contains(n))
                 .ok_or_else(|| invalid("expected a number from 1 to 64"))?
         }
-        "fsname" | "subtype" => {}
-        _ => return Err(Error::UnknownKey { key: key.to_string() }),
+        // Values for mount(8), fstab and systemd, not for logmirror.
+        "fsname" | "subtype" | "comment" => {}
+        _ if key.starts_with("x-") => {}
+        _ => {
+            return Err(Error::UnknownKey {
+                key: key.to_string(),
+            });
+        }
     }
     Ok(())
 }
@@ -493,7 +505,10 @@ fn check(config: &MountConfig) -> Result<(), Error> {
     let mut names: Vec<String> = config.mirrors.iter().map(MirrorSpec::name).collect();
     names.sort();
     if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(Error::Conflict(format!("mirror {} is given twice", pair[0])));
+        return Err(Error::Conflict(format!(
+            "mirror {} is given twice",
+            pair[0]
+        )));
     }
     Ok(())
 }
@@ -502,7 +517,9 @@ fn check(config: &MountConfig) -> Result<(), Error> {
 /// optionally followed by `iB` or `B`).
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, suffix) = text.split_at(digits_end);
     let number: u64 = digits.parse().ok()?;
     let shift = match suffix.to_ascii_uppercase().as_str() {
@@ -520,7 +537,9 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// is seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, suffix) = text.split_at(digits_end);
     let number: u64 = digits.parse().ok()?;
     match suffix {
@@ -582,7 +601,8 @@ mod tests {
 
     #[test]
     fn options_mount_flags_accepted() {
-        let config = build_args(&["mirror=dir:/a,_netdev,nofail,x-systemd.after=x,nosuid"]).unwrap();
+        let config =
+            build_args(&["mirror=dir:/a,_netdev,nofail,x-systemd.after=x,nosuid"]).unwrap();
         assert_eq!(config.kernel_options, vec!["nosuid".to_string()]);
     }
 
@@ -601,15 +621,29 @@ mod tests {
     fn config_file_merges_with_options() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
-        std::fs::write(&path, "mirror = [\"dir:/x\", \"dir:/y\"]\nmode = \"sync\"\nack = 1\n").unwrap();
-        let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &["mode=async".into()]).unwrap();
+        std::fs::write(
+            &path,
+            "mirror = [\"dir:/x\", \"dir:/y\"]\nmode = \"sync\"\nack = 1\n",
+        )
+        .unwrap();
+        let config = build(
+            Path::new("/b"),
+            Path::new("/m"),
+            Some(&path),
+            &["mode=async".into()],
+        )
+        .unwrap();
         assert_eq!(config.mirrors.len(), 2);
         assert_eq!(config.mode, Mode::Async);
         std::fs::write(&path, "mirror = 3\n").unwrap();
-        let message = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap_err().to_string();
+        let message = build(Path::new("/b"), Path::new("/m"), Some(&path), &[])
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("m.toml"), "{message}");
         std::fs::write(&path, "mirrors = \"dir:/x\"\n").unwrap();
-        let message = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap_err().to_string();
+        let message = build(Path::new("/b"), Path::new("/m"), Some(&path), &[])
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("mirrors"), "{message}");
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::{self, MountInfo, Status};
 use crate::mirror::worker::{Context, MirrorSlot};
+use crate::status::{self, MountInfo, Status};
 use crate::verify::{self, VerifyReport};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,11 +27,18 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum Response {
     Status(Status),
-    Synced { seq: u64 },
-    /// The mirrors did not confirm in time; `missing` says what each one lacks.
-    Timeout { seq: u64, missing: Vec<String> },
+    Synced {
+        seq: u64,
+    },
+    /// The mirrors did not confirm in time; `missing` lists what each one lacks.
+    Timeout {
+        seq: u64,
+        missing: Vec<String>,
+    },
     Verified(VerifyReport),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +60,10 @@ pub enum Error {
         source: io::Error,
     },
     #[error("the daemon of {mountpoint:?} sent an invalid response: {message}")]
-    Protocol { mountpoint: PathBuf, message: String },
+    Protocol {
+        mountpoint: PathBuf,
+        message: String,
+    },
 }
 
 /// Returns the directory holding one link per mount, named after the mount point.
@@ -76,7 +86,9 @@ pub fn link_path(mountpoint: &Path) -> PathBuf {
     let mut name: String = bytes
         .iter()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (*b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => {
+                (*b as char).to_string()
+            }
             b'/' => "+".to_string(),
             other => format!("%{other:02x}"),
         })
@@ -148,17 +160,25 @@ impl Server {
 
     fn answer(&self, request: Request) -> Response {
         match request {
-            Request::Status => Response::Status(status::collect(&self.info, &self.ctx, &self.slots)),
-            Request::Sync { timeout_ms } => self.sync(Duration::from_millis(timeout_ms)),
-            Request::Verify { timeout_ms } => {
-                Response::Verified(verify::run(&self.ctx, &self.slots, Duration::from_millis(timeout_ms)))
+            Request::Status => {
+                Response::Status(status::collect(&self.info, &self.ctx, &self.slots))
             }
+            Request::Sync { timeout_ms } => self.sync(Duration::from_millis(timeout_ms)),
+            Request::Verify { timeout_ms } => Response::Verified(verify::run(
+                &self.ctx,
+                &self.slots,
+                Duration::from_millis(timeout_ms),
+            )),
         }
     }
 
     fn sync(&self, timeout: Duration) -> Response {
         let seq = self.ctx.journal.head().0;
-        if self.ctx.acks.wait_all_confirmed(seq, Instant::now() + timeout) {
+        if self
+            .ctx
+            .acks
+            .wait_all_confirmed(seq, Instant::now() + timeout)
+        {
             return Response::Synced { seq: seq.0 };
         }
         let missing = self
@@ -168,7 +188,10 @@ impl Server {
                 let progress = slot.progress();
                 let confirmed = progress.confirmed.0;
                 (confirmed < seq).then(|| {
-                    let error = progress.last_error.map(|e| format!("; last error: {e}")).unwrap_or_default();
+                    let error = progress
+                        .last_error
+                        .map(|e| format!("; last error: {e}"))
+                        .unwrap_or_default();
                     format!(
                         "mirror {} confirmed seq {confirmed} of {seq}: {} records missing{error}",
                         slot.name,
@@ -177,11 +200,14 @@ impl Server {
                 })
             })
             .collect();
-        Response::Timeout { seq: seq.0, missing }
+        Response::Timeout {
+            seq: seq.0,
+            missing,
+        }
     }
 }
 
-/// The client side: sends one request to the daemon of `mountpoint`.
+/// Sends one request to the daemon of `mountpoint` and returns its response.
 pub fn request(mountpoint: &Path, request: &Request, timeout: Duration) -> Result<Response, Error> {
     let mountpoint = normalize_mountpoint(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     let link = link_path(&mountpoint);
@@ -199,7 +225,9 @@ pub fn request(mountpoint: &Path, request: &Request, timeout: Duration) -> Resul
     text.push('\n');
     (&stream).write_all(text.as_bytes()).map_err(connection)?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(connection)?;
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(connection)?;
     serde_json::from_str(&line).map_err(|e| Error::Protocol {
         mountpoint: mountpoint.clone(),
         message: e.to_string(),

@@ -17,11 +17,11 @@ use crate::config::{MirrorSpec, Mode, MountConfig, WhenFull};
 use crate::control;
 use crate::fs::{FsOptions, LogFs};
 use crate::journal::{Journal, Position, Seq};
+use crate::mirror::Mirror;
 use crate::mirror::acks::{AckPolicy, Acks};
 use crate::mirror::cursor;
 use crate::mirror::dir::DirMirror;
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
-use crate::mirror::Mirror;
 use crate::status::MountInfo;
 
 /// Magic number of FUSE in `statfs(2)`'s f_type.
@@ -69,7 +69,9 @@ pub fn mount(mut config: MountConfig, foreground: bool) -> Result<(), Error> {
     // SAFETY: no thread has been started yet, so the child may run anything after fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(io_error("fork a daemon for", &config.mountpoint)(std::io::Error::last_os_error()));
+        return Err(io_error("fork a daemon for", &config.mountpoint)(
+            std::io::Error::last_os_error(),
+        ));
     }
     if pid > 0 {
         drop(write_end);
@@ -95,7 +97,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 returns.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(Error::Startup(format!("pipe: {}", std::io::Error::last_os_error())));
+        return Err(Error::Startup(format!(
+            "pipe: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     // SAFETY: pipe2 returned two new descriptors that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -129,7 +134,10 @@ fn detach(config: &MountConfig) {
     // SAFETY: setsid has no preconditions; failure (already a leader) is harmless.
     unsafe { libc::setsid() };
     let _ = std::fs::create_dir_all(&config.state_dir);
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -155,19 +163,32 @@ fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
         ))
     })?;
     if !meta.is_dir() {
-        return Err(Error::Invalid(format!("backing path {backing:?} is not a directory")));
+        return Err(Error::Invalid(format!(
+            "backing path {backing:?} is not a directory"
+        )));
     }
+
     clean_dead_mount(&config.mountpoint);
     let mountpoint = &config.mountpoint;
     let meta = std::fs::metadata(mountpoint).map_err(|e| {
-        Error::Invalid(format!("mount point {mountpoint:?} cannot be used: {e}; create the directory"))
+        Error::Invalid(format!(
+            "mount point {mountpoint:?} cannot be used: {e}; create the directory"
+        ))
     })?;
     if !meta.is_dir() {
-        return Err(Error::Invalid(format!("mount point {mountpoint:?} is not a directory")));
+        return Err(Error::Invalid(format!(
+            "mount point {mountpoint:?} is not a directory"
+        )));
     }
+
     let default_state = config.state_is_inside_backing();
-    config.backing = backing.canonicalize().map_err(io_error("resolve", backing))?;
-    config.mountpoint = config.mountpoint.canonicalize().map_err(io_error("resolve", mountpoint))?;
+    config.backing = backing
+        .canonicalize()
+        .map_err(io_error("resolve", backing))?;
+    config.mountpoint = config
+        .mountpoint
+        .canonicalize()
+        .map_err(io_error("resolve", mountpoint))?;
     if is_mounted_here(&config.mountpoint) {
         return Err(Error::Invalid(format!(
             "mount point {:?} is already a mount; unmount it first (fusermount3 -u)",
@@ -177,6 +198,7 @@ fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
     if default_state {
         config.state_dir = config.backing.join(crate::config::STATE_DIR_NAME);
     }
+
     let (backing, mountpoint) = (&config.backing, &config.mountpoint);
     if backing == mountpoint {
         return Err(Error::Invalid(format!(
@@ -188,6 +210,7 @@ fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
             "backing directory {backing:?} and mount point {mountpoint:?} are nested; use two separate directories"
         )));
     }
+
     for spec in &config.mirrors {
         let MirrorSpec::Dir(dir) = spec;
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
@@ -199,7 +222,9 @@ fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
             )));
         }
     }
-    if !default_state && (config.state_dir.starts_with(backing) || config.state_dir.starts_with(mountpoint)) {
+    if !default_state
+        && (config.state_dir.starts_with(backing) || config.state_dir.starts_with(mountpoint))
+    {
         return Err(Error::Invalid(format!(
             "state directory {:?} is inside the backing directory or the mount point; \
              leave state unset (it defaults to BACKING/.logmirror, hidden from the mount) or put it elsewhere",
@@ -231,8 +256,14 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(value);
             i += 4;
         } else {
@@ -246,7 +277,9 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
 /// Unmounts a logmirror mount left behind by a daemon that died ("Transport endpoint is
 /// not connected"), so that a restart needs no manual step. Other mounts are left alone.
 fn clean_dead_mount(mountpoint: &Path) {
-    let Err(e) = std::fs::metadata(mountpoint) else { return };
+    let Err(e) = std::fs::metadata(mountpoint) else {
+        return;
+    };
     if e.raw_os_error() != Some(libc::ENOTCONN) {
         return;
     }
@@ -255,8 +288,12 @@ fn clean_dead_mount(mountpoint: &Path) {
         Some(fstype) if fstype == crate::fs::FS_TYPE => {}
         _ => return,
     }
-    log::warn!("mount point {absolute:?} holds a dead logmirror mount; unmounting it");
-    let Ok(path) = CString::new(absolute.as_os_str().as_bytes()) else { return };
+    log::warn!(
+        "mount point {absolute:?} is a dead logmirror mount (its daemon died); unmounting it"
+    );
+    let Ok(path) = CString::new(absolute.as_os_str().as_bytes()) else {
+        return;
+    };
     // SAFETY: `path` is a valid NUL-terminated string.
     let detached = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0;
     if !detached {
@@ -323,7 +360,11 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         recovery.segments,
         recovery.head,
         recovery.torn_bytes_cut,
-        if was_clean || recovery.head == Seq(0) { "" } else { "; previous run did not shut down cleanly" }
+        if was_clean || recovery.head == Seq(0) {
+            ""
+        } else {
+            "; previous run did not shut down cleanly"
+        }
     );
     let _ = std::fs::remove_file(&clean_marker);
 
@@ -379,7 +420,13 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         .spawn(move || server.serve(listener))
         .map_err(|e| Error::Startup(format!("cannot start the control thread: {e}")))?;
 
-    let session_done = mount_session(&config, journal.clone(), acks.clone(), namespace, resync_needed)?;
+    let session_done = mount_session(
+        &config,
+        journal.clone(),
+        acks.clone(),
+        namespace,
+        resync_needed,
+    )?;
     wait_until_serving(&config.mountpoint)?;
     log::info!(
         "mounted {:?} on {:?}: mode {}, mirrors {}",
@@ -389,7 +436,12 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
             Mode::Sync => "sync",
             Mode::Async => "async",
         },
-        config.mirrors.iter().map(MirrorSpec::name).collect::<Vec<_>>().join(", ")
+        config
+            .mirrors
+            .iter()
+            .map(MirrorSpec::name)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if let Some(mut notify) = notify.take() {
         let _ = writeln!(notify, "ready");
@@ -397,7 +449,11 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     spawn_signal_thread(signals, config.mountpoint.clone());
 
     let _ = session_done.recv();
-    log::info!("{:?} unmounted; draining mirrors (drain_timeout={:?})", config.mountpoint, config.drain_timeout);
+    log::info!(
+        "{:?} unmounted; draining mirrors (drain_timeout={:?})",
+        config.mountpoint,
+        config.drain_timeout
+    );
     drain(&config, &ctx, &slots);
     ctx.stop.set();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -426,26 +482,37 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
 }
 
 /// Opens each mirror and its cursor, deciding which mirrors must be resynced.
-fn open_mirrors(config: &MountConfig, journal: &Journal, was_clean: bool) -> Result<Vec<Arc<MirrorSlot>>, Error> {
+fn open_mirrors(
+    config: &MountConfig,
+    journal: &Journal,
+    was_clean: bool,
+) -> Result<Vec<Arc<MirrorSlot>>, Error> {
     let mut slots = Vec::new();
     for (index, spec) in config.mirrors.iter().enumerate() {
         let name = spec.name();
         let MirrorSpec::Dir(dir) = spec;
-        let mirror: Box<dyn Mirror> = Box::new(DirMirror::open(dir).map_err(|source| Error::Mirror {
-            name: name.clone(),
-            source,
-        })?);
+        let mirror: Box<dyn Mirror> =
+            Box::new(DirMirror::open(dir).map_err(|source| Error::Mirror {
+                name: name.clone(),
+                source,
+            })?);
         let cursor = cursor::load(&config.state_dir, &name);
         let (head, _) = journal.head();
         let first = journal.first_seq();
         let mut progress = Progress::default();
         let reason = match &cursor {
             None => Some("it has no cursor yet"),
-            Some(c) if c.journal_id != journal.id() => Some("its cursor belongs to another journal"),
+            Some(c) if c.journal_id != journal.id() => {
+                Some("its cursor belongs to another journal")
+            }
             Some(c) if c.needs_resync => Some("a resync was pending"),
-            Some(_) if !was_clean && head.0 > 0 => Some("the previous run did not shut down cleanly"),
+            Some(_) if !was_clean && head.0 > 0 => {
+                Some("the previous run did not shut down cleanly")
+            }
             Some(c) if c.seq > head.0 => Some("its cursor is ahead of the journal"),
-            Some(c) if first.0 > 0 && c.seq + 1 < first.0 => Some("the journal no longer holds the records it lacks"),
+            Some(c) if first.0 > 0 && c.seq + 1 < first.0 => {
+                Some("the journal no longer holds the records it lacks")
+            }
             Some(_) => None,
         };
         if let Some(c) = &cursor {
@@ -486,14 +553,16 @@ fn mount_session(
         },
     )
     .map_err(io_error("open", &config.backing))?;
+
     let mut fuse_config = fuser::Config::default();
     fuse_config.n_threads = Some(config.threads);
     fuse_config.clone_fd = config.threads > 1;
     // SAFETY: geteuid has no preconditions.
     let session = if unsafe { libc::geteuid() } == 0 {
         fuse_config.acl = fuser::SessionACL::All;
-        let device = crate::fs::mount_kernel(&config.backing, &config.mountpoint, &config.kernel_options)
-            .map_err(io_error("mount FUSE on", &config.mountpoint))?;
+        let device =
+            crate::fs::mount_kernel(&config.backing, &config.mountpoint, &config.kernel_options)
+                .map_err(io_error("mount FUSE on", &config.mountpoint))?;
         fuser::Session::from_fd(fs, device, fuser::SessionACL::All, fuse_config)
     } else {
         fuse_config.mount_options = vec![
@@ -502,7 +571,9 @@ fn mount_session(
             fuser::MountOption::DefaultPermissions,
         ];
         for option in &config.kernel_options {
-            fuse_config.mount_options.push(fuser::MountOption::CUSTOM(option.clone()));
+            fuse_config
+                .mount_options
+                .push(fuser::MountOption::CUSTOM(option.clone()));
         }
         fuser::Session::new(fs, &config.mountpoint, &fuse_config)
     }
@@ -529,13 +600,19 @@ fn wait_until_serving(mountpoint: &Path) -> Result<(), Error> {
         // SAFETY: an all-zero statfs is a valid plain C struct; the path is NUL-terminated.
         let f_type = unsafe {
             let mut st: libc::statfs = std::mem::zeroed();
-            if libc::statfs(path.as_ptr(), &mut st) == 0 { st.f_type as i64 } else { 0 }
+            if libc::statfs(path.as_ptr(), &mut st) == 0 {
+                st.f_type as i64
+            } else {
+                0
+            }
         };
         if f_type == FUSE_SUPER_MAGIC {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::Startup(format!("mount point {mountpoint:?} did not start serving within 30 s")));
+            return Err(Error::Startup(format!(
+                "mount point {mountpoint:?} did not start serving within 30 s"
+            )));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -572,21 +649,27 @@ fn spawn_signal_thread(signals: libc::sigset_t, mountpoint: PathBuf) {
 
 /// Runs periodic duties: sync-mode timeouts, resync requests, removal of confirmed
 /// segments.
-fn spawn_housekeeping(ctx: Arc<Context>, slots: Vec<Arc<MirrorSlot>>, resync_needed: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new().name("housekeeping".into()).spawn(move || {
-        let mut last_release = Instant::now();
-        while !ctx.stop.sleep(Duration::from_millis(50)) {
-            ctx.acks.tick(ctx.journal.head().0);
-            worker::request_resync(&slots, &resync_needed, &ctx);
-            if last_release.elapsed() >= Duration::from_secs(1) {
-                last_release = Instant::now();
-                let (min_seq, _) = ctx.acks.min_confirmed();
-                if let Err(e) = ctx.journal.release_up_to(min_seq) {
-                    log::warn!("failed to remove confirmed journal segments: {e}");
+fn spawn_housekeeping(
+    ctx: Arc<Context>,
+    slots: Vec<Arc<MirrorSlot>>,
+    resync_needed: Arc<AtomicBool>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("housekeeping".into())
+        .spawn(move || {
+            let mut last_release = Instant::now();
+            while !ctx.stop.sleep(Duration::from_millis(50)) {
+                ctx.acks.tick(ctx.journal.head().0);
+                worker::request_resync(&slots, &resync_needed, &ctx);
+                if last_release.elapsed() >= Duration::from_secs(1) {
+                    last_release = Instant::now();
+                    let (min_seq, _) = ctx.acks.min_confirmed();
+                    if let Err(e) = ctx.journal.release_up_to(min_seq) {
+                        log::warn!("failed to remove confirmed journal segments: {e}");
+                    }
                 }
             }
-        }
-    });
+        });
     if let Err(e) = spawned {
         log::error!("cannot start the housekeeping thread: {e}");
     }
@@ -596,8 +679,14 @@ fn spawn_housekeeping(ctx: Arc<Context>, slots: Vec<Arc<MirrorSlot>>, resync_nee
 fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) {
     let head = ctx.journal.head().0;
     let started = Instant::now();
-    if ctx.acks.wait_all_confirmed(head, started + config.drain_timeout) {
-        log::info!("mirrors drained up to seq {head} in {:.1?}", started.elapsed());
+    if ctx
+        .acks
+        .wait_all_confirmed(head, started + config.drain_timeout)
+    {
+        log::info!(
+            "mirrors drained up to seq {head} in {:.1?}",
+            started.elapsed()
+        );
         return;
     }
     for slot in slots {

@@ -88,12 +88,23 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
 pub fn render(status: &Status) -> String {
     let mut out = String::new();
     let mode = if status.degraded {
-        format!("{} (degraded: running async until mirrors catch up)", status.mode)
+        format!(
+            "{} (degraded: running async until mirrors catch up)",
+            status.mode
+        )
     } else {
         status.mode.clone()
     };
-    let _ = writeln!(out, "mount:   {} (backing {})", status.mountpoint, status.backing);
-    let _ = writeln!(out, "daemon:  pid {}, state {}", status.pid, status.state_dir);
+    let _ = writeln!(
+        out,
+        "mount:   {} (backing {})",
+        status.mountpoint, status.backing
+    );
+    let _ = writeln!(
+        out,
+        "daemon:  pid {}, state {}",
+        status.pid, status.state_dir
+    );
     let _ = writeln!(out, "mode:    {mode}");
     let _ = writeln!(
         out,

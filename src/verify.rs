@@ -27,14 +27,16 @@ pub struct MirrorReport {
     pub entries: usize,
     /// One line per difference, naming the path.
     pub differences: Vec<String>,
-    /// Why the comparison could not be made, if it could not.
+    /// Reason the comparison failed, if it did.
     pub error: Option<String>,
 }
 
 impl VerifyReport {
     /// Returns true when every mirror was compared and none differs.
     pub fn is_clean(&self) -> bool {
-        self.mirrors.iter().all(|m| m.error.is_none() && m.differences.is_empty())
+        self.mirrors
+            .iter()
+            .all(|m| m.error.is_none() && m.differences.is_empty())
     }
 }
 
@@ -53,7 +55,10 @@ pub fn run(ctx: &Context, slots: &[Arc<MirrorSlot>], timeout: Duration) -> Verif
             Ok((_, lines)) if !lines.is_empty() => {
                 compare(ctx, slot, &skip, deadline).map(|(entries, again)| {
                     let before: BTreeSet<String> = lines.into_iter().collect();
-                    (entries, again.into_iter().filter(|l| before.contains(l)).collect())
+                    (
+                        entries,
+                        again.into_iter().filter(|l| before.contains(l)).collect(),
+                    )
                 })
             }
             other => other,
@@ -76,7 +81,11 @@ pub fn run(ctx: &Context, slots: &[Arc<MirrorSlot>], timeout: Duration) -> Verif
             mirror_report.name,
             mirror_report.entries,
             mirror_report.differences.len(),
-            mirror_report.error.as_ref().map(|e| format!(", failed: {e}")).unwrap_or_default()
+            mirror_report
+                .error
+                .as_ref()
+                .map(|e| format!(", failed: {e}"))
+                .unwrap_or_default()
         );
         report.mirrors.push(mirror_report);
     }

@@ -1,5 +1,6 @@
 //! Command-line errors: bad mount options and paths must fail before anything is mounted,
-//! with the exit codes `EXIT_USAGE` (configuration) or `EXIT_RUNTIME` (the system state) and
+//! with the exit codes `EXIT_USAGE` (invalid options or paths) or `EXIT_RUNTIME` (the system
+//! state, such as a path that is not a mount) and
 //! a message on stderr that names the offending key, value or path.
 //!
 //! None of these cases needs a working mount, so they run without root as well.
@@ -106,7 +107,7 @@ fn mount_missing_backing() {
     let dirs = TestDirs::new(1);
     let missing = dirs.root.join("no-such-backing");
     let out = mount_with(&missing, &dirs.mnt, &dirs.mirror_options());
-    assert_fails(&out, EXIT_RUNTIME, path_str(&missing));
+    assert_fails(&out, EXIT_USAGE, path_str(&missing));
 }
 
 #[test]
@@ -114,7 +115,7 @@ fn mount_missing_mount_point() {
     let dirs = TestDirs::new(1);
     let missing = dirs.root.join("no-such-mnt");
     let out = mount_with(&dirs.backing, &missing, &dirs.mirror_options());
-    assert_fails(&out, EXIT_RUNTIME, path_str(&missing));
+    assert_fails(&out, EXIT_USAGE, path_str(&missing));
 }
 
 #[test]

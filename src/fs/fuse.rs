@@ -51,9 +51,15 @@ fn anyhow_like(err: &dyn std::error::Error) -> String {
 
 impl LogFs {
     /// Replies through `send` once `seq` is acknowledged under the mode in force.
-    fn reply_when_acked(&self, seq: Option<Seq>, send: impl FnOnce(Result<(), Errno>) + Send + 'static) {
-        self.acks
-            .complete(seq, Box::new(move |result| send(result.map_err(Errno::from_i32))));
+    fn reply_when_acked(
+        &self,
+        seq: Option<Seq>,
+        send: impl FnOnce(Result<(), Errno>) + Send + 'static,
+    ) {
+        self.acks.complete(
+            seq,
+            Box::new(move |result| send(result.map_err(Errno::from_i32))),
+        );
     }
 }
 
@@ -64,11 +70,15 @@ impl Filesystem for LogFs {
         }
         // Parallel lookups and readdirs in one directory; the backing filesystem serializes
         // what it must.
-        config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS).ok();
-        // Without this the kernel asks for the security.capability xattr before every write
-        // (a second round trip per write); with it the kernel flags writes that must clear
-        // setuid and setgid, and `ops::write` does that itself.
-        config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2).ok();
+        config
+            .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS)
+            .ok();
+        // Without this flag the kernel requests the security.capability xattr before every write,
+        // a second round trip per write. With it, the kernel marks the writes that must clear
+        // setuid and setgid, and `ops::write` clears them itself.
+        config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .ok();
         Ok(())
     }
 
@@ -152,7 +162,15 @@ impl Filesystem for LogFs {
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         match LogFs::mkdir(self, caller(req), parent.0, name, mode, umask) {
             Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
                 Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
@@ -182,7 +200,14 @@ impl Filesystem for LogFs {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         match LogFs::symlink(self, caller(req), parent.0, link_name, target.as_os_str()) {
             Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
                 Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
@@ -211,7 +236,14 @@ impl Filesystem for LogFs {
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         match LogFs::link(self, ino.0, newparent.0, newname) {
             Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
                 Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
@@ -267,7 +299,14 @@ impl Filesystem for LogFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -285,7 +324,14 @@ impl Filesystem for LogFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match LogFs::fsync(self, fh.0, datasync) {
             Ok(seq) => self.reply_when_acked(seq, move |r| match r {
                 Ok(()) => reply.ok(),
@@ -302,7 +348,14 @@ impl Filesystem for LogFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let result = LogFs::readdir(self, fh.0, offset as i64, |entry| {
             reply.add(
                 INodeNo(entry.ino),
@@ -317,12 +370,26 @@ impl Filesystem for LogFs {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         LogFs::releasedir(self, fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match LogFs::fsyncdir(self, fh.0) {
             Ok(seq) => self.reply_when_acked(seq, move |r| match r {
                 Ok(()) => reply.ok(),
@@ -411,7 +478,13 @@ impl Filesystem for LogFs {
     ) {
         match LogFs::create(self, caller(req), parent.0, name, mode, umask, flags) {
             Ok((attr, fh, seq)) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+                Ok(()) => reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
                 Err(e) => reply.error(e),
             }),
             Err(e) => reply.error(errno("create", e)),
@@ -437,7 +510,31 @@ impl Filesystem for LogFs {
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Programs probe files with ioctls such as TCGETS (isatty); ENOTTY is what a regular
+        // file on a local filesystem returns for them.
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match LogFs::lseek(self, fh.0, offset, whence) {
             Ok(offset) => reply.offset(offset),
             Err(e) => reply.error(errno("lseek", e)),
@@ -457,7 +554,12 @@ impl Filesystem for LogFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match LogFs::copy_file_range(self, (fh_in.0, offset_in), (ino_out.0, fh_out.0, offset_out), len) {
+        match LogFs::copy_file_range(
+            self,
+            (fh_in.0, offset_in),
+            (ino_out.0, fh_out.0, offset_out),
+            len,
+        ) {
             Ok((written, seq)) => self.reply_when_acked(seq, move |r| match r {
                 Ok(()) => reply.written(written),
                 Err(e) => reply.error(e),

@@ -9,7 +9,6 @@ use super::sys::DirStream;
 
 /// An open regular file.
 pub struct FileHandle {
-    pub ino: u64,
     /// Backing descriptor, opened without O_APPEND: the kernel sends the offset of each
     /// write, and pwrite on an O_APPEND descriptor would ignore it.
     pub fd: OwnedFd,
@@ -44,7 +43,10 @@ impl HandleTable {
 
     pub fn insert_file(&self, handle: FileHandle) -> u64 {
         let id = self.next_id();
-        self.files.write().expect("handle lock").insert(id, Arc::new(handle));
+        self.files
+            .write()
+            .expect("handle lock")
+            .insert(id, Arc::new(handle));
         id
     }
 
@@ -58,7 +60,10 @@ impl HandleTable {
 
     pub fn insert_dir(&self, handle: DirHandle) -> u64 {
         let id = self.next_id();
-        self.dirs.write().expect("handle lock").insert(id, Arc::new(handle));
+        self.dirs
+            .write()
+            .expect("handle lock")
+            .insert(id, Arc::new(handle));
         id
     }
 
@@ -68,9 +73,5 @@ impl HandleTable {
 
     pub fn remove_dir(&self, id: u64) {
         self.dirs.write().expect("handle lock").remove(&id);
-    }
-
-    pub fn open_files(&self) -> usize {
-        self.files.read().expect("handle lock").len()
     }
 }

@@ -1,6 +1,6 @@
-//! The inode table: one O_PATH descriptor per inode the kernel knows, and the names it is
-//! known by, so every operation reaches the backing file through a descriptor and every
-//! journal record can name the file by its current path.
+//! The inode table: one O_PATH descriptor per inode the kernel has looked up, and the names
+//! it was looked up by. Every operation reaches the backing file through its descriptor, and
+//! every journal record names the file by its current path.
 //!
 //! FUSE inode numbers are the backing inode numbers (stable across remounts), except that
 //! the backing root is inode 1 as FUSE requires.
@@ -15,8 +15,8 @@ use crate::journal::RelPath;
 
 pub const ROOT_INO: u64 = 1;
 
-/// Deepest directory nesting followed when building a path; deeper trees cannot be
-/// journaled by path (the kernel's PATH_MAX is 4096 bytes, so real trees stay far below).
+/// Maximum directory depth followed when building a path. A path of more levels could not
+/// be used anyway, because the kernel's PATH_MAX is 4096 bytes.
 const MAX_DEPTH: usize = 4096;
 
 /// One name of an inode: the directory inode and the entry name in it.
@@ -31,11 +31,10 @@ pub struct Inode {
     pub ino: u64,
     /// O_PATH | O_NOFOLLOW descriptor of the backing entry.
     pub fd: OwnedFd,
-    pub is_dir: bool,
     lookups: AtomicU64,
     links: Mutex<Vec<Link>>,
     /// Serializes a change to this file's data with its journal append, so that the journal
-    /// holds changes to one file in the order the backing file got them.
+    /// lists changes to one file in the order the backing file got them.
     pub data_lock: Mutex<()>,
 }
 
@@ -76,7 +75,6 @@ impl InodeTable {
         let root = Arc::new(Inode {
             ino: ROOT_INO,
             fd: root_fd,
-            is_dir: true,
             lookups: AtomicU64::new(1),
             links: Mutex::new(Vec::new()),
             data_lock: Mutex::new(()),
@@ -99,18 +97,21 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
-        self.inodes.read().expect("inode table lock").get(&ino).cloned()
+        self.inodes
+            .read()
+            .expect("inode table lock")
+            .get(&ino)
+            .cloned()
     }
 
     /// Records one more kernel reference to the inode, creating the entry with `fd` if the
     /// kernel did not know it yet, and records `link` as one of its names.
-    pub fn remember(&self, ino: u64, fd: OwnedFd, is_dir: bool, link: Link) -> Arc<Inode> {
+    pub fn remember(&self, ino: u64, fd: OwnedFd, link: Link) -> Arc<Inode> {
         let mut inodes = self.inodes.write().expect("inode table lock");
         let inode = inodes.entry(ino).or_insert_with(|| {
             Arc::new(Inode {
                 ino,
                 fd,
-                is_dir,
                 lookups: AtomicU64::new(0),
                 links: Mutex::new(Vec::new()),
                 data_lock: Mutex::new(()),
@@ -159,10 +160,5 @@ impl InodeTable {
             }
         }
         None
-    }
-
-    /// Returns the number of inodes held, for status.
-    pub fn len(&self) -> usize {
-        self.inodes.read().expect("inode table lock").len()
     }
 }

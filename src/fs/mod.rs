@@ -50,9 +50,9 @@ pub struct LogFs {
     handles: HandleTable,
     journal: Arc<Journal>,
     acks: Arc<Acks>,
-    /// Taken shared by every change while it reaches the backing directory and the journal,
-    /// and exclusively by changes to names (so a record's path is the path at its place in
-    /// the journal) and by a mirror resync (which needs a still backing tree).
+    /// Taken shared by every change while it reaches the backing directory and the journal.
+    /// Changes to names take it exclusively, so a record's path is valid at its place in the
+    /// journal, and so does a mirror resync, which needs a backing tree that does not change.
     namespace: Arc<RwLock<()>>,
     /// Set when a change reached the backing directory but not the journal; mirror workers
     /// then resync from the backing tree.

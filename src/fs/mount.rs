@@ -14,7 +14,11 @@ pub const FS_TYPE: &str = "fuse.logmirror";
 /// Mounts a new FUSE connection on `mountpoint` (as root) and returns the /dev/fuse
 /// descriptor that serves it. `kernel_options` are `nosuid`, `nodev`, `noexec`, `ro` and
 /// their opposites; setuid files and device nodes are off unless asked for.
-pub fn mount_kernel(backing: &Path, mountpoint: &Path, kernel_options: &[String]) -> io::Result<OwnedFd> {
+pub fn mount_kernel(
+    backing: &Path,
+    mountpoint: &Path,
+    kernel_options: &[String],
+) -> io::Result<OwnedFd> {
     // SAFETY: the path is a NUL-terminated literal.
     let raw = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if raw < 0 {

@@ -167,28 +167,36 @@ impl LogFs {
             Ok((seq, _)) => Ok(Some(seq)),
             Err(source) => {
                 self.resync_needed.store(true, Ordering::SeqCst);
-                Err(Error::Journal { op: op_name, source })
+                Err(Error::Journal {
+                    op: op_name,
+                    source,
+                })
             }
         }
     }
 
     fn request_resync(&self, op_name: &str, why: &str) {
         if !self.resync_needed.swap(true, Ordering::SeqCst) {
-            log::warn!("{op_name} could not be journaled because {why}; mirrors will resync from the backing tree");
+            log::warn!(
+                "{op_name} could not be journaled because {why}; mirrors will resync from the backing tree"
+            );
         }
     }
 
     /// Looks up `name` in `parent` and takes one kernel reference on the result.
-    fn remember_child(&self, parent: u64, parent_inode: &Inode, name: &OsStr) -> Result<FileAttr, Error> {
+    fn remember_child(
+        &self,
+        parent: u64,
+        parent_inode: &Inode,
+        name: &OsStr,
+    ) -> Result<FileAttr, Error> {
         let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
             .map_err(backing("lookup"))?;
         let st = sys::fstat(fd.as_fd()).map_err(backing("lookup"))?;
         let ino = self.inodes.fuse_ino(st.st_ino);
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         self.inodes.remember(
             ino,
             fd,
-            is_dir,
             Link {
                 parent,
                 name: name.to_os_string(),
@@ -198,7 +206,12 @@ impl LogFs {
     }
 
     /// Gives a new entry to the calling user, as a local filesystem would.
-    fn chown_new(&self, parent: &Inode, fd: std::os::fd::BorrowedFd<'_>, caller: Caller) -> Result<(), Error> {
+    fn chown_new(
+        &self,
+        parent: &Inode,
+        fd: std::os::fd::BorrowedFd<'_>,
+        caller: Caller,
+    ) -> Result<(), Error> {
         if !self.is_root {
             return Ok(());
         }
@@ -249,20 +262,28 @@ impl LogFs {
         self.reject_reserved(parent, name)?;
         let _names = self.namespace.write().expect("namespace lock");
         let parent_inode = self.inode(parent)?;
+
         let mode = mode & !umask & 0o7777;
         let access = flags & libc::O_ACCMODE;
         let base = access | libc::O_NOFOLLOW;
-        let (fd, created) = match sys::openat(parent_inode.fd(), name, base | libc::O_CREAT | libc::O_EXCL, mode) {
+        let (fd, created) = match sys::openat(
+            parent_inode.fd(),
+            name,
+            base | libc::O_CREAT | libc::O_EXCL,
+            mode,
+        ) {
             Ok(fd) => (fd, true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                (sys::openat(parent_inode.fd(), name, base, 0).map_err(backing("open"))?, false)
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => (
+                sys::openat(parent_inode.fd(), name, base, 0).map_err(backing("open"))?,
+                false,
+            ),
             Err(e) => return Err(backing("create")(e)),
         };
         if created {
             self.chown_new(&parent_inode, fd.as_fd(), caller)?;
         }
         let attr = self.remember_child(parent, &parent_inode, name)?;
+
         let path = self.child_path(&parent_inode, name);
         let mut seq = None;
         if created {
@@ -279,7 +300,6 @@ impl LogFs {
             seq = self.journal("truncate", path.map(|path| Op::Truncate { path, size: 0 }))?;
         }
         let fh = self.handles.insert_file(FileHandle {
-            ino: attr.ino.0,
             fd,
             sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
         });
@@ -300,6 +320,7 @@ impl LogFs {
         let parent_inode = self.inode(parent)?;
         let kind = mode & libc::S_IFMT;
         let mode = kind | (mode & !umask & 0o7777);
+
         sys::mknodat(parent_inode.fd(), name, mode, rdev as u64).map_err(backing("mknod"))?;
         let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
             .map_err(backing("mknod"))?;
@@ -307,6 +328,7 @@ impl LogFs {
         let st = sys::fstat(fd.as_fd()).map_err(backing("mknod"))?;
         drop(fd);
         let attr = self.remember_child(parent, &parent_inode, name)?;
+
         let op = self.child_path(&parent_inode, name).map(|path| {
             if kind == libc::S_IFREG || kind == 0 {
                 Op::Create {
@@ -374,17 +396,24 @@ impl LogFs {
         let st = sys::fstat(fd.as_fd()).map_err(backing("symlink"))?;
         drop(fd);
         let attr = self.remember_child(parent, &parent_inode, name)?;
-        let op = self.child_path(&parent_inode, name).map(|path| Op::Symlink {
-            path,
-            target: target.as_bytes().to_vec(),
-            uid: st.st_uid,
-            gid: st.st_gid,
-        });
+        let op = self
+            .child_path(&parent_inode, name)
+            .map(|path| Op::Symlink {
+                path,
+                target: target.as_bytes().to_vec(),
+                uid: st.st_uid,
+                gid: st.st_gid,
+            });
         let seq = self.journal("symlink", op)?;
         Ok((attr, seq))
     }
 
-    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<(FileAttr, Option<Seq>), Error> {
+    pub fn link(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<(FileAttr, Option<Seq>), Error> {
         self.reject_reserved(new_parent, new_name)?;
         let _names = self.namespace.write().expect("namespace lock");
         let inode = self.inode(ino)?;
@@ -393,7 +422,9 @@ impl LogFs {
         sys::link_fd(inode.fd(), parent_inode.fd(), new_name).map_err(backing("link"))?;
         let attr = self.remember_child(new_parent, &parent_inode, new_name)?;
         let path = self.child_path(&parent_inode, new_name);
-        let op = existing.zip(path).map(|(existing, path)| Op::Link { existing, path });
+        let op = existing
+            .zip(path)
+            .map(|(existing, path)| Op::Link { existing, path });
         let seq = self.journal("link", op)?;
         Ok((attr, seq))
     }
@@ -437,7 +468,8 @@ impl LogFs {
         let to_dir = self.inode(new_parent)?;
         let from_st = sys::fstatat(from_dir.fd(), name).map_err(backing("rename"))?;
         let to_st = sys::fstatat(to_dir.fd(), new_name).ok();
-        sys::renameat2(from_dir.fd(), name, to_dir.fd(), new_name, flags).map_err(backing("rename"))?;
+        sys::renameat2(from_dir.fd(), name, to_dir.fd(), new_name, flags)
+            .map_err(backing("rename"))?;
 
         let from_ino = self.inodes.fuse_ino(from_st.st_ino);
         let to_ino = to_st.map(|st| self.inodes.fuse_ino(st.st_ino));
@@ -455,7 +487,9 @@ impl LogFs {
         }
         let from = self.child_path(&from_dir, name);
         let to = self.child_path(&to_dir, new_name);
-        let op = from.zip(to).map(|(from, to)| Op::Rename { from, to, flags });
+        let op = from
+            .zip(to)
+            .map(|(from, to)| Op::Rename { from, to, flags });
         self.journal("rename", op)
     }
 
@@ -470,8 +504,11 @@ impl LogFs {
 
         if let Some(mode) = change.mode.filter(|_| !is_symlink) {
             sys::chmod_fd(inode.fd(), mode & 0o7777).map_err(backing("chmod"))?;
-            let op = path.clone().map(|path| Op::SetMode { path, mode: mode & 0o7777 });
-            seq = self.journal("chmod", op)?.or(seq);
+            let op = path.clone().map(|path| Op::SetMode {
+                path,
+                mode: mode & 0o7777,
+            });
+            seq = self.journal_data_change("chmod", &inode, op)?.or(seq);
         }
         if change.uid.is_some() || change.gid.is_some() {
             let uid = change.uid.unwrap_or(u32::MAX);
@@ -482,26 +519,27 @@ impl LogFs {
                 uid: change.uid,
                 gid: change.gid,
             });
-            seq = self.journal("chown", op)?.or(seq);
+            seq = self.journal_data_change("chown", &inode, op)?.or(seq);
             // chown clears setuid and setgid on files; the mirror must end with the same bits.
             let after = sys::fstat(inode.fd()).map_err(backing("chown"))?;
             if after.st_mode != before.st_mode && !is_symlink {
                 let mode = after.st_mode & 0o7777;
                 let op = path.clone().map(|path| Op::SetMode { path, mode });
-                seq = self.journal("chmod", op)?.or(seq);
+                seq = self.journal_data_change("chmod", &inode, op)?.or(seq);
             }
         }
         if let Some(size) = change.size {
             self.truncate(&inode, change.fh, size)?;
             let op = path.clone().map(|path| Op::Truncate { path, size });
-            seq = self.journal("truncate", op)?.or(seq);
+            seq = self.journal_data_change("truncate", &inode, op)?.or(seq);
         }
         if change.atime.is_some() || change.mtime.is_some() {
             let atime = change.atime.map(timestamp);
             let mtime = change.mtime.map(timestamp);
-            sys::utimens_fd(inode.fd(), &[timespec(atime), timespec(mtime)]).map_err(backing("utimens"))?;
+            sys::utimens_fd(inode.fd(), &[timespec(atime), timespec(mtime)])
+                .map_err(backing("utimens"))?;
             let op = path.map(|path| Op::SetTimes { path, atime, mtime });
-            seq = self.journal("utimens", op)?.or(seq);
+            seq = self.journal_data_change("utimens", &inode, op)?.or(seq);
         }
         let st = sys::fstat(inode.fd()).map_err(backing("setattr"))?;
         Ok((file_attr(&st, ino), seq))
@@ -524,7 +562,6 @@ impl LogFs {
         let keep = libc::O_ACCMODE | libc::O_NOATIME;
         let fd = sys::reopen(inode.fd(), flags & keep).map_err(backing("open"))?;
         Ok(self.handles.insert_file(FileHandle {
-            ino,
             fd,
             sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
         }))
@@ -550,7 +587,10 @@ impl LogFs {
         kill_suidgid: bool,
     ) -> Result<(u32, Option<Seq>), Error> {
         let journal = &self.journal;
-        if !self.acks.wait_for_room(self.options.when_full_blocks, || journal.head().1) {
+        if !self
+            .acks
+            .wait_for_room(self.options.when_full_blocks, || journal.head().1)
+        {
             return Err(Error::BacklogFull);
         }
         let handle = self.file_handle(fh)?;
@@ -569,7 +609,10 @@ impl LogFs {
             });
             let seq = self.journal_data_change("write", &inode, op)?;
             if written < data.len() {
-                log::warn!("short write on the backing file: {written} of {} bytes, ino={ino}", data.len());
+                log::warn!(
+                    "short write on the backing file: {written} of {} bytes, ino={ino}",
+                    data.len()
+                );
             }
             (written, seq)
         };
@@ -591,7 +634,10 @@ impl LogFs {
                 mode &= !libc::S_ISGID;
             }
             sys::chmod_fd(inode.fd(), mode).map_err(backing("chmod"))?;
-            let op = self.inodes.path_of(inode).map(|path| Op::SetMode { path, mode });
+            let op = self
+                .inodes
+                .path_of(inode)
+                .map(|path| Op::SetMode { path, mode });
             self.journal_data_change("chmod", inode, op)?;
         }
         let capability = OsStr::new("security.capability");
@@ -611,7 +657,12 @@ impl LogFs {
 
     /// Journals a change to an inode's data or attributes. An unlinked file needs no record:
     /// no mirror has a name for it any more.
-    fn journal_data_change(&self, op_name: &'static str, inode: &Inode, op: Option<Op>) -> Result<Option<Seq>, Error> {
+    fn journal_data_change(
+        &self,
+        op_name: &'static str,
+        inode: &Inode,
+        op: Option<Op>,
+    ) -> Result<Option<Seq>, Error> {
         if op.is_none() {
             let nlink = sys::fstat(inode.fd()).map(|st| st.st_nlink).unwrap_or(0);
             if nlink == 0 {
@@ -621,12 +672,18 @@ impl LogFs {
         self.journal(op_name, op)
     }
 
-    fn make_durable(&self, handle: &FileHandle, data_only: bool, seq: Option<Seq>) -> Result<(), Error> {
+    fn make_durable(
+        &self,
+        handle: &FileHandle,
+        data_only: bool,
+        seq: Option<Seq>,
+    ) -> Result<(), Error> {
         sys::fsync(handle.fd(), data_only).map_err(backing("fsync"))?;
         if let Some(seq) = seq {
-            self.journal
-                .sync_to(seq)
-                .map_err(|source| Error::Journal { op: "fsync", source })?;
+            self.journal.sync_to(seq).map_err(|source| Error::Journal {
+                op: "fsync",
+                source,
+            })?;
         }
         Ok(())
     }
@@ -643,13 +700,17 @@ impl LogFs {
     pub fn fsyncdir(&self, fh: u64) -> Result<Option<Seq>, Error> {
         let dir = self.handles.dir(fh).ok_or(Error::UnknownHandle(fh))?;
         let inode = self.inode(dir.ino)?;
-        let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(backing("fsyncdir"))?;
+        let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(backing("fsyncdir"))?;
         sys::fsync(fd.as_fd(), false).map_err(backing("fsyncdir"))?;
         let head = self.journal.head().0;
         if head.0 > 0 {
             self.journal
                 .sync_to(head)
-                .map_err(|source| Error::Journal { op: "fsyncdir", source })?;
+                .map_err(|source| Error::Journal {
+                    op: "fsyncdir",
+                    source,
+                })?;
             return Ok(Some(head));
         }
         Ok(None)
@@ -659,7 +720,14 @@ impl LogFs {
         self.handles.remove_file(fh);
     }
 
-    pub fn fallocate(&self, ino: u64, fh: u64, offset: u64, length: u64, mode: i32) -> Result<Option<Seq>, Error> {
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<Option<Seq>, Error> {
         let handle = self.file_handle(fh)?;
         let _names = self.namespace.read().expect("namespace lock");
         let inode = self.inode(ino)?;
@@ -697,7 +765,8 @@ impl LogFs {
 
     pub fn opendir(&self, ino: u64) -> Result<u64, Error> {
         let inode = self.inode(ino)?;
-        let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(backing("opendir"))?;
+        let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(backing("opendir"))?;
         let stream = DirStream::new(fd).map_err(backing("opendir"))?;
         Ok(self.handles.insert_dir(DirHandle {
             ino,
@@ -706,7 +775,12 @@ impl LogFs {
     }
 
     /// Lists entries from `offset`, calling `add` for each until it returns true (full).
-    pub fn readdir(&self, fh: u64, offset: i64, mut add: impl FnMut(ListedEntry) -> bool) -> Result<(), Error> {
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: i64,
+        mut add: impl FnMut(ListedEntry) -> bool,
+    ) -> Result<(), Error> {
         let dir = self.handles.dir(fh).ok_or(Error::UnknownHandle(fh))?;
         let mut stream = dir.stream.lock().expect("dir stream lock");
         stream.seek(offset);
@@ -758,7 +832,13 @@ impl LogFs {
         Ok(buf)
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<Option<Seq>, Error> {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<Option<Seq>, Error> {
         let _names = self.namespace.read().expect("namespace lock");
         let inode = self.inode(ino)?;
         let _data = inode.data_lock.lock().expect("data lock");

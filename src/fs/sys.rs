@@ -31,7 +31,12 @@ pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::R
     let name = cstring(name)?;
     // SAFETY: `name` is a valid NUL-terminated string and `dir` a live descriptor.
     let fd = check(unsafe {
-        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode)
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
     })?;
     // SAFETY: openat returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -162,7 +167,12 @@ pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 pub fn utimens_fd(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> io::Result<()> {
     // SAFETY: valid descriptor, empty path with AT_EMPTY_PATH and a two-element array.
     check(unsafe {
-        libc::utimensat(fd.as_raw_fd(), c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH)
+        libc::utimensat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            times.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
     })?;
     Ok(())
 }
@@ -171,7 +181,12 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: valid descriptor, empty path and a buffer of the given length.
     let n = unsafe {
-        libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -258,7 +273,12 @@ pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> io::Result<()> {
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, length: u64) -> io::Result<()> {
     // SAFETY: valid descriptor.
     check(unsafe {
-        libc::fallocate(fd.as_raw_fd(), mode, offset as libc::off_t, length as libc::off_t)
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            length as libc::off_t,
+        )
     })?;
     Ok(())
 }
@@ -314,7 +334,13 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> i
     let name = cstring(name)?;
     // SAFETY: NUL-terminated strings and a value buffer of the given length.
     check(unsafe {
-        libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
     })?;
     Ok(())
 }
@@ -385,7 +411,9 @@ impl DirStream {
                 return Ok(None);
             }
             let entry = &*entry;
-            let name = std::ffi::CStr::from_ptr(entry.d_name.as_ptr()).to_bytes().to_vec();
+            let name = std::ffi::CStr::from_ptr(entry.d_name.as_ptr())
+                .to_bytes()
+                .to_vec();
             Ok(Some(DirEntry {
                 ino: entry.d_ino,
                 next_offset: entry.d_off,

@@ -73,7 +73,10 @@ impl Acks {
             return done(Ok(()));
         };
         let mut state = self.state.lock().expect("acks lock");
-        if self.policy.mode == Mode::Async || state.degraded || acked_seq(&state, &self.policy) >= seq {
+        if self.policy.mode == Mode::Async
+            || state.degraded
+            || acked_seq(&state, &self.policy) >= seq
+        {
             drop(state);
             return done(Ok(()));
         }
@@ -121,7 +124,12 @@ impl Acks {
         }
         let mut state = self.state.lock().expect("acks lock");
         loop {
-            let start = state.confirmed.iter().map(|c| c.1).min().unwrap_or_default();
+            let start = state
+                .confirmed
+                .iter()
+                .map(|c| c.1)
+                .min()
+                .unwrap_or_default();
             if head().0.saturating_sub(start.0) < self.policy.max_backlog_bytes {
                 return true;
             }
@@ -164,7 +172,11 @@ impl Acks {
         let mut state = self.state.lock().expect("acks lock");
         if state.degraded && acked_seq(&state, &self.policy) >= head {
             state.degraded = false;
-            let lasted = state.since_degraded.take().map(|t| t.elapsed()).unwrap_or_default();
+            let lasted = state
+                .since_degraded
+                .take()
+                .map(|t| t.elapsed())
+                .unwrap_or_default();
             log::info!("sync mode restored: mirrors caught up after {lasted:.1?} in async mode");
         }
         let timed_out = state
@@ -178,8 +190,9 @@ impl Acks {
                 OnMirrorFailure::Fail => {
                     let timeout = self.policy.sync_timeout;
                     for waiters in state.pending.values_mut() {
-                        let (old, young): (Vec<_>, Vec<_>) =
-                            waiters.drain(..).partition(|w| w.since.elapsed() >= timeout);
+                        let (old, young): (Vec<_>, Vec<_>) = waiters
+                            .drain(..)
+                            .partition(|w| w.since.elapsed() >= timeout);
                         *waiters = young;
                         expired.extend(old.into_iter().map(|w| (w, Err(libc::EIO))));
                     }
@@ -266,7 +279,10 @@ mod tests {
 
     #[test]
     fn sync_waits_for_ack_count() {
-        let acks = Acks::new(policy(Mode::Sync, 1, OnMirrorFailure::Block), vec![Default::default(); 2]);
+        let acks = Acks::new(
+            policy(Mode::Sync, 1, OnMirrorFailure::Block),
+            vec![Default::default(); 2],
+        );
         let (ok, err) = counter();
         acks.complete(Some(Seq(1)), completion(&ok, &err));
         acks.complete(Some(Seq(2)), completion(&ok, &err));
@@ -280,7 +296,10 @@ mod tests {
 
     #[test]
     fn sync_all_needs_every_mirror() {
-        let acks = Acks::new(policy(Mode::Sync, 2, OnMirrorFailure::Block), vec![Default::default(); 2]);
+        let acks = Acks::new(
+            policy(Mode::Sync, 2, OnMirrorFailure::Block),
+            vec![Default::default(); 2],
+        );
         let (ok, err) = counter();
         acks.complete(Some(Seq(1)), completion(&ok, &err));
         acks.confirm(0, Seq(1), Position(10));
@@ -291,7 +310,10 @@ mod tests {
 
     #[test]
     fn timeout_fail_returns_eio() {
-        let acks = Acks::new(policy(Mode::Sync, 1, OnMirrorFailure::Fail), vec![Default::default()]);
+        let acks = Acks::new(
+            policy(Mode::Sync, 1, OnMirrorFailure::Fail),
+            vec![Default::default()],
+        );
         let (ok, err) = counter();
         acks.complete(Some(Seq(1)), completion(&ok, &err));
         acks.tick(Seq(1));
@@ -301,7 +323,10 @@ mod tests {
 
     #[test]
     fn timeout_degrade_then_restore() {
-        let acks = Acks::new(policy(Mode::Sync, 1, OnMirrorFailure::Degrade), vec![Default::default()]);
+        let acks = Acks::new(
+            policy(Mode::Sync, 1, OnMirrorFailure::Degrade),
+            vec![Default::default()],
+        );
         let (ok, err) = counter();
         acks.complete(Some(Seq(1)), completion(&ok, &err));
         acks.tick(Seq(1));
@@ -317,7 +342,10 @@ mod tests {
 
     #[test]
     fn backlog_full_fails_without_blocking() {
-        let acks = Acks::new(policy(Mode::Async, 1, OnMirrorFailure::Block), vec![Default::default()]);
+        let acks = Acks::new(
+            policy(Mode::Async, 1, OnMirrorFailure::Block),
+            vec![Default::default()],
+        );
         assert!(acks.wait_for_room(false, || Position(999)));
         assert!(!acks.wait_for_room(false, || Position(1000)));
         acks.confirm(0, Seq(3), Position(500));

@@ -25,11 +25,19 @@ pub struct Cursor {
 pub fn path(state_dir: &Path, mirror: &str) -> PathBuf {
     let safe: String = mirror
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(120)
         .collect();
     let crc = crc32c::crc32c(mirror.as_bytes());
-    state_dir.join("cursors").join(format!("{safe}-{crc:08x}.json"))
+    state_dir
+        .join("cursors")
+        .join(format!("{safe}-{crc:08x}.json"))
 }
 
 /// Reads a cursor; a missing file is `None`, and so is an unreadable one (logged), since a

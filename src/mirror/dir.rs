@@ -79,7 +79,9 @@ struct Dirty {
 pub struct DirMirror {
     name: String,
     root_path: PathBuf,
-    root: OwnedFd,
+    /// Descriptor of the root directory; `None` after a failure, so that nothing stays open
+    /// on a mirror filesystem the operator may need to unmount and repair.
+    root: Option<OwnedFd>,
     root_id: RootId,
     /// Set by `flush` and by a failed op: the next op opens the root path again and
     /// switches to it if it is another directory or mount now.
@@ -128,7 +130,7 @@ impl DirMirror {
         Ok(DirMirror {
             name,
             root_path: root.to_path_buf(),
-            root: fd,
+            root: Some(fd),
             root_id,
             recheck_root: false,
             files: HashMap::new(),
@@ -142,7 +144,7 @@ impl DirMirror {
 
     /// Opens the root path again if asked to, and switches to it if it changed.
     fn check_root(&mut self) -> io::Result<()> {
-        if !self.recheck_root {
+        if !self.recheck_root && self.root.is_some() {
             return Ok(());
         }
         let fd = at::open_root(&self.root_path)?;
@@ -152,12 +154,36 @@ impl DirMirror {
                 "mirror {}: root directory changed (remounted or replaced); using the new one",
                 self.name
             );
-            self.root = fd;
             self.root_id = id;
             self.files.clear();
         }
+        self.root = Some(fd);
         self.recheck_root = false;
         Ok(())
+    }
+
+    /// Returns the root descriptor, which `check_root` opened before any op or listing.
+    fn root(&self) -> BorrowedFd<'_> {
+        self.root
+            .as_ref()
+            .expect("check_root opens the root before use")
+            .as_fd()
+    }
+
+    /// Closes every descriptor held on the mirror after a failure, so that the operator can
+    /// unmount or repair the mirror filesystem; the next op opens the root again.
+    fn release_descriptors(&mut self) {
+        // NOTE: a change applied before the failure is synced here on a best-effort basis only;
+        // if this sync fails too, the change may not be durable on the mirror when confirmed.
+        if let Err((path, e)) = self.sync_dirty() {
+            warn!(
+                "mirror {}: fsync of {path} after a failure also failed: {e}",
+                self.name
+            );
+        }
+        self.dirty.clear();
+        self.files.clear();
+        self.root = None;
     }
 
     fn apply_op(&mut self, op: &Op) -> io::Result<()> {
@@ -211,7 +237,7 @@ impl DirMirror {
 
     /// Opens the directory holding `path`, as [`at::walk_parent`] does.
     fn locate(&self, path: &RelPath) -> io::Result<(OwnedFd, CString)> {
-        at::walk_parent(self.root.as_fd(), path)
+        at::walk_parent(self.root(), path)
     }
 
     /// Returns the open file for writes to `path`, opening and caching it if needed.
@@ -694,7 +720,7 @@ impl Mirror for DirMirror {
         }
         self.apply_op(op).map_err(|source| {
             // A remount can be the cause, so the next op looks at the root path again.
-            self.recheck_root = true;
+            self.release_descriptors();
             Error::Io {
                 mirror: self.name.clone(),
                 action: op.kind(),
@@ -706,11 +732,14 @@ impl Mirror for DirMirror {
 
     fn flush(&mut self) -> Result<(), Error> {
         self.recheck_root = true;
-        self.sync_dirty().map_err(|(path, source)| Error::Io {
-            mirror: self.name.clone(),
-            action: "fsync",
-            path,
-            source,
+        self.sync_dirty().map_err(|(path, source)| {
+            self.release_descriptors();
+            Error::Io {
+                mirror: self.name.clone(),
+                action: "fsync",
+                path,
+                source,
+            }
         })
     }
 
@@ -723,8 +752,10 @@ impl Mirror for DirMirror {
                 source,
             });
         }
+        // The mirror may be remounted before the next op, so that op looks at the root again.
+        self.recheck_root = true;
         let skip = [OsStr::new(STATE_DIR_NAME)];
-        manifest::scan_fd(self.root.as_fd(), &skip).map_err(|e| Error::Io {
+        manifest::scan_fd(self.root(), &skip).map_err(|e| Error::Io {
             mirror: self.name.clone(),
             action: "list",
             path: e.path,

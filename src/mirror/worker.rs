@@ -128,11 +128,11 @@ impl Stop {
     }
 }
 
-/// What every worker shares.
+/// State shared by every worker.
 pub struct Context {
     pub journal: Arc<Journal>,
     pub acks: Arc<Acks>,
-    /// Held exclusively during a resync so that the backing tree stands still.
+    /// Held exclusively during a resync so that the backing tree does not change.
     pub namespace: Arc<RwLock<()>>,
     pub backing: PathBuf,
     pub state_dir: PathBuf,
@@ -202,7 +202,12 @@ impl Worker {
 
     fn run(mut self) {
         while !self.ctx.stop.is_set() {
-            let needs_resync = self.slot.progress.lock().expect("progress lock").needs_resync;
+            let needs_resync = self
+                .slot
+                .progress
+                .lock()
+                .expect("progress lock")
+                .needs_resync;
             let result = if needs_resync {
                 self.resync()
             } else {
@@ -229,7 +234,11 @@ impl Worker {
             return Ok(());
         }
         self.apply_batch()?;
-        let (last, position) = self.batch.last().map(|(r, p)| (r.seq, *p)).expect("batch not empty");
+        let (last, position) = self
+            .batch
+            .last()
+            .map(|(r, p)| (r.seq, *p))
+            .expect("batch not empty");
         self.batch.clear();
         self.applied = 0;
         self.confirm(last, position);
@@ -239,7 +248,10 @@ impl Worker {
     /// Reads records after the confirmed one; returns false when there are none yet.
     fn fill_batch(&mut self) -> Result<bool, String> {
         let confirmed = self.slot.progress().confirmed.0;
-        let head = self.ctx.journal.wait_beyond(confirmed, Duration::from_millis(100));
+        let head = self
+            .ctx
+            .journal
+            .wait_beyond(confirmed, Duration::from_millis(100));
         if head <= confirmed {
             return Ok(false);
         }
@@ -251,7 +263,11 @@ impl Worker {
                         "mirror {}: the journal no longer holds the records after seq {confirmed}; resyncing from the backing tree",
                         self.slot.name
                     );
-                    self.slot.progress.lock().expect("progress lock").needs_resync = true;
+                    self.slot
+                        .progress
+                        .lock()
+                        .expect("progress lock")
+                        .needs_resync = true;
                     return Ok(false);
                 }
                 Err(e) => return Err(format!("reading the journal: {e}")),
@@ -272,14 +288,22 @@ impl Worker {
                         "mirror {}: journal read failed: {e}; resyncing the mirror from the backing tree",
                         self.slot.name
                     );
-                    self.slot.progress.lock().expect("progress lock").needs_resync = true;
+                    self.slot
+                        .progress
+                        .lock()
+                        .expect("progress lock")
+                        .needs_resync = true;
                     return Ok(false);
                 }
                 None => break,
             }
         }
         if let Some((first, _)) = self.batch.first() {
-            self.slot.progress.lock().expect("progress lock").oldest_unconfirmed_ns = Some(first.committed_at_ns);
+            self.slot
+                .progress
+                .lock()
+                .expect("progress lock")
+                .oldest_unconfirmed_ns = Some(first.committed_at_ns);
         }
         Ok(!self.batch.is_empty())
     }
@@ -293,7 +317,9 @@ impl Worker {
                 .map_err(|e| format!("seq {}: {}", record.seq, error_chain(&e)))?;
             self.applied += 1;
         }
-        mirror.flush().map_err(|e| format!("flush: {}", error_chain(&e)))
+        mirror
+            .flush()
+            .map_err(|e| format!("flush: {}", error_chain(&e)))
     }
 
     fn confirm(&mut self, seq: Seq, position: Position) {
@@ -313,7 +339,10 @@ impl Worker {
     /// Makes the mirror equal to the backing tree while writers wait, then continues from
     /// the journal head.
     fn resync(&mut self) -> Result<(), String> {
-        log::info!("mirror {}: resync from the backing tree started", self.slot.name);
+        log::info!(
+            "mirror {}: resync from the backing tree started",
+            self.slot.name
+        );
         self.slot.progress.lock().expect("progress lock").resyncing = true;
         let started = Instant::now();
         let result = {
@@ -321,7 +350,8 @@ impl Worker {
             let (head, position) = self.ctx.journal.head();
             let skip = self.ctx.skip_at_root();
             let mut mirror = self.slot.mirror.lock().expect("mirror lock");
-            super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip).map(|stats| (head, position, stats))
+            super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip)
+                .map(|stats| (head, position, stats))
         };
         self.slot.progress.lock().expect("progress lock").resyncing = false;
         let (head, position, stats) = result.map_err(|e| format!("resync: {}", error_chain(&e)))?;
@@ -337,7 +367,11 @@ impl Worker {
         self.reader = None;
         self.batch.clear();
         self.applied = 0;
-        self.slot.progress.lock().expect("progress lock").needs_resync = false;
+        self.slot
+            .progress
+            .lock()
+            .expect("progress lock")
+            .needs_resync = false;
         self.confirm(head, position);
         self.ctx.store_cursor(&self.slot, true);
         Ok(())
@@ -356,11 +390,17 @@ impl Worker {
             .last_failure_log
             .is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL);
         if first {
-            log::warn!("mirror {}: ok -> down: {message}; retrying with backoff", self.slot.name);
+            log::warn!(
+                "mirror {}: ok -> down: {message}; retrying with backoff",
+                self.slot.name
+            );
             self.last_failure_log = Some(Instant::now());
         } else if due {
             let attempts = self.slot.progress().failed_attempts;
-            log::warn!("mirror {}: still down after {attempts} attempts: {message}", self.slot.name);
+            log::warn!(
+                "mirror {}: still down after {attempts} attempts: {message}",
+                self.slot.name
+            );
             self.last_failure_log = Some(Instant::now());
         } else {
             log::debug!("mirror {}: attempt failed: {message}", self.slot.name);

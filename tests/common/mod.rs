@@ -21,11 +21,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 /// Exit code the CLI returns for a usage or configuration error (unknown key, bad value,
-/// an option combination that cannot work). Change it here if the CLI settles on another.
+/// an option combination that cannot work, a backing directory or mount point that is
+/// missing or not a directory).
 pub const EXIT_USAGE: i32 = 2;
 
-/// Exit code the CLI returns for a runtime failure (a missing directory, a path that is not a
-/// logmirror mount, a sync that timed out, differences found by verify).
+/// Exit code the CLI returns for a runtime failure (a path that is not a logmirror mount, a
+/// sync that timed out, differences found by verify).
 pub const EXIT_RUNTIME: i32 = 1;
 
 /// Name of the state directory that `logmirror mount` keeps at the backing root by default.

@@ -11,8 +11,39 @@ use clap::{Parser, Subcommand};
 use logmirror::control::{self, Request, Response};
 use logmirror::{config, daemon, status};
 
-/// Exit code for invalid arguments, options or configuration.
+/// Exit code when the checked condition failed: sync timed out, verify found differences,
+/// or a mount failed at run time.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for invalid arguments, options, paths or configuration.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of status, sync and verify when no daemon serves the mount point.
+pub const EXIT_NOT_SERVED: u8 = 3;
+
+const MOUNT_HELP: &str = "\
+Options (-o key=value,... or the same keys in the --config TOML file; -o values override the
+file, and mirrors given with -o replace the file's list):
+  mirror=dir:/path            directory mirror; required, repeat for more
+  mode=sync|async             sync: a write returns after the mirrors confirmed it;
+                              async: after the local commit (default async)
+  ack=all|N                   mirrors that must confirm a sync-mode write (default all)
+  state=/path                 journal, cursors, control socket, daemon log
+                              (default BACKING/.logmirror, hidden from the mount)
+  max_backlog=SIZE            async: unconfirmed journal bytes before when_full applies
+                              (default 1G, at least 1M)
+  when_full=block|fail        async, backlog full: writers wait, or get ENOSPC (default block)
+  on_mirror_failure=block|fail|degrade
+                              sync, no confirmation within sync_timeout: wait, return EIO, or
+                              run async until mirrors catch up (default block)
+  sync_timeout=DURATION       default 30s
+  drain_timeout=DURATION      how long unmount waits for mirrors (default 30s)
+  segment_size=SIZE           journal segment size (default 64M, 1M to 1G)
+  log_file=/path              daemon log in the background (default STATE/daemon.log)
+  threads=N                   FUSE request threads (default 4, 1 to 64)
+Mount flags nosuid, nodev, noexec, ro and fstab/systemd options (_netdev, nofail, x-*) are
+accepted. SIZE takes K, M, G, T suffixes (powers of 1024); DURATION takes ms, s, m, h
+(a bare number is seconds).
+
+Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,15 +59,13 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount BACKING on MOUNTPOINT; returns once the mount serves (daemon in the background).
+    #[command(after_help = MOUNT_HELP)]
     Mount {
         /// Local directory that contains the real files.
         backing: PathBuf,
         /// Directory where programs see and write the files.
         mountpoint: PathBuf,
-        /// Options as key=value[,key=value...]: mirror=dir:/path (repeatable), mode=sync|async,
-        /// ack=all|N, state=/path, max_backlog=SIZE, when_full=block|fail,
-        /// on_mirror_failure=block|fail|degrade, sync_timeout=DURATION, drain_timeout=DURATION,
-        /// segment_size=SIZE, log_file=/path, threads=N.
+        /// Options as key=value[,key=value...]; see the list below.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Stay in the foreground and log to stderr.
@@ -47,25 +76,39 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Show mode, journal and per-mirror state, lag and last error.
+    #[command(after_help = "Exit codes: 0 shown, 3 no daemon serves MOUNTPOINT.")]
     Status {
+        /// Mount point of a running logmirror mount.
         mountpoint: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Wait until every mirror confirmed all writes committed before this call.
+    #[command(after_help = "Exit codes: 0 synced, 1 timed out, 3 no daemon serves MOUNTPOINT.")]
     Sync {
+        /// Mount point of a running logmirror mount.
         mountpoint: PathBuf,
-        /// Give up after this many seconds (exit 1).
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        /// Give up after this long, as in 90, 30s, 500ms or 5m (a bare number is seconds).
+        #[arg(long, default_value = "300s", value_parser = parse_timeout)]
+        timeout: Duration,
     },
     /// Compare every mirror with the backing tree; exit 0 only if they are equal.
+    #[command(
+        after_help = "Exit codes: 0 equal, 1 differences found or a mirror could not be \
+compared, 3 no daemon serves MOUNTPOINT."
+    )]
     Verify {
+        /// Mount point of a running logmirror mount.
         mountpoint: PathBuf,
-        /// Seconds to wait for mirrors to confirm pending writes before comparing.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        /// How long to wait for mirrors to confirm pending writes before comparing, as in
+        /// 300, 30s or 5m.
+        #[arg(long, default_value = "300s", value_parser = parse_timeout)]
+        timeout: Duration,
+        /// Schedule a resync from the backing tree for each mirror that differs; `logmirror
+        /// sync` then waits until it is done.
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -87,7 +130,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify {
             mountpoint,
             timeout,
-        } => verify(mountpoint, timeout),
+            repair,
+        } => verify(mountpoint, timeout, repair),
     };
     match result {
         Ok(code) => code,
@@ -98,7 +142,17 @@ pub fn run(cli: Cli) -> ExitCode {
                     e.downcast_ref::<daemon::Error>(),
                     Some(daemon::Error::Invalid(_))
                 );
-            ExitCode::from(if usage { EXIT_USAGE } else { 1 })
+            let not_served = matches!(
+                e.downcast_ref::<control::Error>(),
+                Some(control::Error::NotMounted { .. } | control::Error::Connection { .. })
+            );
+            ExitCode::from(if usage {
+                EXIT_USAGE
+            } else if not_served {
+                EXIT_NOT_SERVED
+            } else {
+                EXIT_FAILED
+            })
         }
     }
 }
@@ -137,33 +191,40 @@ fn show_status(mountpoint: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sync(mountpoint: PathBuf, timeout: u64) -> anyhow::Result<ExitCode> {
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    config::parse_duration(text).ok_or_else(|| {
+        format!("invalid duration {text:?}; use a number of seconds or 500ms, 30s, 5m, 1h")
+    })
+}
+
+fn sync(mountpoint: PathBuf, timeout: Duration) -> anyhow::Result<ExitCode> {
     let request = Request::Sync {
-        timeout_ms: timeout.saturating_mul(1000),
+        timeout_ms: timeout.as_millis() as u64,
     };
-    match ask(&mountpoint, request, Duration::from_secs(timeout + 30))? {
+    match ask(&mountpoint, request, timeout + Duration::from_secs(30))? {
         Response::Synced { seq } => {
             println!("all mirrors confirmed every write up to seq {seq}");
             Ok(ExitCode::SUCCESS)
         }
         Response::Timeout { seq, missing } => {
-            eprintln!("logmirror: sync timed out after {timeout} s waiting for seq {seq}:");
+            eprintln!("logmirror: sync timed out after {timeout:?} waiting for seq {seq}:");
             for line in missing {
                 eprintln!("  {line}");
             }
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(EXIT_FAILED))
         }
         _ => bail!("the daemon of {mountpoint:?} sent an unexpected response to sync"),
     }
 }
 
-fn verify(mountpoint: PathBuf, timeout: u64) -> anyhow::Result<ExitCode> {
+fn verify(mountpoint: PathBuf, timeout: Duration, repair: bool) -> anyhow::Result<ExitCode> {
     let request = Request::Verify {
-        timeout_ms: timeout.saturating_mul(1000),
+        timeout_ms: timeout.as_millis() as u64,
+        repair,
     };
-    let Response::Verified(report) =
-        ask(&mountpoint, request, Duration::from_secs(timeout * 3 + 600))?
-    else {
+    // Two waits for the mirrors plus the time to read both trees, which grows with their size.
+    let read_timeout = timeout * 2 + Duration::from_secs(3600);
+    let Response::Verified(report) = ask(&mountpoint, request, read_timeout)? else {
         bail!("the daemon of {mountpoint:?} sent an unexpected response to verify");
     };
     for mirror in &report.mirrors {
@@ -173,16 +234,22 @@ fn verify(mountpoint: PathBuf, timeout: u64) -> anyhow::Result<ExitCode> {
         match &mirror.error {
             Some(error) => println!("mirror {}: not verified: {error}", mirror.name),
             None => println!(
-                "mirror {}: {} entries compared, {} differences",
+                "mirror {}: entries compared: {}, differences: {}",
                 mirror.name,
                 mirror.entries,
                 mirror.differences.len()
             ),
         }
+        if mirror.resync_scheduled {
+            println!(
+                "mirror {}: resync from the backing tree scheduled; `logmirror sync` waits for it",
+                mirror.name
+            );
+        }
     }
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_FAILED)
     })
 }

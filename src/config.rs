@@ -165,16 +165,34 @@ struct FileOptions {
     #[serde(default)]
     mirror: Option<OneOrMany>,
     mode: Option<String>,
-    ack: Option<AckValue>,
+    ack: Option<NumberOrText>,
     state: Option<PathBuf>,
-    max_backlog: Option<SizeValue>,
+    max_backlog: Option<NumberOrText>,
     when_full: Option<String>,
     on_mirror_failure: Option<String>,
-    sync_timeout: Option<DurationValue>,
-    drain_timeout: Option<DurationValue>,
-    segment_size: Option<SizeValue>,
+    sync_timeout: Option<NumberOrText>,
+    drain_timeout: Option<NumberOrText>,
+    segment_size: Option<NumberOrText>,
     log_file: Option<PathBuf>,
-    threads: Option<usize>,
+    threads: Option<NumberOrText>,
+}
+
+/// A value a config file may give as a number or as text (`ack = 1` or `ack = "all"`,
+/// `max_backlog = 1048576` or `max_backlog = "1G"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+impl NumberOrText {
+    fn into_text(self) -> String {
+        match self {
+            NumberOrText::Number(n) => n.to_string(),
+            NumberOrText::Text(t) => t,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,27 +200,6 @@ struct FileOptions {
 enum OneOrMany {
     One(String),
     Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum AckValue {
-    Count(u64),
-    Text(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum SizeValue {
-    Bytes(u64),
-    Text(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum DurationValue {
-    Seconds(u64),
-    Text(String),
 }
 
 /// Options gathered from the file and `-o`, still as text, in the order they were given.
@@ -259,31 +256,17 @@ impl RawOptions {
             Some(OneOrMany::Many(list)) => list.into_iter().for_each(|m| push("mirror", m)),
             None => {}
         }
-        let text_of_size = |v: SizeValue| match v {
-            SizeValue::Bytes(n) => n.to_string(),
-            SizeValue::Text(t) => t,
-        };
-        let text_of_duration = |v: DurationValue| match v {
-            DurationValue::Seconds(n) => n.to_string(),
-            DurationValue::Text(t) => t,
-        };
         if let Some(v) = file.mode {
             push("mode", v);
         }
         if let Some(v) = file.ack {
-            push(
-                "ack",
-                match v {
-                    AckValue::Count(n) => n.to_string(),
-                    AckValue::Text(t) => t,
-                },
-            );
+            push("ack", v.into_text());
         }
         if let Some(v) = file.state {
             push("state", v.to_string_lossy().into_owned());
         }
         if let Some(v) = file.max_backlog {
-            push("max_backlog", text_of_size(v));
+            push("max_backlog", v.into_text());
         }
         if let Some(v) = file.when_full {
             push("when_full", v);
@@ -292,19 +275,19 @@ impl RawOptions {
             push("on_mirror_failure", v);
         }
         if let Some(v) = file.sync_timeout {
-            push("sync_timeout", text_of_duration(v));
+            push("sync_timeout", v.into_text());
         }
         if let Some(v) = file.drain_timeout {
-            push("drain_timeout", text_of_duration(v));
+            push("drain_timeout", v.into_text());
         }
         if let Some(v) = file.segment_size {
-            push("segment_size", text_of_size(v));
+            push("segment_size", v.into_text());
         }
         if let Some(v) = file.log_file {
             push("log_file", v.to_string_lossy().into_owned());
         }
         if let Some(v) = file.threads {
-            push("threads", v.to_string());
+            push("threads", v.into_text());
         }
         Ok(())
     }

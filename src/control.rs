@@ -4,6 +4,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::verify::{self, VerifyReport};
 pub enum Request {
     Status,
     Sync { timeout_ms: u64 },
-    Verify { timeout_ms: u64 },
+    Verify { timeout_ms: u64, repair: bool },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,8 +123,9 @@ impl Server {
         let socket = state_dir.join("control.sock");
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket)?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
         let link = link_path(mountpoint);
-        std::fs::create_dir_all(link.parent().expect("link has a parent"))?;
+        crate::daemon::create_private_dir(link.parent().expect("link has a parent"))?;
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&socket, &link)?;
         Ok((listener, link))
@@ -164,21 +166,33 @@ impl Server {
                 Response::Status(status::collect(&self.info, &self.ctx, &self.slots))
             }
             Request::Sync { timeout_ms } => self.sync(Duration::from_millis(timeout_ms)),
-            Request::Verify { timeout_ms } => Response::Verified(verify::run(
+            Request::Verify { timeout_ms, repair } => Response::Verified(verify::run(
                 &self.ctx,
                 &self.slots,
                 Duration::from_millis(timeout_ms),
+                repair,
             )),
+        }
+    }
+
+    /// Waits until no mirror has a resync pending (one scheduled by `verify --repair`, or
+    /// one that waits for the mirror to come back).
+    fn wait_resyncs(&self, deadline: Instant) -> bool {
+        loop {
+            if self.slots.iter().all(|slot| !slot.progress().needs_resync) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn sync(&self, timeout: Duration) -> Response {
         let seq = self.ctx.journal.head().0;
-        if self
-            .ctx
-            .acks
-            .wait_all_confirmed(seq, Instant::now() + timeout)
-        {
+        let deadline = Instant::now() + timeout;
+        if self.ctx.acks.wait_all_confirmed(seq, deadline) && self.wait_resyncs(deadline) {
             return Response::Synced { seq: seq.0 };
         }
         let missing = self
@@ -187,6 +201,12 @@ impl Server {
             .filter_map(|slot| {
                 let progress = slot.progress();
                 let confirmed = progress.confirmed.0;
+                if progress.needs_resync && confirmed >= seq {
+                    let name = &slot.name;
+                    return Some(format!(
+                        "mirror {name}: resync from the backing tree still pending"
+                    ));
+                }
                 (confirmed < seq).then(|| {
                     let error = progress
                         .last_error

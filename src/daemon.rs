@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
@@ -133,7 +134,7 @@ fn log_path(config: &MountConfig) -> PathBuf {
 fn detach(config: &MountConfig) {
     // SAFETY: setsid has no preconditions; failure (already a leader) is harmless.
     unsafe { libc::setsid() };
-    let _ = std::fs::create_dir_all(&config.state_dir);
+    let _ = create_private_dir(&config.state_dir);
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -141,6 +142,7 @@ fn detach(config: &MountConfig) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(log_path(config));
     // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
     unsafe {
@@ -305,9 +307,24 @@ fn clean_dead_mount(mountpoint: &Path) {
     }
 }
 
+/// Creates a directory (and its parents) that only the daemon's user can enter, and makes
+/// an existing one so. The daemon runs with umask 0, so nothing else would protect the
+/// journal, the cursors and the control socket from other local users.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Locks the state directory so that two daemons never share a journal.
-fn lock_state_dir(state_dir: &Path) -> Result<File, Error> {
-    std::fs::create_dir_all(state_dir).map_err(io_error("create state directory", state_dir))?;
+///
+/// A daemon that was just unmounted may still be draining its mirrors, so a new one waits
+/// up to `wait` for it to finish; `fusermount3 -u` followed at once by `logmirror mount`
+/// then works.
+fn lock_state_dir(state_dir: &Path, wait: Duration) -> Result<File, Error> {
+    create_private_dir(state_dir).map_err(io_error("create state directory", state_dir))?;
     let path = state_dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -315,14 +332,27 @@ fn lock_state_dir(state_dir: &Path) -> Result<File, Error> {
         .write(true)
         .open(&path)
         .map_err(io_error("open", &path))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::Invalid(format!(
-            "state directory {state_dir:?} is in use by another logmirror daemon; \
-             unmount that mount first or give this one another state= directory"
-        )));
+    let deadline = Instant::now() + wait;
+    let mut logged = false;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Invalid(format!(
+                "state directory {state_dir:?} is in use by another logmirror daemon after waiting {wait:?}; \
+                 unmount that mount first or give this one another state= directory"
+            )));
+        }
+        if !logged {
+            log::info!(
+                "state directory {state_dir:?} is held by another daemon (one still draining after unmount?); waiting up to {wait:?}"
+            );
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(file)
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -346,7 +376,10 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     let signals = block_signals();
     // SAFETY: umask has no preconditions. Modes come from the requests, already masked.
     unsafe { libc::umask(0) };
-    let _lock = lock_state_dir(&config.state_dir)?;
+    let _lock = lock_state_dir(
+        &config.state_dir,
+        config.drain_timeout + Duration::from_secs(10),
+    )?;
     let clean_marker = config.state_dir.join("clean-shutdown");
     let was_clean = clean_marker.exists();
 
@@ -474,7 +507,11 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     }
     let (min_seq, _) = acks.min_confirmed();
     let _ = journal.release_up_to(min_seq);
-    let _ = std::fs::remove_file(&link);
+    // Another daemon may have mounted on the same mount point meanwhile; its link stays.
+    if std::fs::read_link(&link).is_ok_and(|target| target == config.state_dir.join("control.sock"))
+    {
+        let _ = std::fs::remove_file(&link);
+    }
     let _ = std::fs::remove_file(config.state_dir.join("control.sock"));
     File::create(&clean_marker)
         .and_then(|f| f.sync_all())

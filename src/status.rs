@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mirror::worker::{Context, MirrorSlot};
+use crate::mirror::worker::{Context, LastVerify, MirrorSlot};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -35,6 +35,8 @@ pub struct MirrorStatus {
     pub last_error: Option<String>,
     pub failed_attempts: u64,
     pub resync_pending: bool,
+    /// Outcome of the latest `logmirror verify`, if one ran since the mount.
+    pub last_verify: Option<LastVerify>,
 }
 
 /// Paths and mode shown in status, fixed at mount time.
@@ -67,6 +69,7 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
                 last_error: progress.last_error,
                 failed_attempts: progress.failed_attempts,
                 resync_pending: progress.needs_resync,
+                last_verify: progress.last_verify,
             }
         })
         .collect();
@@ -129,6 +132,21 @@ pub fn render(status: &Status) -> String {
         }
         if let Some(error) = &m.last_error {
             let _ = writeln!(out, "  last error: {error}");
+        }
+        if let Some(verify) = &m.last_verify {
+            let ago = crate::mirror::worker::now_ns().saturating_sub(verify.at_ns) / 1_000_000_000;
+            match &verify.error {
+                Some(error) => {
+                    let _ = writeln!(out, "  last verify ({ago} s ago) failed: {error}");
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  last verify ({ago} s ago): differences: {}",
+                        verify.differences
+                    );
+                }
+            }
         }
     }
     out

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::STATE_DIR_NAME;
 use crate::mirror::manifest;
-use crate::mirror::worker::{Context, MirrorSlot, error_chain};
+use crate::mirror::worker::{Context, LastVerify, MirrorSlot, error_chain};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -29,6 +29,8 @@ pub struct MirrorReport {
     pub differences: Vec<String>,
     /// Reason the comparison failed, if it did.
     pub error: Option<String>,
+    /// A resync from the backing tree was scheduled because of the differences.
+    pub resync_scheduled: bool,
 }
 
 impl VerifyReport {
@@ -40,8 +42,14 @@ impl VerifyReport {
     }
 }
 
-/// Compares every mirror with the backing tree.
-pub fn run(ctx: &Context, slots: &[Arc<MirrorSlot>], timeout: Duration) -> VerifyReport {
+/// Compares every mirror with the backing tree; with `repair`, schedules a resync of each
+/// mirror that differs. The result is also kept in the mirror's progress for status.
+pub fn run(
+    ctx: &Context,
+    slots: &[Arc<MirrorSlot>],
+    timeout: Duration,
+    repair: bool,
+) -> VerifyReport {
     let deadline = Instant::now() + timeout;
     let skip: Vec<&OsStr> = if ctx.skip_state_dir {
         vec![OsStr::new(STATE_DIR_NAME)]
@@ -63,12 +71,13 @@ pub fn run(ctx: &Context, slots: &[Arc<MirrorSlot>], timeout: Duration) -> Verif
             }
             other => other,
         };
-        let mirror_report = match result {
+        let mut mirror_report = match result {
             Ok((entries, differences)) => MirrorReport {
                 name: slot.name.clone(),
                 entries,
                 differences,
                 error: None,
+                resync_scheduled: false,
             },
             Err(error) => MirrorReport {
                 name: slot.name.clone(),
@@ -76,8 +85,27 @@ pub fn run(ctx: &Context, slots: &[Arc<MirrorSlot>], timeout: Duration) -> Verif
                 ..Default::default()
             },
         };
+        {
+            let mut progress = slot.progress.lock().expect("progress lock");
+            progress.last_verify = Some(LastVerify {
+                at_ns: crate::mirror::worker::now_ns(),
+                differences: mirror_report.differences.len() as u64,
+                error: mirror_report.error.clone(),
+            });
+            if repair && !mirror_report.differences.is_empty() {
+                progress.needs_resync = true;
+                mirror_report.resync_scheduled = true;
+            }
+        }
+        if let Some(first) = mirror_report.differences.first() {
+            log::error!(
+                "verify mirror {}: {} differences from the backing tree, first: {first}",
+                mirror_report.name,
+                mirror_report.differences.len()
+            );
+        }
         log::info!(
-            "verify mirror {}: {} entries, {} differences{}",
+            "verify mirror {}: entries: {}, differences: {}{}",
             mirror_report.name,
             mirror_report.entries,
             mirror_report.differences.len(),

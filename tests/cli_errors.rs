@@ -1,7 +1,6 @@
 //! Command-line errors: bad mount options and paths must fail before anything is mounted,
-//! with the exit codes `EXIT_USAGE` (invalid options or paths) or `EXIT_RUNTIME` (the system
-//! state, such as a path that is not a mount) and
-//! a message on stderr that names the offending key, value or path.
+//! with the exit codes `EXIT_USAGE` (invalid options or paths) or `EXIT_NOT_SERVED` (a path
+//! that no daemon serves) and a message on stderr that names the offending key, value or path.
 //!
 //! None of these cases needs a working mount, so they run without root as well.
 
@@ -9,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{CmdOutput, EXIT_RUNTIME, EXIT_USAGE, TestDirs, path_str};
+use common::{CmdOutput, EXIT_NOT_SERVED, EXIT_USAGE, TestDirs, path_str};
 
 /// Unmounts the mount point if a failing command mounted it after all, so that a product bug
 /// does not leave a mount behind.
@@ -132,7 +131,7 @@ fn status_not_a_mount() {
     let mnt = path_str(&dirs.mnt);
     for args in [vec!["status", mnt], vec!["status", mnt, "--json"]] {
         let out = common::logmirror(&args);
-        assert_fails(&out, EXIT_RUNTIME, mnt);
+        assert_fails(&out, EXIT_NOT_SERVED, mnt);
     }
 }
 
@@ -140,12 +139,12 @@ fn status_not_a_mount() {
 fn sync_not_a_mount() {
     let dirs = TestDirs::new(0);
     let out = common::logmirror(&["sync", path_str(&dirs.mnt), "--timeout", "5"]);
-    assert_fails(&out, EXIT_RUNTIME, path_str(&dirs.mnt));
+    assert_fails(&out, EXIT_NOT_SERVED, path_str(&dirs.mnt));
 }
 
 #[test]
 fn verify_not_a_mount() {
     let dirs = TestDirs::new(0);
     let out = common::logmirror(&["verify", path_str(&dirs.mnt)]);
-    assert_fails(&out, EXIT_RUNTIME, path_str(&dirs.mnt));
+    assert_fails(&out, EXIT_NOT_SERVED, path_str(&dirs.mnt));
 }

@@ -35,6 +35,9 @@ const MAX_CACHED_FILES: usize = 32;
 /// the mirror sync them early, which keeps the number of open descriptors bounded.
 const MAX_DIRTY: usize = 256;
 
+/// Threads that fsync dirty files at once during a flush.
+const PARALLEL_SYNCS: usize = 8;
+
 /// Identity of the mirror root. A remount, a replaced directory, or a bind mount placed over
 /// the path changes it: the mount id differs even when a bind mount shows the same inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,26 +345,57 @@ impl DirMirror {
     fn sync_dirty(&mut self) -> Result<(), (RelPath, io::Error)> {
         // Files before directories, so that by the time a new name is synced, the data under
         // it is too.
-        let mut order: Vec<(bool, FileId)> = self
-            .dirty
-            .iter()
-            .map(|(id, dirty)| (dirty.is_dir, *id))
-            .collect();
-        order.sort_unstable();
-        for (_, id) in order {
-            let Some(dirty) = self.dirty.get(&id) else {
-                continue;
-            };
-            let result = match dirty.kind {
-                SyncKind::Data => dirty.file.sync_data(),
-                SyncKind::Full => dirty.file.sync_all(),
-            };
-            if let Err(e) = result {
-                return Err((dirty.path.clone(), e));
+        for dirs in [false, true] {
+            let ids: Vec<FileId> = self
+                .dirty
+                .iter()
+                .filter(|(_, dirty)| dirty.is_dir == dirs)
+                .map(|(id, _)| *id)
+                .collect();
+            let results = self.sync_all_of(&ids);
+            let mut first_error = None;
+            for (id, result) in ids.iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        self.dirty.remove(id);
+                    }
+                    Err(e) if first_error.is_none() => {
+                        first_error = Some((self.dirty[id].path.clone(), e));
+                    }
+                    Err(_) => {}
+                }
             }
-            self.dirty.remove(&id);
+            if let Some(error) = first_error {
+                return Err(error);
+            }
         }
         Ok(())
+    }
+
+    /// Syncs the dirty entries `ids`, several at a time, because the filesystem's journal
+    /// then commits them together: one commit instead of one per file.
+    fn sync_all_of(&self, ids: &[FileId]) -> Vec<io::Result<()>> {
+        let sync = |id: &FileId| {
+            let dirty = &self.dirty[id];
+            match dirty.kind {
+                SyncKind::Data => dirty.file.sync_data(),
+                SyncKind::Full => dirty.file.sync_all(),
+            }
+        };
+        if ids.len() <= 1 {
+            return ids.iter().map(sync).collect();
+        }
+        let chunk = ids.len().div_ceil(PARALLEL_SYNCS);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ids
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(sync).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("fsync thread does not panic"))
+                .collect()
+        })
     }
 
     /// Changes owner and group when running as root. Returns true if it changed them.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::Mirror;
 use super::acks::Acks;
 use super::cursor::{self, Cursor};
+use crate::config::Mode;
 use crate::config::STATE_DIR_NAME;
 use crate::journal::{self, Journal, Position, Reader, Record, Seq};
 
@@ -20,6 +21,9 @@ use crate::journal::{self, Journal, Position, Reader, Record, Seq};
 const BATCH_MAX_RECORDS: usize = 4096;
 /// Payload bytes applied before a flush.
 const BATCH_MAX_BYTES: u64 = 8 << 20;
+/// How long an async-mode worker lets records gather before it applies them, so that one
+/// flush serves many records instead of one fsync per write. It bounds the added lag.
+const ASYNC_LINGER: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often a worker rewrites its cursor file while records flow.
@@ -51,6 +55,17 @@ pub struct Progress {
     pub oldest_unconfirmed_ns: Option<u64>,
     pub needs_resync: bool,
     pub resyncing: bool,
+    pub last_verify: Option<LastVerify>,
+}
+
+/// Outcome of the latest verify of a mirror.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastVerify {
+    /// Wall-clock time of the verify, in nanoseconds since the Unix epoch.
+    pub at_ns: u64,
+    pub differences: u64,
+    /// Reason the comparison failed, if it did.
+    pub error: Option<String>,
 }
 
 /// One mirror and its progress.
@@ -254,6 +269,11 @@ impl Worker {
             .wait_beyond(confirmed, Duration::from_millis(100));
         if head <= confirmed {
             return Ok(false);
+        }
+        let lingers = self.ctx.acks.policy().mode == Mode::Async || self.ctx.acks.is_degraded();
+        if lingers && head.0 - confirmed.0 < BATCH_MAX_RECORDS as u64 {
+            // A plain sleep: waiting on the journal would wake this thread at every append.
+            std::thread::sleep(ASYNC_LINGER);
         }
         if self.reader.is_none() {
             match self.ctx.journal.read_after(confirmed) {

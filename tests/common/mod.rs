@@ -25,9 +25,12 @@ use sha2::{Digest, Sha256};
 /// missing or not a directory).
 pub const EXIT_USAGE: i32 = 2;
 
-/// Exit code the CLI returns for a runtime failure (a path that is not a logmirror mount, a
-/// sync that timed out, differences found by verify).
+/// Exit code the CLI returns when the condition it checks fails (a sync that timed out,
+/// differences found by verify) or a mount fails at run time.
 pub const EXIT_RUNTIME: i32 = 1;
+
+/// Exit code of `status`, `sync` and `verify` when no daemon serves the mount point.
+pub const EXIT_NOT_SERVED: i32 = 3;
 
 /// Name of the state directory that `logmirror mount` keeps at the backing root by default.
 pub const STATE_DIR: &str = ".logmirror";
@@ -333,6 +336,24 @@ pub struct MirrorStatus {
     pub lag_bytes: u64,
     pub lag_seconds: f64,
     pub last_error: Option<String>,
+    pub last_verify: Option<LastVerify>,
+}
+
+/// The `last_verify` object of a mirror in `status --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LastVerify {
+    pub differences: u64,
+    pub error: Option<String>,
+}
+
+impl MirrorStatus {
+    /// Returns the differences the latest verify found, if a verify ran and compared.
+    pub fn last_verify_differences(&self) -> Option<u64> {
+        self.last_verify
+            .as_ref()
+            .filter(|v| v.error.is_none())
+            .map(|v| v.differences)
+    }
 }
 
 /// Runs `logmirror status MNT --json` and parses it. `Err` contains the command output or the

@@ -1,0 +1,111 @@
+//! Daemon life around unmount and verify: a remount right after `fusermount3 -u` while the
+//! old daemon may still drain, the privacy of the state directory, and `verify --repair`.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{EXIT_RUNTIME, Mode, Mount, STATE_DIR, TestDirs, assert_mirrors_match, path_str};
+
+fn append_lines(path: &std::path::Path, from: usize, to: usize) {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    for i in from..to {
+        writeln!(file, "line {i:06}").expect("append a line");
+    }
+}
+
+fn expected_lines(to: usize) -> String {
+    (0..to).map(|i| format!("line {i:06}\n")).collect()
+}
+
+#[test]
+fn remount_right_after_unmount() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let mut first = Mount::new(&dirs, Mode::Async);
+    let log = dirs.mnt.join("app.log");
+    append_lines(&log, 0, 20_000);
+    // Unmount and mount again at once, while the first daemon may still be draining.
+    first.clear_dead();
+    let second = Mount::new(&dirs, Mode::Async);
+    append_lines(&log, 20_000, 20_100);
+
+    assert!(
+        common::read_text(&log) == expected_lines(20_100),
+        "app.log content"
+    );
+    assert_mirrors_match(&second);
+}
+
+#[test]
+fn state_dir_is_private() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let _mount = Mount::new(&dirs, Mode::Async);
+    let state = dirs.backing.join(STATE_DIR);
+    let mode = fs::metadata(&state)
+        .expect("stat state dir")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o700, "mode of {state:?}");
+    let socket = state.join("control.sock");
+    let mode = fs::metadata(&socket)
+        .expect("stat socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "mode of {socket:?}");
+}
+
+#[test]
+fn verify_repair_resyncs_mirror() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let mount = Mount::new(&dirs, Mode::Sync);
+    let log = dirs.mnt.join("app.log");
+    append_lines(&log, 0, 100);
+    mount.sync(common::SYNC_TIMEOUT_SECS).assert_success("sync");
+
+    let mirrored = dirs.mirrors[0].join("app.log");
+    let mut bytes = fs::read(&mirrored).expect("read mirror copy");
+    bytes[3] ^= 0x20;
+    fs::write(&mirrored, &bytes).expect("damage mirror copy");
+
+    let out = common::logmirror(&["verify", path_str(&dirs.mnt), "--repair"]);
+    assert_eq!(out.code(), EXIT_RUNTIME, "verify --repair exit code: {out}");
+    assert!(
+        out.stdout.contains("app.log"),
+        "verify names app.log: {out}"
+    );
+    assert!(
+        out.stdout
+            .contains("resync from the backing tree scheduled"),
+        "{out}"
+    );
+    let status = mount.status();
+    assert_eq!(
+        status.mirrors[0].last_verify_differences(),
+        Some(1),
+        "{status:?}"
+    );
+
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("sync after repair");
+    let out = mount.verify();
+    assert_eq!(out.code(), 0, "verify after repair: {out}");
+    assert_mirrors_match(&mount);
+}

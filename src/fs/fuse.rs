@@ -8,10 +8,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::error::Error;
@@ -30,23 +30,11 @@ fn caller(req: &Request) -> Caller {
 /// returns its errno.
 fn errno(op: &str, err: Error) -> Errno {
     if err.is_internal() {
-        log::error!("{op}: {:#}", anyhow_like(&err));
+        log::error!("{op}: {}", crate::mirror::worker::error_chain(&err));
     } else {
         log::trace!("{op}: {err}");
     }
     Errno::from_i32(err.errno())
-}
-
-/// Formats an error with its sources, as `error: cause: cause`.
-fn anyhow_like(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl LogFs {
@@ -60,6 +48,49 @@ impl LogFs {
             seq,
             Box::new(move |result| send(result.map_err(Errno::from_i32))),
         );
+    }
+
+    /// Replies to a request that made an entry, once its record is acknowledged.
+    fn reply_entry(
+        &self,
+        op: &str,
+        result: Result<(FileAttr, Option<Seq>), Error>,
+        reply: ReplyEntry,
+    ) {
+        match result {
+            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno(op, e)),
+        }
+    }
+
+    /// Replies to a request without data, once its record is acknowledged.
+    fn reply_empty(&self, op: &str, result: Result<Option<Seq>, Error>, reply: ReplyEmpty) {
+        match result {
+            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno(op, e)),
+        }
+    }
+
+    /// Replies with a byte count, once the record of the write is acknowledged.
+    fn reply_written(
+        &self,
+        op: &str,
+        result: Result<(u32, Option<Seq>), Error>,
+        reply: ReplyWrite,
+    ) {
+        match result {
+            Ok((written, seq)) => self.reply_when_acked(seq, move |r| match r {
+                Ok(()) => reply.written(written),
+                Err(e) => reply.error(e),
+            }),
+            Err(e) => reply.error(errno(op, e)),
+        }
     }
 }
 
@@ -153,13 +184,11 @@ impl Filesystem for LogFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match LogFs::mknod(self, caller(req), parent.0, name, mode, umask, rdev) {
-            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("mknod", e)),
-        }
+        self.reply_entry(
+            "mknod",
+            LogFs::mknod(self, caller(req), parent.0, name, mode, umask, rdev),
+            reply,
+        );
     }
 
     fn mkdir(
@@ -171,33 +200,19 @@ impl Filesystem for LogFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match LogFs::mkdir(self, caller(req), parent.0, name, mode, umask) {
-            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("mkdir", e)),
-        }
+        self.reply_entry(
+            "mkdir",
+            LogFs::mkdir(self, caller(req), parent.0, name, mode, umask),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match LogFs::unlink(self, parent.0, name, false) {
-            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("unlink", e)),
-        }
+        self.reply_empty("unlink", LogFs::unlink(self, parent.0, name, false), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match LogFs::unlink(self, parent.0, name, true) {
-            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("rmdir", e)),
-        }
+        self.reply_empty("rmdir", LogFs::unlink(self, parent.0, name, true), reply);
     }
 
     fn symlink(
@@ -208,13 +223,11 @@ impl Filesystem for LogFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match LogFs::symlink(self, caller(req), parent.0, link_name, target.as_os_str()) {
-            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("symlink", e)),
-        }
+        self.reply_entry(
+            "symlink",
+            LogFs::symlink(self, caller(req), parent.0, link_name, target.as_os_str()),
+            reply,
+        );
     }
 
     fn rename(
@@ -227,13 +240,11 @@ impl Filesystem for LogFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match LogFs::rename(self, parent.0, name, newparent.0, newname, flags.bits()) {
-            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("rename", e)),
-        }
+        self.reply_empty(
+            "rename",
+            LogFs::rename(self, parent.0, name, newparent.0, newname, flags.bits()),
+            reply,
+        );
     }
 
     fn link(
@@ -244,13 +255,11 @@ impl Filesystem for LogFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match LogFs::link(self, ino.0, newparent.0, newname) {
-            Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("link", e)),
-        }
+        self.reply_entry(
+            "link",
+            LogFs::link(self, ino.0, newparent.0, newname),
+            reply,
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -290,13 +299,11 @@ impl Filesystem for LogFs {
         reply: ReplyWrite,
     ) {
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match LogFs::write(self, ino.0, fh.0, offset, data, kill_suidgid) {
-            Ok((written, seq)) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.written(written),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("write", e)),
-        }
+        self.reply_written(
+            "write",
+            LogFs::write(self, ino.0, fh.0, offset, data, kill_suidgid),
+            reply,
+        );
     }
 
     fn flush(
@@ -332,13 +339,7 @@ impl Filesystem for LogFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match LogFs::fsync(self, fh.0, datasync) {
-            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("fsync", e)),
-        }
+        self.reply_empty("fsync", LogFs::fsync(self, fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -390,13 +391,7 @@ impl Filesystem for LogFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match LogFs::fsyncdir(self, fh.0) {
-            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("fsyncdir", e)),
-        }
+        self.reply_empty("fsyncdir", LogFs::fsyncdir(self, fh.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -425,13 +420,11 @@ impl Filesystem for LogFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match LogFs::setxattr(self, ino.0, name, value, flags) {
-            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("setxattr", e)),
-        }
+        self.reply_empty(
+            "setxattr",
+            LogFs::setxattr(self, ino.0, name, value, flags),
+            reply,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -457,13 +450,7 @@ impl Filesystem for LogFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match LogFs::removexattr(self, ino.0, name) {
-            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("removexattr", e)),
-        }
+        self.reply_empty("removexattr", LogFs::removexattr(self, ino.0, name), reply);
     }
 
     fn create(
@@ -501,13 +488,11 @@ impl Filesystem for LogFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match LogFs::fallocate(self, ino.0, fh.0, offset, length, mode) {
-            Ok(seq) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("fallocate", e)),
-        }
+        self.reply_empty(
+            "fallocate",
+            LogFs::fallocate(self, ino.0, fh.0, offset, length, mode),
+            reply,
+        );
     }
 
     fn ioctl(

@@ -224,6 +224,32 @@ impl LogFs {
         sys::fchown_fd(fd, caller.uid, gid).map_err(backing("chown"))
     }
 
+    /// Gives an entry just made by the caller to that caller, and takes one kernel reference
+    /// on it. Returns its stat (as the journal record needs it) and its attributes.
+    fn adopt_new_entry(
+        &self,
+        caller: Caller,
+        parent: u64,
+        parent_inode: &Inode,
+        name: &OsStr,
+        op: &'static str,
+    ) -> Result<(libc::stat, FileAttr), Error> {
+        let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .map_err(backing(op))?;
+        self.chown_new(parent_inode, fd.as_fd(), caller)?;
+        let st = sys::fstat(fd.as_fd()).map_err(backing(op))?;
+        let ino = self.inodes.fuse_ino(st.st_ino);
+        self.inodes.remember(
+            ino,
+            fd,
+            Link {
+                parent,
+                name: name.to_os_string(),
+            },
+        );
+        Ok((st, file_attr(&st, ino)))
+    }
+
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Error> {
         if self.is_reserved(parent, name) {
             return Err(Error::Backing {
@@ -322,12 +348,7 @@ impl LogFs {
         let mode = kind | (mode & !umask & 0o7777);
 
         sys::mknodat(parent_inode.fd(), name, mode, rdev as u64).map_err(backing("mknod"))?;
-        let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-            .map_err(backing("mknod"))?;
-        self.chown_new(&parent_inode, fd.as_fd(), caller)?;
-        let st = sys::fstat(fd.as_fd()).map_err(backing("mknod"))?;
-        drop(fd);
-        let attr = self.remember_child(parent, &parent_inode, name)?;
+        let (st, attr) = self.adopt_new_entry(caller, parent, &parent_inode, name, "mknod")?;
 
         let op = self.child_path(&parent_inode, name).map(|path| {
             if kind == libc::S_IFREG || kind == 0 {
@@ -363,12 +384,7 @@ impl LogFs {
         let _names = self.namespace.write().expect("namespace lock");
         let parent_inode = self.inode(parent)?;
         sys::mkdirat(parent_inode.fd(), name, mode & !umask & 0o7777).map_err(backing("mkdir"))?;
-        let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-            .map_err(backing("mkdir"))?;
-        self.chown_new(&parent_inode, fd.as_fd(), caller)?;
-        let st = sys::fstat(fd.as_fd()).map_err(backing("mkdir"))?;
-        drop(fd);
-        let attr = self.remember_child(parent, &parent_inode, name)?;
+        let (st, attr) = self.adopt_new_entry(caller, parent, &parent_inode, name, "mkdir")?;
         let op = self.child_path(&parent_inode, name).map(|path| Op::Mkdir {
             path,
             mode: st.st_mode & 0o7777,
@@ -390,12 +406,7 @@ impl LogFs {
         let _names = self.namespace.write().expect("namespace lock");
         let parent_inode = self.inode(parent)?;
         sys::symlinkat(target, parent_inode.fd(), name).map_err(backing("symlink"))?;
-        let fd = sys::openat(parent_inode.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-            .map_err(backing("symlink"))?;
-        self.chown_new(&parent_inode, fd.as_fd(), caller)?;
-        let st = sys::fstat(fd.as_fd()).map_err(backing("symlink"))?;
-        drop(fd);
-        let attr = self.remember_child(parent, &parent_inode, name)?;
+        let (st, attr) = self.adopt_new_entry(caller, parent, &parent_inode, name, "symlink")?;
         let op = self
             .child_path(&parent_inode, name)
             .map(|path| Op::Symlink {

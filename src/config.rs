@@ -476,14 +476,14 @@ fn check(config: &MountConfig) -> Result<(), Error> {
             "no mirror given; add at least one, as in -o mirror=dir:/mnt/copy".into(),
         ));
     }
-    if let Ack::Count(n) = config.ack {
-        if n > config.mirrors.len() {
-            return Err(Error::Conflict(format!(
-                "ack={n} is larger than the number of mirrors ({}); use ack=all or at most {}",
-                config.mirrors.len(),
-                config.mirrors.len()
-            )));
-        }
+    if let Ack::Count(n) = config.ack
+        && n > config.mirrors.len()
+    {
+        return Err(Error::Conflict(format!(
+            "ack={n} is larger than the number of mirrors ({}); use ack=all or at most {}",
+            config.mirrors.len(),
+            config.mirrors.len()
+        )));
     }
     let mut names: Vec<String> = config.mirrors.iter().map(MirrorSpec::name).collect();
     names.sort();

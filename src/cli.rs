@@ -22,7 +22,12 @@ pub const EXIT_NOT_SERVED: u8 = 3;
 const MOUNT_HELP: &str = "\
 Options (-o key=value,... or the same keys in the --config TOML file; -o values override the
 file, and mirrors given with -o replace the file's list):
-  mirror=dir:/path            directory mirror; required, repeat for more
+  mirror=dir:/path            directory mirror; a mirror is required, repeat for more
+  mirror=s3://BUCKET/PREFIX   S3 mirror: journal objects under PREFIX/.logmirror/journal/
+  endpoint=URL                S3 endpoint, as in http://127.0.0.1:3900 (default
+                              AWS_ENDPOINT_URL, else AWS's endpoint for the region)
+  region=NAME                 S3 region (default AWS_REGION or the AWS profile's region)
+  path_style=true|false       bucket in the URL path (default true when an endpoint is given)
   mode=sync|async             sync: a write returns after the mirrors confirmed it;
                               async: after the local commit (default async)
   ack=all|N                   mirrors that must confirm a sync-mode write (default all)
@@ -39,6 +44,8 @@ file, and mirrors given with -o replace the file's list):
   segment_size=SIZE           journal segment size (default 64M, 1M to 1G)
   log_file=/path              daemon log in the background (default STATE/daemon.log)
   threads=N                   FUSE request threads (default 4, 1 to 64)
+S3 credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role), never from options.
 Mount flags nosuid, nodev, noexec, ro and fstab/systemd options (_netdev, nofail, x-*) are
 accepted. SIZE takes K, M, G, T suffixes (powers of 1024); DURATION takes ms, s, m, h
 (a bare number is seconds).

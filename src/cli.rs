@@ -1,5 +1,5 @@
-//! Command-line interface: `mount`, `status`, `sync` and `verify`, each turned into a call of
-//! the library and an exit code.
+//! Command-line interface: `mount`, `status`, `sync`, `verify` and `restore`, each turned into
+//! a call of the library and an exit code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use logmirror::control::{self, Request, Response};
-use logmirror::{config, daemon, status};
+use logmirror::{config, daemon, restore, status};
 
 /// Exit code when the checked condition failed: sync timed out, verify found differences,
 /// or a mount failed at run time.
@@ -51,6 +51,19 @@ accepted. SIZE takes K, M, G, T suffixes (powers of 1024); DURATION takes ms, s,
 (a bare number is seconds).
 
 Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.";
+
+const RESTORE_HELP: &str = "\
+Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false, as for mount.
+Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
+a profile in ~/.aws, or an instance role).
+
+Every journal object is checked (the store's CRC32C, its header, each record's CRC32C and
+path) before its records are replayed, and nothing is written outside DIR. A damaged or
+missing object stops the restore with its key; DIR then contains the tree as of the object
+before it.
+
+Exit codes: 0 restored, 1 the restore failed or stopped, 2 invalid arguments or DIR not
+empty.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -117,6 +130,20 @@ compared, 3 no daemon serves MOUNTPOINT."
         #[arg(long)]
         repair: bool,
     },
+    /// Rebuild a directory from an S3 mirror, as for a host that lost its backing directory.
+    #[command(after_help = RESTORE_HELP)]
+    Restore {
+        /// The mirror, as given to mount: s3://BUCKET/PREFIX.
+        mirror: String,
+        /// Directory to fill; created if missing. It must be empty unless --force is given.
+        dir: PathBuf,
+        /// Options as key=value[,key=value...]: endpoint, region, path_style.
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Replay into a directory that is not empty.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs a parsed command and returns the process exit code.
@@ -139,6 +166,12 @@ pub fn run(cli: Cli) -> ExitCode {
             timeout,
             repair,
         } => verify(mountpoint, timeout, repair),
+        Command::Restore {
+            mirror,
+            dir,
+            options,
+            force,
+        } => run_restore(&mirror, &dir, &options, force),
     };
     match result {
         Ok(code) => code,
@@ -148,6 +181,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 || matches!(
                     e.downcast_ref::<daemon::Error>(),
                     Some(daemon::Error::Invalid(_))
+                )
+                || matches!(
+                    e.downcast_ref::<restore::Error>(),
+                    Some(restore::Error::NotS3 { .. } | restore::Error::NotEmpty { .. })
                 );
             let not_served = matches!(
                 e.downcast_ref::<control::Error>(),
@@ -259,4 +296,29 @@ fn verify(mountpoint: PathBuf, timeout: Duration, repair: bool) -> anyhow::Resul
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+fn run_restore(
+    mirror: &str,
+    dir: &PathBuf,
+    options: &[String],
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let spec = config::MirrorSpec::parse(mirror)?;
+    let s3 = config::build_s3_options(options)?;
+    let summary = restore::run(&spec, &s3, dir, force)
+        .with_context(|| format!("restore {mirror} into {dir:?}"))?;
+    let replay = summary.replay;
+    println!(
+        "restored {} into {}: journal objects: {}, records: {}, repeated records left out: {}, \
+         last seq: {}",
+        spec.name(),
+        dir.display(),
+        replay.objects,
+        replay.records,
+        replay.repeated_records,
+        replay.last_seq
+    );
+    println!("files: {}, bytes: {}", summary.files, summary.bytes);
+    Ok(ExitCode::SUCCESS)
 }

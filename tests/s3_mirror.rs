@@ -443,6 +443,37 @@ fn s3_restore_rejects_symlink_escape() {
     assert_eq!(common::list_dir(&target), ["link"]);
 }
 
+#[test]
+fn s3_restore_stops_at_gap() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let client = garage.client();
+    let first = journal_object(1, 1, &[create_op("a.log"), write_op("a.log", b"one\n")]);
+    client.put(&object_key(1), first);
+    let third = journal_object(3, 5, &[write_op("a.log", b"three\n")]);
+    client.put(&object_key(3), third);
+
+    let dirs = TestDirs::new(0);
+    let target = dirs.root.join("restored");
+    let out = restore(&garage, &target, &[]);
+    assert_eq!(out.code(), EXIT_RUNTIME, "restore across a gap: {out}");
+    assert!(out.stderr.contains(&object_key(3)), "{out}");
+    assert!(
+        out.stderr.contains("journal object number 2 is missing"),
+        "{out}"
+    );
+    assert_eq!(common::read_text(&target.join("a.log")), "one\n");
+
+    let stray = format!("{JOURNAL_PREFIX}notes.txt");
+    client.put(&stray, b"not an object".to_vec());
+    let other = dirs.root.join("other");
+    let out = restore(&garage, &other, &[]);
+    assert_eq!(out.code(), EXIT_RUNTIME, "restore with a stray key: {out}");
+    assert!(out.stderr.contains(&stray), "{out}");
+    assert!(!other.exists(), "restore left {other:?} behind");
+}
+
 /// Runs `logmirror mount` expecting a failure, and unmounts if it mounted after all.
 fn mount_expecting_failure(
     dirs: &TestDirs,

@@ -1,5 +1,5 @@
-//! Command-line interface: `mount`, `status`, `sync` and `verify`, each turned into a call of
-//! the library and an exit code.
+//! Command-line interface: `mount`, `status`, `sync`, `verify` and `restore`, each turned into
+//! a call of the library and an exit code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use logmirror::control::{self, Request, Response};
-use logmirror::{config, daemon, status};
+use logmirror::{config, daemon, restore, status};
 
 /// Exit code when the checked condition failed: sync timed out, verify found differences,
 /// or a mount failed at run time.
@@ -22,7 +22,12 @@ pub const EXIT_NOT_SERVED: u8 = 3;
 const MOUNT_HELP: &str = "\
 Options (-o key=value,... or the same keys in the --config TOML file; -o values override the
 file, and mirrors given with -o replace the file's list):
-  mirror=dir:/path            directory mirror; required, repeat for more
+  mirror=dir:/path            directory mirror; a mirror is required, repeat for more
+  mirror=s3://BUCKET/PREFIX   S3 mirror: journal objects under PREFIX/.logmirror/journal/
+  endpoint=URL                S3 endpoint, as in http://127.0.0.1:3900 (default
+                              AWS_ENDPOINT_URL, else AWS's endpoint for the region)
+  region=NAME                 S3 region (default AWS_REGION or the AWS profile's region)
+  path_style=true|false       bucket in the URL path (default true when an endpoint is given)
   mode=sync|async             sync: a write returns after the mirrors confirmed it;
                               async: after the local commit (default async)
   ack=all|N                   mirrors that must confirm a sync-mode write (default all)
@@ -39,11 +44,26 @@ file, and mirrors given with -o replace the file's list):
   segment_size=SIZE           journal segment size (default 64M, 1M to 1G)
   log_file=/path              daemon log in the background (default STATE/daemon.log)
   threads=N                   FUSE request threads (default 4, 1 to 64)
+S3 credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role), never from options.
 Mount flags nosuid, nodev, noexec, ro and fstab/systemd options (_netdev, nofail, x-*) are
 accepted. SIZE takes K, M, G, T suffixes (powers of 1024); DURATION takes ms, s, m, h
 (a bare number is seconds).
 
 Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.";
+
+const RESTORE_HELP: &str = "\
+Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false, as for mount.
+Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
+a profile in ~/.aws, or an instance role).
+
+Every journal object is checked (the store's CRC32C, its header, each record's CRC32C and
+path) before its records are replayed, and nothing is written outside DIR. A damaged or
+missing object stops the restore with its key; DIR then contains the tree as of the object
+before it.
+
+Exit codes: 0 restored, 1 the restore failed or stopped, 2 invalid arguments or DIR not
+empty.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -110,6 +130,20 @@ compared, 3 no daemon serves MOUNTPOINT."
         #[arg(long)]
         repair: bool,
     },
+    /// Rebuild a directory from an S3 mirror, as for a host that lost its backing directory.
+    #[command(after_help = RESTORE_HELP)]
+    Restore {
+        /// The mirror, as given to mount: s3://BUCKET/PREFIX.
+        mirror: String,
+        /// Directory to fill; created if missing. It must be empty unless --force is given.
+        dir: PathBuf,
+        /// Options as key=value[,key=value...]: endpoint, region, path_style.
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Replay into a directory that is not empty.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs a parsed command and returns the process exit code.
@@ -132,6 +166,12 @@ pub fn run(cli: Cli) -> ExitCode {
             timeout,
             repair,
         } => verify(mountpoint, timeout, repair),
+        Command::Restore {
+            mirror,
+            dir,
+            options,
+            force,
+        } => run_restore(&mirror, &dir, &options, force),
     };
     match result {
         Ok(code) => code,
@@ -141,6 +181,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 || matches!(
                     e.downcast_ref::<daemon::Error>(),
                     Some(daemon::Error::Invalid(_))
+                )
+                || matches!(
+                    e.downcast_ref::<restore::Error>(),
+                    Some(restore::Error::NotS3 { .. } | restore::Error::NotEmpty { .. })
                 );
             let not_served = matches!(
                 e.downcast_ref::<control::Error>(),
@@ -252,4 +296,29 @@ fn verify(mountpoint: PathBuf, timeout: Duration, repair: bool) -> anyhow::Resul
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+fn run_restore(
+    mirror: &str,
+    dir: &PathBuf,
+    options: &[String],
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let spec = config::MirrorSpec::parse(mirror)?;
+    let s3 = config::build_s3_options(options)?;
+    let summary = restore::run(&spec, &s3, dir, force)
+        .with_context(|| format!("restore {mirror} into {dir:?}"))?;
+    let replay = summary.replay;
+    println!(
+        "restored {} into {}: journal objects: {}, records: {}, repeated records left out: {}, \
+         last seq: {}",
+        spec.name(),
+        dir.display(),
+        replay.objects,
+        replay.records,
+        replay.repeated_records,
+        replay.last_seq
+    );
+    println!("files: {}, bytes: {}", summary.files, summary.bytes);
+    Ok(ExitCode::SUCCESS)
 }

@@ -14,9 +14,17 @@ pub const STATE_DIR_NAME: &str = ".logmirror";
 pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
-         on_mirror_failure, sync_timeout, drain_timeout, segment_size, log_file, threads"
+         on_mirror_failure, sync_timeout, drain_timeout, segment_size, log_file, threads, \
+         endpoint, region, path_style"
     )]
     UnknownKey { key: String },
+    #[error(
+        "option {key:?} is not accepted: S3 credentials come only from the standard AWS chain \
+         (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role)"
+    )]
+    Credential { key: String },
+    #[error("option {key:?} is not valid here; valid keys: {valid}")]
+    NotValidHere { key: String, valid: &'static str },
     #[error("option {key:?} needs a value, as in {key}=VALUE")]
     MissingValue { key: String },
     #[error("invalid value {value:?} for {key}: {expected}")]
@@ -42,23 +50,43 @@ pub enum Error {
 pub enum MirrorSpec {
     /// A directory on another disk or a network mount, written as `dir:/path`.
     Dir(PathBuf),
+    /// A bucket and key prefix in an S3-compatible store, written as `s3://BUCKET/PREFIX`.
+    /// The prefix has no leading or trailing slash and is empty for the bucket's root.
+    S3 { bucket: String, prefix: String },
 }
 
+/// Maximum length of a key prefix, in bytes. An S3 key has at most 1024 bytes, and the
+/// mirror's own object names take about 60 of them.
+pub const MAX_S3_PREFIX_BYTES: usize = 512;
+
 impl MirrorSpec {
-    fn parse(value: &str) -> Result<MirrorSpec, Error> {
-        let invalid = |expected: &str| Error::InvalidValue {
+    /// Parses `dir:/absolute/path` or `s3://BUCKET/PREFIX`.
+    pub fn parse(value: &str) -> Result<MirrorSpec, Error> {
+        let invalid = |expected: String| Error::InvalidValue {
             key: "mirror".into(),
             value: value.into(),
-            expected: expected.into(),
+            expected,
         };
+        if let Some(rest) = value.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            check_bucket_name(bucket).map_err(|reason| invalid(format!("bucket {reason}")))?;
+            let prefix = prefix.trim_end_matches('/');
+            check_s3_prefix(prefix).map_err(|reason| invalid(format!("prefix {reason}")))?;
+            return Ok(MirrorSpec::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
         match value.split_once(':') {
             Some(("dir", path)) if path.starts_with('/') => {
                 Ok(MirrorSpec::Dir(PathBuf::from(path)))
             }
             Some(("dir", _)) => Err(invalid(
-                "a directory mirror needs an absolute path, as in dir:/mnt/copy",
+                "a directory mirror needs an absolute path, as in dir:/mnt/copy".into(),
             )),
-            _ => Err(invalid("expected dir:/absolute/path")),
+            _ => Err(invalid(
+                "expected dir:/absolute/path or s3://BUCKET/PREFIX".into(),
+            )),
         }
     }
 
@@ -66,8 +94,168 @@ impl MirrorSpec {
     pub fn name(&self) -> String {
         match self {
             MirrorSpec::Dir(path) => format!("dir:{}", path.display()),
+            MirrorSpec::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            MirrorSpec::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
         }
     }
+
+    /// Returns true for an S3 mirror.
+    pub fn is_s3(&self) -> bool {
+        matches!(self, MirrorSpec::S3 { .. })
+    }
+}
+
+/// Checks a bucket name against the S3 naming rules for general purpose buckets, returning
+/// what is wrong with it.
+fn check_bucket_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is empty; write s3://BUCKET/PREFIX".into());
+    }
+    if !(3..=63).contains(&name.len()) {
+        return Err(format!(
+            "name {name:?} has {} characters; it needs 3 to 63",
+            name.len()
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-';
+    if let Some(c) = name.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
+            "name {name:?} contains {c:?}; use lowercase letters, digits, '.' and '-'"
+        ));
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !edge(name.chars().next()) || !edge(name.chars().last()) {
+        return Err(format!(
+            "name {name:?} must start and end with a lowercase letter or a digit"
+        ));
+    }
+    if name.contains("..") {
+        return Err(format!("name {name:?} contains two adjacent periods"));
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(format!("name {name:?} is formatted as an IP address"));
+    }
+    Ok(())
+}
+
+/// Checks a key prefix (already without trailing slashes), returning what is wrong with it.
+fn check_s3_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    if prefix.len() > MAX_S3_PREFIX_BYTES {
+        return Err(format!(
+            "{prefix:?} has {} bytes; the maximum is {MAX_S3_PREFIX_BYTES}",
+            prefix.len()
+        ));
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err(format!("{prefix:?} contains a control character"));
+    }
+    for part in prefix.split('/') {
+        match part {
+            "" => {
+                return Err(format!(
+                    "{prefix:?} has an empty path component (// or a leading /)"
+                ));
+            }
+            "." | ".." => return Err(format!("{prefix:?} has a {part:?} component")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Connection settings shared by the S3 mirrors of a mount. Credentials are deliberately not
+/// here: they come from the standard AWS chain only, so they never appear in options, logs
+/// or status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// `endpoint=URL`: the S3 API endpoint, as in `http://127.0.0.1:3900`. Default: the
+    /// `AWS_ENDPOINT_URL` environment variable, else AWS's endpoint for the region.
+    pub endpoint: Option<String>,
+    /// `region=NAME`. Default: `AWS_REGION` or the region of the AWS profile.
+    pub region: Option<String>,
+    /// `path_style=true|false`: put the bucket in the URL path instead of the host name.
+    /// Default: true when an endpoint is given (option or `AWS_ENDPOINT_URL`), else false.
+    pub path_style: Option<bool>,
+}
+
+impl S3Options {
+    /// Returns true when no option is set.
+    pub fn is_empty(&self) -> bool {
+        self == &S3Options::default()
+    }
+
+    /// Applies one `endpoint`, `region` or `path_style` option. Returns false for any other
+    /// key.
+    pub fn apply(&mut self, key: &str, value: &str) -> Result<bool, Error> {
+        let invalid = |expected: &str| Error::InvalidValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        };
+        match key {
+            "endpoint" => self.endpoint = Some(check_endpoint(value)?),
+            "region" => {
+                let valid = !value.is_empty()
+                    && value.len() <= 64
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !valid {
+                    return Err(invalid(
+                        "expected a region name of letters, digits, '-', '_' or '.', as in \
+                         us-east-1 or garage",
+                    ));
+                }
+                self.region = Some(value.to_string());
+            }
+            "path_style" => {
+                self.path_style = Some(match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid("expected true or false")),
+                })
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Checks an endpoint URL: http or https, a host, and no user name, password, query or
+/// fragment.
+fn check_endpoint(value: &str) -> Result<String, Error> {
+    // Text before an '@' may be a password, so it is never repeated in a message.
+    if value.contains('@') {
+        return Err(Error::Conflict(
+            "endpoint= must not contain a user name or password; give S3 credentials through \
+             the standard AWS chain"
+                .into(),
+        ));
+    }
+    let invalid = |expected: &str| Error::InvalidValue {
+        key: "endpoint".into(),
+        value: value.into(),
+        expected: expected.into(),
+    };
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .ok_or_else(|| {
+            invalid("expected an http:// or https:// URL, as in http://127.0.0.1:3900")
+        })?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(invalid("expected a host after the scheme"));
+    }
+    if value.contains(['?', '#']) || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "expected a URL without query, fragment, spaces or control characters",
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_string())
 }
 
 /// When a write is acknowledged to the program.
@@ -114,6 +302,8 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     /// At least one mirror.
     pub mirrors: Vec<MirrorSpec>,
+    /// Endpoint, region and addressing of the S3 mirrors.
+    pub s3: S3Options,
     /// Default async.
     pub mode: Mode,
     /// Default all; a count must be between 1 and the number of mirrors.
@@ -175,6 +365,27 @@ struct FileOptions {
     segment_size: Option<NumberOrText>,
     log_file: Option<PathBuf>,
     threads: Option<NumberOrText>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: Option<FlagOrText>,
+}
+
+/// A value a config file may give as a boolean or as text (`path_style = true` or
+/// `path_style = "true"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FlagOrText {
+    Flag(bool),
+    Text(String),
+}
+
+impl FlagOrText {
+    fn into_text(self) -> String {
+        match self {
+            FlagOrText::Flag(flag) => flag.to_string(),
+            FlagOrText::Text(text) => text,
+        }
+    }
 }
 
 /// A value a config file may give as a number or as text (`ack = 1` or `ack = "all"`,
@@ -289,6 +500,15 @@ impl RawOptions {
         if let Some(v) = file.threads {
             push("threads", v.into_text());
         }
+        if let Some(v) = file.endpoint {
+            push("endpoint", v);
+        }
+        if let Some(v) = file.region {
+            push("region", v);
+        }
+        if let Some(v) = file.path_style {
+            push("path_style", v.into_text());
+        }
         Ok(())
     }
 }
@@ -322,11 +542,41 @@ pub fn build(
     resolve(backing, mountpoint, raw)
 }
 
+/// Builds the S3 connection settings of a command that reads a mirror without mounting
+/// (`restore`), from `-o` option strings that may set only endpoint, region and path_style.
+pub fn build_s3_options(option_strings: &[String]) -> Result<S3Options, Error> {
+    let mut raw = RawOptions::default();
+    for text in option_strings {
+        raw.push_option_string(text)?;
+    }
+    if let Some(flag) = raw.flags.into_iter().next() {
+        return Err(Error::NotValidHere {
+            key: flag,
+            valid: "endpoint, region, path_style",
+        });
+    }
+    let mut options = S3Options::default();
+    for (key, value) in raw.pairs {
+        if options.apply(&key, &value)? {
+            continue;
+        }
+        if is_credential_key(&key) {
+            return Err(Error::Credential { key });
+        }
+        return Err(Error::NotValidHere {
+            key,
+            valid: "endpoint, region, path_style",
+        });
+    }
+    Ok(options)
+}
+
 fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountConfig, Error> {
     let mut config = MountConfig {
         backing: backing.to_path_buf(),
         mountpoint: mountpoint.to_path_buf(),
         mirrors: Vec::new(),
+        s3: S3Options::default(),
         mode: Mode::Async,
         ack: Ack::All,
         state_dir: backing.join(STATE_DIR_NAME),
@@ -375,7 +625,22 @@ fn is_known_key(key: &str) -> bool {
             | "segment_size"
             | "log_file"
             | "threads"
+            | "endpoint"
+            | "region"
+            | "path_style"
     )
+}
+
+/// Keys under which people commonly pass S3 credentials. They get an error that names where
+/// credentials go, instead of "unknown option".
+fn is_credential_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let key = key.strip_prefix("aws_").unwrap_or(&key);
+    matches!(
+        key,
+        "access_key" | "access_key_id" | "secret_key" | "session_token" | "credentials"
+    ) || key.contains("secret")
+        || key.contains("password")
 }
 
 fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Error> {
@@ -438,6 +703,14 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 .ok_or_else(|| invalid("expected a duration, as in 30s, 500ms or 2m"))?
         }
         "log_file" => config.log_file = Some(absolute_path(key, value)?),
+        "endpoint" | "region" | "path_style" => {
+            config.s3.apply(key, value)?;
+        }
+        _ if is_credential_key(key) => {
+            return Err(Error::Credential {
+                key: key.to_string(),
+            });
+        }
         "threads" => {
             config.threads = value
                 .parse::<usize>()
@@ -476,14 +749,21 @@ fn check(config: &MountConfig) -> Result<(), Error> {
             "no mirror given; add at least one, as in -o mirror=dir:/mnt/copy".into(),
         ));
     }
-    if let Ack::Count(n) = config.ack {
-        if n > config.mirrors.len() {
-            return Err(Error::Conflict(format!(
-                "ack={n} is larger than the number of mirrors ({}); use ack=all or at most {}",
-                config.mirrors.len(),
-                config.mirrors.len()
-            )));
-        }
+    if !config.s3.is_empty() && !config.mirrors.iter().any(MirrorSpec::is_s3) {
+        return Err(Error::Conflict(
+            "endpoint, region and path_style apply to s3:// mirrors, and no mirror is one; \
+             remove them or add an s3://BUCKET/PREFIX mirror"
+                .into(),
+        ));
+    }
+    if let Ack::Count(n) = config.ack
+        && n > config.mirrors.len()
+    {
+        return Err(Error::Conflict(format!(
+            "ack={n} is larger than the number of mirrors ({}); use ack=all or at most {}",
+            config.mirrors.len(),
+            config.mirrors.len()
+        )));
     }
     let mut names: Vec<String> = config.mirrors.iter().map(MirrorSpec::name).collect();
     names.sort();
@@ -568,6 +848,10 @@ mod tests {
             (&["mirror=dir:/a,mode=fast"], "\"fast\""),
             (&["mirror=dir:relative"], "\"dir:relative\""),
             (&["mirror=s4://x"], "\"s4://x\""),
+            (
+                &["mirror=s3://logs/a,mirror=s3://logs/a/"],
+                "s3://logs/a is given twice",
+            ),
             (&["mirror=dir:/a,ack=2"], "ack=2"),
             (&["mirror=dir:/a,ack=0"], "\"0\""),
             (&["mirror=dir:/a,max_backlog=lots"], "\"lots\""),
@@ -598,6 +882,150 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("ten"), None);
+    }
+
+    #[test]
+    fn s3_spec_parses() {
+        let cases = [
+            ("s3://logs/host1", "logs", "host1", "s3://logs/host1"),
+            ("s3://logs/a/b/", "logs", "a/b", "s3://logs/a/b"),
+            ("s3://logs", "logs", "", "s3://logs"),
+            ("s3://logs/", "logs", "", "s3://logs"),
+            ("s3://my.logs-2/x", "my.logs-2", "x", "s3://my.logs-2/x"),
+        ];
+        for (value, bucket, prefix, name) in cases {
+            let spec = MirrorSpec::parse(value).unwrap();
+            assert_eq!(
+                spec,
+                MirrorSpec::S3 {
+                    bucket: bucket.into(),
+                    prefix: prefix.into()
+                },
+                "{value}"
+            );
+            assert_eq!(spec.name(), name);
+        }
+    }
+
+    #[test]
+    fn s3_spec_errors_name_the_value() {
+        let cases = [
+            ("s3://", "name is empty"),
+            ("s3:///host1", "name is empty"),
+            ("s3://ab/x", "needs 3 to 63"),
+            ("s3://Logs/x", "contains 'L'"),
+            ("s3://logs_1/x", "contains '_'"),
+            ("s3://-logs/x", "must start and end"),
+            ("s3://a..b/x", "two adjacent periods"),
+            ("s3://192.168.1.1/x", "IP address"),
+            ("s3://logs/../x", "\"..\" component"),
+            ("s3://logs/a/./b", "\".\" component"),
+            ("s3://logs/a//b", "empty path component"),
+            ("s3://logs//a", "empty path component"),
+        ];
+        for (value, reason) in cases {
+            let message = MirrorSpec::parse(value).unwrap_err().to_string();
+            assert!(
+                message.contains(&format!("{value:?}")),
+                "{value}: {message}"
+            );
+            assert!(message.contains(reason), "{value}: {message}");
+        }
+        let long = format!("s3://logs/{}", "p".repeat(MAX_S3_PREFIX_BYTES + 1));
+        let message = MirrorSpec::parse(&long).unwrap_err().to_string();
+        assert!(message.contains("the maximum is 512"), "{message}");
+    }
+
+    #[test]
+    fn s3_options_parse() {
+        let config = build_args(&["mirror=s3://logs/host1"]).unwrap();
+        assert_eq!(config.s3, S3Options::default());
+
+        let config =
+            build_args(&["mirror=s3://logs/host1,endpoint=http://127.0.0.1:3900/,region=garage"])
+                .unwrap();
+        assert_eq!(
+            config.s3,
+            S3Options {
+                endpoint: Some("http://127.0.0.1:3900".into()),
+                region: Some("garage".into()),
+                path_style: None,
+            }
+        );
+        let config = build_args(&["mirror=s3://logs/h,path_style=false"]).unwrap();
+        assert_eq!(config.s3.path_style, Some(false));
+    }
+
+    #[test]
+    fn s3_options_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["mirror=s3://l0g/h,endpoint=ftp://x"], "\"ftp://x\""),
+            (&["mirror=s3://l0g/h,endpoint=http://"], "\"http://\""),
+            (
+                &["mirror=s3://l0g/h,endpoint=http://h/?a=b"],
+                "\"http://h/?a=b\"",
+            ),
+            (&["mirror=s3://l0g/h,region=us east"], "\"us east\""),
+            (&["mirror=s3://l0g/h,path_style=yes"], "\"yes\""),
+            (&["mirror=dir:/a,region=garage"], "apply to s3:// mirrors"),
+        ];
+        for (options, needle) in cases {
+            let message = build_args(options).unwrap_err().to_string();
+            assert!(message.contains(needle), "{options:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn s3_credentials_never_echoed() {
+        let cases = [
+            "mirror=s3://l0g/h,aws_secret_access_key=TOPSECRET",
+            "mirror=s3://l0g/h,secret_key=TOPSECRET",
+            "mirror=s3://l0g/h,access_key_id=TOPSECRET",
+            "mirror=s3://l0g/h,endpoint=http://user:TOPSECRET@127.0.0.1:3900",
+        ];
+        for option in cases {
+            let message = build_args(&[option]).unwrap_err().to_string();
+            assert!(!message.contains("TOPSECRET"), "{option}: {message}");
+            assert!(message.contains("credentials"), "{option}: {message}");
+        }
+    }
+
+    #[test]
+    fn s3_options_for_restore() {
+        let options =
+            build_s3_options(&["endpoint=http://127.0.0.1:3900,region=garage".into()]).unwrap();
+        assert_eq!(options.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(options.region.as_deref(), Some("garage"));
+        let message = build_s3_options(&["mode=sync".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("\"mode\" is not valid here"), "{message}");
+        let message = build_s3_options(&["secret_access_key=TOPSECRET".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains("TOPSECRET"), "{message}");
+    }
+
+    #[test]
+    fn config_file_s3_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "mirror = \"s3://logs/web1\"\nendpoint = \"http://127.0.0.1:3900\"\n\
+             region = \"garage\"\npath_style = true\n",
+        )
+        .unwrap();
+        let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap();
+        assert_eq!(
+            config.mirrors,
+            vec![MirrorSpec::S3 {
+                bucket: "logs".into(),
+                prefix: "web1".into()
+            }]
+        );
+        assert_eq!(config.s3.path_style, Some(true));
+        assert_eq!(config.s3.region.as_deref(), Some("garage"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::mirror::Mirror;
 use crate::mirror::acks::{AckPolicy, Acks};
 use crate::mirror::cursor;
 use crate::mirror::dir::DirMirror;
+use crate::mirror::s3::S3Mirror;
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
 use crate::status::MountInfo;
 
@@ -214,7 +215,9 @@ fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
     }
 
     for spec in &config.mirrors {
-        let MirrorSpec::Dir(dir) = spec;
+        let MirrorSpec::Dir(dir) = spec else {
+            continue;
+        };
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
         if dir.starts_with(backing) || dir.starts_with(mountpoint) || backing.starts_with(&dir) {
             return Err(Error::Invalid(format!(
@@ -529,12 +532,11 @@ fn open_mirrors(
     let mut slots = Vec::new();
     for (index, spec) in config.mirrors.iter().enumerate() {
         let name = spec.name();
-        let MirrorSpec::Dir(dir) = spec;
-        let mirror: Box<dyn Mirror> =
-            Box::new(DirMirror::open(dir).map_err(|source| Error::Mirror {
+        let mirror =
+            open_mirror(config, spec, index, journal.id()).map_err(|source| Error::Mirror {
                 name: name.clone(),
                 source,
-            })?);
+            })?;
         let cursor = cursor::load(&config.state_dir, &name);
         let (head, _) = journal.head();
         let first = journal.first_seq();
@@ -570,6 +572,26 @@ fn open_mirrors(
         }));
     }
     Ok(slots)
+}
+
+fn open_mirror(
+    config: &MountConfig,
+    spec: &MirrorSpec,
+    index: usize,
+    journal_id: u64,
+) -> Result<Box<dyn Mirror>, crate::mirror::Error> {
+    match spec {
+        MirrorSpec::Dir(dir) => Ok(Box::new(DirMirror::open(dir)?)),
+        MirrorSpec::S3 { bucket, prefix } => {
+            let scratch = config
+                .state_dir
+                .join("replay")
+                .join(format!("mirror-{index}"));
+            Ok(Box::new(S3Mirror::open(
+                bucket, prefix, &config.s3, journal_id, &scratch,
+            )?))
+        }
+    }
 }
 
 fn mount_session(

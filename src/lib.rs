@@ -9,7 +9,8 @@
 //! journal segments -> mirror::worker (one per mirror) -> Mirror::apply, flush -> confirm
 //! ```
 //!
-//! `daemon` ties the stages together; `control` serves `status`, `sync` and `verify`.
+//! `daemon` ties the stages together; `control` serves `status`, `sync` and `verify`;
+//! `restore` rebuilds a backing directory from an S3 mirror.
 
 pub mod config;
 pub mod control;
@@ -17,5 +18,6 @@ pub mod daemon;
 pub mod fs;
 pub mod journal;
 pub mod mirror;
+pub mod restore;
 pub mod status;
 pub mod verify;

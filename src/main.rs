@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-const SUBCOMMANDS: &[&str] = &["mount", "status", "sync", "verify", "help"];
+const SUBCOMMANDS: &[&str] = &["mount", "status", "sync", "verify", "restore", "help"];
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))

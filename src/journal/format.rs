@@ -72,7 +72,7 @@ pub(super) const MAX_PAYLOAD_BYTES: usize = 64 << 20;
 /// Reason that bytes read from a segment are not a valid header or record. Its text becomes
 /// the `reason` of `Error::Corrupt`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum FormatError {
+pub enum FormatError {
     #[error("segment header needs {HEADER_LEN} bytes but the file has {len}")]
     ShortHeader { len: u64 },
     #[error("invalid magic {found:02x?}, expected {MAGIC:02x?}")]
@@ -259,20 +259,54 @@ pub(super) fn encode_frame(
     payload_len: usize,
     buf: &mut Vec<u8>,
 ) {
+    buf.clear();
+    append_frame(seq, committed_at_ns, op, payload_len, buf);
+}
+
+/// Encodes one record frame at the end of `buf`, as `encode_frame` does.
+pub(super) fn append_frame(
+    seq: Seq,
+    committed_at_ns: u64,
+    op: &Op,
+    payload_len: usize,
+    buf: &mut Vec<u8>,
+) {
     debug_assert!(payload_len <= MAX_PAYLOAD_BYTES);
     debug_assert_eq!(payload_len, self::payload_len(op));
 
-    buf.clear();
+    let start = buf.len();
     buf.reserve(FRAME_HEADER_LEN + payload_len);
     buf.extend_from_slice(&(payload_len as u32).to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&seq.0.to_le_bytes());
     buf.extend_from_slice(&committed_at_ns.to_le_bytes());
     encode_op(op, buf);
-    debug_assert_eq!(buf.len(), FRAME_HEADER_LEN + payload_len);
+    debug_assert_eq!(buf.len() - start, FRAME_HEADER_LEN + payload_len);
 
-    let crc = crc32c::crc32c(&buf[8..]);
-    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[start + 8..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes the frame at the start of `bytes` with every check a segment reader makes except
+/// the seq, which the caller checks. Returns the record and the frame's length in bytes.
+pub(super) fn decode_frame_at(bytes: &[u8]) -> Result<(Record, usize), FormatError> {
+    let incomplete = |needed: usize| FormatError::Incomplete {
+        needed: needed as u64,
+        available: bytes.len() as u64,
+    };
+    let Some(header_bytes) = bytes.get(..FRAME_HEADER_LEN) else {
+        return Err(incomplete(FRAME_HEADER_LEN));
+    };
+    let header_bytes: [u8; FRAME_HEADER_LEN] = array_at(header_bytes, 0);
+    let header = FrameHeader::parse(&header_bytes);
+    header.check_payload_len()?;
+    // The payload length was checked against the maximum, so this cannot overflow.
+    let frame_len = header.frame_len() as usize;
+    let Some(payload) = bytes.get(FRAME_HEADER_LEN..frame_len) else {
+        return Err(incomplete(frame_len));
+    };
+    check_crc(&header_bytes, payload)?;
+    Ok((decode_record(&header, payload)?, frame_len))
 }
 
 /// Builds the record from a frame whose length, CRC and seq were already checked.
@@ -835,6 +869,44 @@ mod tests {
             assert!(
                 matches!(decode_frame(&flipped), Err(FormatError::CrcMismatch { .. })),
                 "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn appended_frames_decode_from_a_slice() {
+        let ops = every_op();
+        let mut bytes = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            append_frame(Seq(i as u64 + 1), 7, op, payload_len(op), &mut bytes);
+        }
+        let mut offset = 0;
+        for (i, op) in ops.iter().enumerate() {
+            let (record, frame_len) = decode_frame_at(&bytes[offset..]).unwrap();
+            assert_eq!(record.seq, Seq(i as u64 + 1));
+            assert_eq!(&record.op, op);
+            assert_eq!(frame_len, FRAME_HEADER_LEN + payload_len(op));
+            offset += frame_len;
+        }
+        assert_eq!(offset, bytes.len());
+    }
+
+    #[test]
+    fn slice_decoder_rejects_short_frames() {
+        let frame = encode(Seq(3), 0, &example_op());
+        for len in 0..frame.len() {
+            let error = decode_frame_at(&frame[..len]).unwrap_err();
+            let needed = if len < FRAME_HEADER_LEN {
+                FRAME_HEADER_LEN
+            } else {
+                frame.len()
+            };
+            assert_eq!(
+                error,
+                FormatError::Incomplete {
+                    needed: needed as u64,
+                    available: len as u64
+                }
             );
         }
     }

@@ -14,6 +14,7 @@ mod reader;
 mod record;
 mod writer;
 
+pub use format::FormatError;
 pub use reader::Reader;
 pub use record::{Op, Record, RelPath, Seq, Timestamp};
 
@@ -320,6 +321,38 @@ impl Journal {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Appends the frame of `record` to `buf`, in the byte layout of a segment's record frames,
+/// so that other stores (the S3 mirror) keep records exactly as the journal does.
+///
+/// # Errors
+///
+/// `Error::TooLarge` when the encoded op exceeds the maximum record size; `buf` is then
+/// unchanged.
+pub fn append_frame(record: &Record, buf: &mut Vec<u8>) -> Result<(), Error> {
+    let payload_len = format::payload_len(&record.op);
+    if payload_len > format::MAX_PAYLOAD_BYTES {
+        return Err(Error::TooLarge {
+            bytes: payload_len,
+            max: format::MAX_PAYLOAD_BYTES,
+        });
+    }
+    format::append_frame(
+        record.seq,
+        record.committed_at_ns,
+        &record.op,
+        payload_len,
+        buf,
+    );
+    Ok(())
+}
+
+/// Decodes the record frame at the start of `bytes`, checking its length, CRC32C and op
+/// encoding. Returns the record and the frame's length in bytes. The seq is not checked,
+/// because only the caller knows which one to expect.
+pub fn decode_frame(bytes: &[u8]) -> Result<(Record, usize), FormatError> {
+    format::decode_frame_at(bytes)
 }
 
 /// Ops, strategies and helpers shared by the tests of the journal's files.

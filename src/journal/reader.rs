@@ -126,12 +126,12 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, Error> {
     let mut torn_bytes_cut = 0;
     // The file name keeps the first seq of a removed empty segment, so seqs never repeat.
     let mut next_seq = Seq(1);
-    if let Some(&(first_seq, ref path)) = names.last() {
-        if let Some(cut) = remove_torn_header(dir, path)? {
-            torn_bytes_cut += cut;
-            next_seq = first_seq.max(Seq(1));
-            names.pop();
-        }
+    if let Some(&(first_seq, ref path)) = names.last()
+        && let Some(cut) = remove_torn_header(dir, path)?
+    {
+        torn_bytes_cut += cut;
+        next_seq = first_seq.max(Seq(1));
+        names.pop();
     }
     if names.is_empty() {
         return create_journal(dir, next_seq, torn_bytes_cut);
@@ -1093,7 +1093,7 @@ mod tests {
                     assert_eq!(*offset, *expected, "order of {path:?}");
                     *expected += 1;
                     last = (record.seq, position);
-                    if last.0.0 % 100 == 0 {
+                    if last.0.0.is_multiple_of(100) {
                         journal.release_up_to(last.0).unwrap();
                     }
                 }

@@ -328,11 +328,11 @@ impl DirMirror {
         let kind = at::file_type(&st);
         if kind == libc::S_IFREG || kind == libc::S_IFDIR {
             let flags = libc::O_RDONLY | libc::O_NONBLOCK;
-            if let Ok(fd) = at::open_at(dir.as_fd(), name, flags, 0) {
-                if at::file_id(&at::fstat(fd.as_fd())?) == id {
-                    let file = Arc::new(File::from(fd));
-                    return self.mark(id, file, path, SyncKind::Full, kind == libc::S_IFDIR);
-                }
+            if let Ok(fd) = at::open_at(dir.as_fd(), name, flags, 0)
+                && at::file_id(&at::fstat(fd.as_fd())?) == id
+            {
+                let file = Arc::new(File::from(fd));
+                return self.mark(id, file, path, SyncKind::Full, kind == libc::S_IFDIR);
             }
         }
         // NOTE: a metadata change of a symlink, a special file or an unreadable file is made

@@ -9,14 +9,16 @@ mod at;
 pub mod cursor;
 pub mod dir;
 pub mod manifest;
+pub mod s3;
 pub mod worker;
 
 use std::path::PathBuf;
 
-use crate::journal::{Op, RelPath};
+use crate::journal::{Op, Record, RelPath, Seq};
 
 pub use dir::DirMirror;
 pub use manifest::{Entry, EntryKind, Manifest};
+pub use s3::S3Mirror;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -46,6 +48,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("mirror {mirror}: {action} {key} failed")]
+    Store {
+        mirror: String,
+        action: &'static str,
+        key: String,
+        #[source]
+        source: Box<s3::StoreError>,
+    },
+    #[error("mirror {mirror}: journal object {key} is invalid at byte {offset}: {reason}")]
+    CorruptObject {
+        mirror: String,
+        key: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("mirror {mirror}: replaying record {index} (seq {seq}) of journal object {key} failed")]
+    Replay {
+        mirror: String,
+        key: String,
+        /// Position of the record in the object, from 0.
+        index: usize,
+        /// The record's journal seq; 0 for an op of a resync.
+        seq: Seq,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("mirror {mirror}: {reason}")]
+    Setup { mirror: String, reason: String },
 }
 
 /// A remote copy of the backing tree.
@@ -56,6 +86,12 @@ pub trait Mirror: Send {
     /// Applies one op. Must be safe to repeat after it failed part way (a retry), so
     /// "already exists" and "already gone" outcomes of a repeat count as success.
     fn apply(&mut self, op: &Op) -> Result<(), Error>;
+
+    /// Applies the op of one journal record, with the same repeat rule as `apply`. Mirrors
+    /// that store records with their seq (the S3 mirror) override it.
+    fn apply_record(&mut self, record: &Record) -> Result<(), Error> {
+        self.apply(&record.op)
+    }
 
     /// Makes every op applied so far durable on the mirror.
     fn flush(&mut self) -> Result<(), Error>;

@@ -333,7 +333,7 @@ impl Worker {
         while self.applied < self.batch.len() {
             let (record, _) = &self.batch[self.applied];
             mirror
-                .apply(&record.op)
+                .apply_record(record)
                 .map_err(|e| format!("seq {}: {}", record.seq, error_chain(&e)))?;
             self.applied += 1;
         }

@@ -225,7 +225,17 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 
 /// Runs `logmirror ARGS...`.
 pub fn logmirror(args: &[&str]) -> CmdOutput {
-    run(Command::new(bin()).args(args), COMMAND_TIMEOUT)
+    logmirror_env(args, &[])
+}
+
+/// Runs `logmirror ARGS...` with the environment variables `env` added.
+pub fn logmirror_env(args: &[&str], env: &[(String, String)]) -> CmdOutput {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    run(&mut cmd, COMMAND_TIMEOUT)
 }
 
 /// Runs `fusermount3 ARGS... PATH`.
@@ -386,6 +396,8 @@ pub struct Mount<'a> {
     pub dirs: &'a TestDirs,
     /// The `-o` values the test passed, without the `log_file` added here.
     pub options: Vec<String>,
+    /// Environment variables added to `logmirror mount`, which the daemon inherits.
+    pub env: Vec<(String, String)>,
     pub log_file: PathBuf,
     pid: Option<u32>,
     is_mounted: bool,
@@ -400,6 +412,12 @@ impl<'a> Mount<'a> {
     /// Mounts with the given `-o` values plus a `log_file` in the test directory. Asserts
     /// exit 0 and that the mount point is mounted when the command returns.
     pub fn with_options(dirs: &'a TestDirs, options: &[String]) -> Mount<'a> {
+        Mount::with_env(dirs, options, &[])
+    }
+
+    /// Mounts as [`Mount::with_options`] does, with the environment variables `env` added to
+    /// `logmirror mount` (and so to the daemon).
+    pub fn with_env(dirs: &'a TestDirs, options: &[String], env: &[(String, String)]) -> Mount<'a> {
         let n = MOUNT_COUNT.fetch_add(1, Ordering::Relaxed);
         let log_file = dirs.root.join(format!("daemon-{n}.log"));
         let log_option = format!("log_file={}", log_file.display());
@@ -409,10 +427,11 @@ impl<'a> Mount<'a> {
             args.push("-o");
             args.push(option);
         }
-        let out = logmirror(&args);
+        let out = logmirror_env(&args, env);
         let mut mount = Mount {
             dirs,
             options: options.to_vec(),
+            env: env.to_vec(),
             log_file,
             pid: None,
             is_mounted: is_mounted(&dirs.mnt),

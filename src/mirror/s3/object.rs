@@ -1,0 +1,528 @@
+//! Journal objects of the S3 mirror: their keys and their byte layout.
+//!
+//! A flush of the S3 mirror stores the records applied since the previous flush as one
+//! object. The object contains the journal's own record frames (see `journal/format.rs`) behind
+//! a header, so the records keep their CRC32C from the journal to the store and back. This
+//! file only encodes and decodes bytes; nothing here talks to the store.
+//!
+//! Keys sit below the mirror's prefix, in the `.logmirror/` name that the mount reserves at
+//! the root, so they cannot collide with a file's key:
+//!
+//! ```text
+//! PREFIX/.logmirror/journal/00000000000000000001.lmj
+//! PREFIX/.logmirror/journal/00000000000000000002.lmj
+//! ```
+//!
+//! The 20-digit number orders the objects: replaying them in that order rebuilds the tree.
+//! An object is never rewritten with other content; the next flush takes the next number.
+//!
+//! ```text
+//! object header (56 bytes)
+//! +---------+---------+------------+------------+--------+-----------+----------+-------------+--------+
+//! | magic   | version | header_len | journal_id | number | first_seq | last_seq | frame_count | crc32c |
+//! | 8 bytes | u32     | u32 (=56)  | u64        | u64    | u64       | u64      | u32         | u32    |
+//! +---------+---------+------------+------------+--------+-----------+----------+-------------+--------+
+//!  0         8         12           16           24       32          40         48            52     56
+//! ```
+//!
+//! All integers are little-endian. `magic` is `LMJOBJ\0\x01`, the CRC32C covers the first 52
+//! bytes, and `number` repeats the number in the key. `frame_count` record frames follow,
+//! back to back, and nothing after them. A frame with seq 0 carries an op of a resync, which
+//! has no journal record. The other frames carry journal records of journal `journal_id`,
+//! with increasing seqs from `first_seq` to `last_seq` (both 0 when there are none).
+
+use crate::journal::{self, Record, Seq};
+
+/// First 8 bytes of every journal object.
+pub const MAGIC: [u8; 8] = *b"LMJOBJ\0\x01";
+
+/// Version written in new object headers; the only version this code reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Size of the object header in bytes, CRC included.
+pub const HEADER_LEN: usize = 56;
+
+/// Folder, below the mirror's prefix, that contains the journal objects.
+const JOURNAL_FOLDER: &str = ".logmirror/journal/";
+
+/// Ending of every journal object's key.
+const OBJECT_SUFFIX: &str = ".lmj";
+
+/// Number of digits of the object number in a key.
+const NUMBER_DIGITS: usize = 20;
+
+/// Returns the key prefix under which the journal objects of the mirror at `prefix` lie.
+pub fn journal_prefix(prefix: &str) -> String {
+    if prefix.is_empty() {
+        JOURNAL_FOLDER.to_string()
+    } else {
+        format!("{prefix}/{JOURNAL_FOLDER}")
+    }
+}
+
+/// Returns the key of journal object `number` of the mirror at `prefix`.
+pub fn object_key(prefix: &str, number: u64) -> String {
+    format!(
+        "{}{number:0width$}{OBJECT_SUFFIX}",
+        journal_prefix(prefix),
+        width = NUMBER_DIGITS
+    )
+}
+
+/// Returns the object number in `key`, a key listed under [`journal_prefix`], or `None`
+/// when the key is not a journal object's.
+pub fn parse_object_key(prefix: &str, key: &str) -> Option<u64> {
+    let name = key.strip_prefix(&journal_prefix(prefix))?;
+    let digits = name.strip_suffix(OBJECT_SUFFIX)?;
+    if digits.len() != NUMBER_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|n| *n > 0)
+}
+
+/// Reason that bytes are not a valid journal object.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    #[error("object header needs {HEADER_LEN} bytes but the object has {len}")]
+    ShortHeader { len: usize },
+    #[error("invalid magic {found:02x?}, expected {MAGIC:02x?}")]
+    BadMagic { found: [u8; 8] },
+    #[error("unsupported object format version {0}, expected {FORMAT_VERSION}")]
+    UnsupportedVersion(u32),
+    #[error("invalid header length {0}, expected {HEADER_LEN}")]
+    BadHeaderLength(u32),
+    #[error("object header CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    HeaderCrcMismatch { stored: u32, computed: u32 },
+    #[error("header names object number {found}, but the key names {expected}")]
+    NumberMismatch { expected: u64, found: u64 },
+    #[error("record frame: {0}")]
+    Frame(journal::FormatError),
+    #[error("seq {found} does not follow seq {previous}")]
+    SeqOrder { previous: Seq, found: Seq },
+    #[error(
+        "header gives seqs {first} to {last}, but the frames carry {found_first} to {found_last}"
+    )]
+    SeqRange {
+        first: Seq,
+        last: Seq,
+        found_first: Seq,
+        found_last: Seq,
+    },
+    #[error("header gives {expected} frames, but the object contains {found}")]
+    FrameCount { expected: u32, found: u32 },
+}
+
+/// The fixed fields at the start of every journal object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectHeader {
+    /// Id of the local journal whose records the object carries.
+    pub journal_id: u64,
+    /// The object's number, as in its key.
+    pub number: u64,
+    /// Seq of the first frame that carries a journal record; `Seq(0)` when none does.
+    pub first_seq: Seq,
+    /// Seq of the last frame that carries a journal record; `Seq(0)` when none does.
+    pub last_seq: Seq,
+    pub frame_count: u32,
+}
+
+impl ObjectHeader {
+    /// Encodes the header, CRC included.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut bytes = [0u8; HEADER_LEN];
+        bytes[0..8].copy_from_slice(&MAGIC);
+        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.journal_id.to_le_bytes());
+        bytes[24..32].copy_from_slice(&self.number.to_le_bytes());
+        bytes[32..40].copy_from_slice(&self.first_seq.0.to_le_bytes());
+        bytes[40..48].copy_from_slice(&self.last_seq.0.to_le_bytes());
+        bytes[48..52].copy_from_slice(&self.frame_count.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[..52]);
+        bytes[52..56].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes and checks the header at the start of an object.
+    pub fn decode(bytes: &[u8]) -> Result<ObjectHeader, ObjectError> {
+        let Some(bytes) = bytes.get(..HEADER_LEN) else {
+            return Err(ObjectError::ShortHeader { len: bytes.len() });
+        };
+        let magic: [u8; 8] = array_at(bytes, 0);
+        if magic != MAGIC {
+            return Err(ObjectError::BadMagic { found: magic });
+        }
+        let version = u32::from_le_bytes(array_at(bytes, 8));
+        if version != FORMAT_VERSION {
+            return Err(ObjectError::UnsupportedVersion(version));
+        }
+        let header_len = u32::from_le_bytes(array_at(bytes, 12));
+        if header_len as usize != HEADER_LEN {
+            return Err(ObjectError::BadHeaderLength(header_len));
+        }
+        let stored = u32::from_le_bytes(array_at(bytes, 52));
+        let computed = crc32c::crc32c(&bytes[..52]);
+        if stored != computed {
+            return Err(ObjectError::HeaderCrcMismatch { stored, computed });
+        }
+
+        Ok(ObjectHeader {
+            journal_id: u64::from_le_bytes(array_at(bytes, 16)),
+            number: u64::from_le_bytes(array_at(bytes, 24)),
+            first_seq: Seq(u64::from_le_bytes(array_at(bytes, 32))),
+            last_seq: Seq(u64::from_le_bytes(array_at(bytes, 40))),
+            frame_count: u32::from_le_bytes(array_at(bytes, 48)),
+        })
+    }
+}
+
+/// Records applied since the last flush, framed and waiting to be stored as one object.
+#[derive(Debug)]
+pub struct PendingObject {
+    /// Room for the header, then the frames. The header is written in place by `encode`.
+    bytes: Vec<u8>,
+    frame_count: u32,
+    first_seq: Seq,
+    last_seq: Seq,
+}
+
+impl Default for PendingObject {
+    fn default() -> PendingObject {
+        PendingObject {
+            bytes: vec![0; HEADER_LEN],
+            frame_count: 0,
+            first_seq: Seq(0),
+            last_seq: Seq(0),
+        }
+    }
+}
+
+impl PendingObject {
+    /// Returns true when no record waits.
+    pub fn is_empty(&self) -> bool {
+        self.frame_count == 0
+    }
+
+    /// Returns the size in bytes the object would have now, header included.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn frame_count(&self) -> u32 {
+        self.frame_count
+    }
+
+    /// Returns the seqs of the first and last journal record waiting (0 when none).
+    pub fn seq_range(&self) -> (Seq, Seq) {
+        (self.first_seq, self.last_seq)
+    }
+
+    /// Adds a record. A record with seq 0 is an op without a journal record (a resync). A
+    /// journal record at or below the newest one already waiting is a repeat and is left
+    /// out, so that applying a record again after a failure stores it once.
+    ///
+    /// Returns false when the record was left out as a repeat.
+    pub fn push(&mut self, record: &Record) -> Result<bool, journal::Error> {
+        let has_seq = record.seq != Seq(0);
+        if has_seq && record.seq <= self.last_seq {
+            return Ok(false);
+        }
+        journal::append_frame(record, &mut self.bytes)?;
+        self.frame_count += 1;
+        if has_seq {
+            if self.first_seq == Seq(0) {
+                self.first_seq = record.seq;
+            }
+            self.last_seq = record.seq;
+        }
+        Ok(true)
+    }
+
+    /// Writes the header for object `number` of journal `journal_id` and returns the whole
+    /// object.
+    pub fn encode(&mut self, journal_id: u64, number: u64) -> &[u8] {
+        let header = ObjectHeader {
+            journal_id,
+            number,
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            frame_count: self.frame_count,
+        };
+        self.bytes[..HEADER_LEN].copy_from_slice(&header.encode());
+        &self.bytes
+    }
+}
+
+/// A journal object whose header and frames passed every check.
+#[derive(Debug)]
+pub struct DecodedObject {
+    pub header: ObjectHeader,
+    pub records: Vec<Record>,
+}
+
+/// A decoding failure and the byte offset in the object where it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectFault {
+    pub offset: u64,
+    pub error: ObjectError,
+}
+
+/// Decodes a whole journal object stored under object number `number`, checking the header,
+/// every frame's length and CRC32C, the seq order, and the frame count.
+pub fn decode_object(bytes: &[u8], number: u64) -> Result<DecodedObject, ObjectFault> {
+    let at = |offset: usize| {
+        move |error: ObjectError| ObjectFault {
+            offset: offset as u64,
+            error,
+        }
+    };
+    let header = ObjectHeader::decode(bytes).map_err(at(0))?;
+    if header.number != number {
+        return Err(at(24)(ObjectError::NumberMismatch {
+            expected: number,
+            found: header.number,
+        }));
+    }
+
+    let mut records = Vec::new();
+    let mut offset = HEADER_LEN;
+    let (mut first, mut last) = (Seq(0), Seq(0));
+    while offset < bytes.len() {
+        let (record, frame_len) = journal::decode_frame(&bytes[offset..])
+            .map_err(|e| at(offset)(ObjectError::Frame(e)))?;
+        if record.seq != Seq(0) {
+            if record.seq <= last {
+                return Err(at(offset)(ObjectError::SeqOrder {
+                    previous: last,
+                    found: record.seq,
+                }));
+            }
+            if first == Seq(0) {
+                first = record.seq;
+            }
+            last = record.seq;
+        }
+        records.push(record);
+        offset += frame_len;
+    }
+
+    let found = u32::try_from(records.len()).unwrap_or(u32::MAX);
+    if found != header.frame_count {
+        return Err(at(48)(ObjectError::FrameCount {
+            expected: header.frame_count,
+            found,
+        }));
+    }
+    if (first, last) != (header.first_seq, header.last_seq) {
+        return Err(at(32)(ObjectError::SeqRange {
+            first: header.first_seq,
+            last: header.last_seq,
+            found_first: first,
+            found_last: last,
+        }));
+    }
+    Ok(DecodedObject { header, records })
+}
+
+/// Returns the `N` bytes at `at`; callers pass slices they already checked to be long enough.
+fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[at..at + N]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Op, RelPath};
+
+    fn write(seq: u64, name: &str, data: &[u8]) -> Record {
+        Record {
+            seq: Seq(seq),
+            committed_at_ns: 1_700_000_000_000_000_000 + seq,
+            op: Op::Write {
+                path: RelPath::from_bytes(name.as_bytes()).expect("valid path"),
+                offset: 0,
+                data: data.to_vec(),
+            },
+        }
+    }
+
+    fn object_of(records: &[Record], number: u64) -> Vec<u8> {
+        let mut pending = PendingObject::default();
+        for record in records {
+            assert!(pending.push(record).expect("push"));
+        }
+        pending.encode(0x0123_4567_89ab_cdef, number).to_vec()
+    }
+
+    #[test]
+    fn key_layout() {
+        assert_eq!(
+            object_key("host1", 1),
+            "host1/.logmirror/journal/00000000000000000001.lmj"
+        );
+        assert_eq!(
+            object_key("a/b", u64::MAX),
+            "a/b/.logmirror/journal/18446744073709551615.lmj"
+        );
+        assert_eq!(
+            object_key("", 42),
+            ".logmirror/journal/00000000000000000042.lmj"
+        );
+        assert_eq!(journal_prefix("host1"), "host1/.logmirror/journal/");
+        assert_eq!(journal_prefix(""), ".logmirror/journal/");
+    }
+
+    #[test]
+    fn key_parse_round_trips() {
+        for (prefix, number) in [("host1", 1), ("a/b", 99), ("", u64::MAX)] {
+            let key = object_key(prefix, number);
+            assert_eq!(parse_object_key(prefix, &key), Some(number), "{key}");
+        }
+    }
+
+    #[test]
+    fn key_parse_rejects_others() {
+        let bad = [
+            "host1/.logmirror/journal/1.lmj",
+            "host1/.logmirror/journal/00000000000000000000.lmj",
+            "host1/.logmirror/journal/0000000000000000000a.lmj",
+            "host1/.logmirror/journal/00000000000000000001.tmp",
+            "host1/.logmirror/journal/00000000000000000001.lmj.bak",
+            "host2/.logmirror/journal/00000000000000000001.lmj",
+            "host1/app.log",
+        ];
+        for key in bad {
+            assert_eq!(parse_object_key("host1", key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn object_round_trips() {
+        let records = [
+            write(7, "a.log", b"one\n"),
+            write(8, "dir/b.log", b""),
+            write(0, "c.log", b"resync"),
+            write(12, "a.log", b"two\n"),
+        ];
+        let bytes = object_of(&records, 3);
+        let decoded = decode_object(&bytes, 3).expect("decode");
+        assert_eq!(
+            decoded.header,
+            ObjectHeader {
+                journal_id: 0x0123_4567_89ab_cdef,
+                number: 3,
+                first_seq: Seq(7),
+                last_seq: Seq(12),
+                frame_count: 4,
+            }
+        );
+        assert_eq!(decoded.records, records);
+        assert_eq!(&bytes[..8], b"LMJOBJ\0\x01");
+    }
+
+    #[test]
+    fn pending_skips_repeated_records() {
+        let mut pending = PendingObject::default();
+        assert!(pending.push(&write(5, "a", b"x")).unwrap());
+        assert!(!pending.push(&write(5, "a", b"x")).unwrap());
+        assert!(!pending.push(&write(4, "a", b"x")).unwrap());
+        assert!(pending.push(&write(0, "a", b"x")).unwrap());
+        assert!(pending.push(&write(0, "a", b"x")).unwrap());
+        assert_eq!(pending.frame_count(), 3);
+        assert_eq!(pending.seq_range(), (Seq(5), Seq(5)));
+    }
+
+    #[test]
+    fn object_rejects_every_flipped_byte() {
+        let bytes = object_of(&[write(1, "a.log", b"hello\n"), write(2, "a.log", b"!")], 1);
+        for i in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x04;
+            assert!(decode_object(&flipped, 1).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn object_rejects_truncation_and_trailing_bytes() {
+        let bytes = object_of(&[write(1, "a.log", b"hello\n")], 1);
+        for len in 0..bytes.len() {
+            assert!(decode_object(&bytes[..len], 1).is_err(), "length {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let fault = decode_object(&longer, 1).unwrap_err();
+        assert_eq!(fault.offset, bytes.len() as u64);
+    }
+
+    #[test]
+    fn object_rejects_wrong_number() {
+        let bytes = object_of(&[write(1, "a.log", b"x")], 2);
+        let fault = decode_object(&bytes, 3).unwrap_err();
+        assert_eq!(
+            fault.error,
+            ObjectError::NumberMismatch {
+                expected: 3,
+                found: 2
+            }
+        );
+    }
+
+    #[test]
+    fn object_rejects_escaping_path() {
+        // Unlink of "../escape", framed by hand as an attacker would.
+        let mut payload = vec![7u8];
+        payload.extend_from_slice(&9u32.to_le_bytes());
+        payload.extend_from_slice(b"../escape");
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(&1u64.to_le_bytes());
+        frame.extend_from_slice(&0u64.to_le_bytes());
+        frame.extend_from_slice(&payload);
+        let crc = crc32c::crc32c(&frame[8..]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        let header = ObjectHeader {
+            journal_id: 1,
+            number: 1,
+            first_seq: Seq(1),
+            last_seq: Seq(1),
+            frame_count: 1,
+        };
+        let mut bytes = header.encode().to_vec();
+        bytes.extend_from_slice(&frame);
+
+        let fault = decode_object(&bytes, 1).unwrap_err();
+        assert_eq!(fault.offset, HEADER_LEN as u64);
+        assert_eq!(
+            fault.error,
+            ObjectError::Frame(journal::FormatError::InvalidPath("../escape".into()))
+        );
+    }
+
+    #[test]
+    fn object_rejects_seq_disorder() {
+        let mut pending = PendingObject::default();
+        pending.push(&write(3, "a", b"x")).unwrap();
+        let mut bytes = pending.encode(1, 1).to_vec();
+        // A second frame with a lower seq, appended behind the encoder's back.
+        journal::append_frame(&write(2, "a", b"y"), &mut bytes).unwrap();
+        let header = ObjectHeader {
+            journal_id: 1,
+            number: 1,
+            first_seq: Seq(3),
+            last_seq: Seq(2),
+            frame_count: 2,
+        };
+        bytes[..HEADER_LEN].copy_from_slice(&header.encode());
+        let fault = decode_object(&bytes, 1).unwrap_err();
+        assert_eq!(
+            fault.error,
+            ObjectError::SeqOrder {
+                previous: Seq(3),
+                found: Seq(2)
+            }
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! Garage on loopback for the S3 mirror tests. A guard runs `scripts/garage-up` into a
+//! temporary directory and stops that server by its pid when dropped, also after a panic.
+//! A small S3 client reads and replaces objects behind the mirror's back.
+//!
+//! Every request goes to the server on 127.0.0.1 with the key `garage-up` created. The
+//! environment given to `logmirror` sets credentials, region and endpoint explicitly and
+//! turns off the instance metadata lookup, so the SDK never reaches another host.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::common::{COMMAND_TIMEOUT, is_process_alive, kill_9, run, wait_until};
+
+/// Environment variable that turns a missing `garage` binary into a test failure instead of
+/// a skip. `scripts/test` sets it when it runs as root, after installing Garage.
+pub const REQUIRE_GARAGE_VAR: &str = "LOGMIRROR_TESTS_REQUIRE_GARAGE";
+
+/// A single-node Garage server started for one test. Dropping it runs
+/// `scripts/garage-down`, which stops the server by its pid.
+pub struct Garage {
+    dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub region: String,
+    pub key_id: String,
+    secret: String,
+    pub bucket: String,
+    pub pid: u32,
+}
+
+impl Garage {
+    /// Starts a server with one bucket. Returns `None`, after printing why, when `garage`
+    /// is not installed and `LOGMIRROR_TESTS_REQUIRE_GARAGE` is not 1; with that variable
+    /// set, `scripts/garage-up` installs Garage first.
+    pub fn start() -> Option<Garage> {
+        let required = std::env::var(REQUIRE_GARAGE_VAR).is_ok_and(|v| v == "1");
+        if !required && !is_garage_installed() {
+            eprintln!(
+                "SKIP: garage is not installed (cargo install garage --locked), and \
+                 {REQUIRE_GARAGE_VAR} is not 1"
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("logmirror-garage.")
+            .tempdir()
+            .expect("create Garage directory");
+        let exports = garage_up(dir.path());
+        let value = |name: &str| {
+            exports
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+                .unwrap_or_else(|| panic!("garage-up printed no {name}: {exports:?}"))
+        };
+        let garage = Garage {
+            endpoint: value("AWS_ENDPOINT_URL"),
+            region: value("AWS_REGION"),
+            key_id: value("AWS_ACCESS_KEY_ID"),
+            secret: value("AWS_SECRET_ACCESS_KEY"),
+            bucket: value("GARAGE_BUCKET"),
+            pid: value("GARAGE_PID").parse().expect("GARAGE_PID is a number"),
+            dir,
+        };
+        assert!(
+            garage.endpoint.starts_with("http://127.0.0.1:"),
+            "Garage must listen on loopback, not {}",
+            garage.endpoint
+        );
+        Some(garage)
+    }
+
+    /// Returns the environment for `logmirror` with this server's key.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env_with_secret(&self.secret)
+    }
+
+    /// Returns the environment for `logmirror` with `secret` as the secret key.
+    pub fn env_with_secret(&self, secret: &str) -> Vec<(String, String)> {
+        let none = self.dir.path().join("no-aws-config");
+        let pairs = [
+            ("AWS_ACCESS_KEY_ID", self.key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+            ("AWS_REGION", &self.region),
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", path_str(&none)),
+            ("AWS_SHARED_CREDENTIALS_FILE", path_str(&none)),
+        ];
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Returns the secret key, for checking that no output shows it.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Returns `-o` options naming the endpoint and region explicitly.
+    pub fn options(&self) -> String {
+        format!("endpoint={},region={}", self.endpoint, self.region)
+    }
+
+    /// Returns a client for reading and writing objects directly.
+    pub fn client(&self) -> TestClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("start a tokio runtime");
+        let credentials = Credentials::new(&self.key_id, &self.secret, None, None, "test");
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(credentials)
+            .region(Region::new(self.region.clone()))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .build();
+        TestClient {
+            runtime,
+            client: aws_sdk_s3::Client::from_conf(config),
+            bucket: self.bucket.clone(),
+        }
+    }
+}
+
+impl Garage {
+    /// Stops the server with `scripts/garage-down` and waits until its process is gone.
+    pub fn stop(&self) {
+        let out = run(
+            Command::new(script("garage-down")).arg(self.dir.path()),
+            COMMAND_TIMEOUT,
+        );
+        out.assert_success("scripts/garage-down");
+        assert!(
+            !is_process_alive(self.pid),
+            "garage pid {} still runs",
+            self.pid
+        );
+    }
+
+    /// Starts the stopped server again, with the same ports, data, key and bucket.
+    pub fn restart(&mut self) {
+        let exports = garage_up(self.dir.path());
+        let endpoint = exports.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL");
+        assert_eq!(
+            endpoint.map(|(_, v)| v.as_str()),
+            Some(self.endpoint.as_str())
+        );
+        let pid = exports.iter().find(|(k, _)| k == "GARAGE_PID");
+        self.pid = pid
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("garage-up printed no GARAGE_PID: {exports:?}"));
+    }
+}
+
+/// Runs `scripts/garage-up DIR` and returns the variables of the `export` lines it printed.
+fn garage_up(dir: &Path) -> Vec<(String, String)> {
+    let out = run(
+        Command::new(script("garage-up")).arg(dir),
+        // Long enough for the installation when the binary is missing.
+        Duration::from_secs(1800),
+    );
+    out.assert_success("scripts/garage-up");
+    out.stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let out = run(
+            Command::new(script("garage-down")).arg(self.dir.path()),
+            COMMAND_TIMEOUT,
+        );
+        if !out.status.success() {
+            eprintln!("scripts/garage-down failed: {out}");
+        }
+        if is_process_alive(self.pid) {
+            eprintln!("garage pid {} survived garage-down; killing it", self.pid);
+            kill_9(self.pid);
+            wait_until(
+                Duration::from_secs(30),
+                "garage to exit",
+                || match is_process_alive(self.pid) {
+                    true => Err(format!("pid {} still alive", self.pid)),
+                    false => Ok(()),
+                },
+            );
+        }
+    }
+}
+
+fn is_garage_installed() -> bool {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("garage").is_file()));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
+    on_path || cargo_home.is_some_and(|home| home.join("bin/garage").is_file())
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// An S3 client for the test's bucket, blocking on its own runtime.
+pub struct TestClient {
+    runtime: tokio::runtime::Runtime,
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl TestClient {
+    /// Returns every key below `prefix`, in order.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let request = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token);
+            let page = self
+                .runtime
+                .block_on(request.send())
+                .unwrap_or_else(|e| panic!("list {prefix}: {e:?}"));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
+            token = page.next_continuation_token().map(String::from);
+            if token.is_none() {
+                return keys;
+            }
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let request = self.client.get_object().bucket(&self.bucket).key(key);
+        self.runtime.block_on(async {
+            let output = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
+            let body = output
+                .body
+                .collect()
+                .await
+                .unwrap_or_else(|e| panic!("read body of {key}: {e:?}"));
+            body.into_bytes().to_vec()
+        })
+    }
+
+    /// Stores `body` under `key`, replacing any object there.
+    pub fn put(&self, key: &str, body: Vec<u8>) {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        self.runtime
+            .block_on(request.send())
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+}

@@ -1,0 +1,720 @@
+//! The S3 mirror against a real single-node Garage on loopback. Real writers go through a
+//! mount with `mirror=s3://BUCKET/host1`, then sync, verify and `logmirror restore` into an
+//! empty directory must agree with the backing tree. Other cases: damaged and hand-made
+//! journal objects, a missing bucket, wrong credentials, an outage of the store, and
+//! `kill -9` of the daemon in sync mode followed by a restore.
+
+mod common;
+#[path = "common/garage.rs"]
+mod garage;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{
+    COMMAND_TIMEOUT, EXIT_RUNTIME, EXIT_USAGE, Helper, Mode, Mount, STATE_DIR, TestDirs,
+    assert_same_tree, logmirror_env, path_str, tree_sha256,
+};
+use garage::Garage;
+
+const PREFIX: &str = "host1";
+const JOURNAL_PREFIX: &str = "host1/.logmirror/journal/";
+/// Size of a journal object's header, as documented in docs/DESIGN.md.
+const OBJECT_HEADER_BYTES: usize = 56;
+/// Size of the fixed part of a record frame, as documented in docs/FORMAT.md.
+const FRAME_HEADER_BYTES: usize = 24;
+
+fn mirror_spec(garage: &Garage) -> String {
+    format!("s3://{}/{PREFIX}", garage.bucket)
+}
+
+fn mount_options(garage: &Garage, mode: Mode) -> Vec<String> {
+    vec![
+        format!("mirror={}", mirror_spec(garage)),
+        garage.options(),
+        format!("mode={}", mode.as_str()),
+    ]
+}
+
+/// Runs `logmirror restore` of the test mirror into `dir`, with `extra` arguments.
+fn restore(garage: &Garage, dir: &Path, extra: &[&str]) -> common::CmdOutput {
+    let spec = mirror_spec(garage);
+    let mut args = vec!["restore", spec.as_str(), path_str(dir)];
+    args.extend_from_slice(extra);
+    logmirror_env(&args, &garage.env())
+}
+
+/// Returns the key of journal object `number` of the test mirror.
+fn object_key(number: u64) -> String {
+    format!("{JOURNAL_PREFIX}{number:020}.lmj")
+}
+
+/// Asserts that the bucket contains journal objects 1, 2, ... under the test prefix and
+/// nothing else, and returns their keys.
+fn assert_journal_keys(garage: &Garage) -> Vec<String> {
+    let keys = garage.client().list(&format!("{PREFIX}/"));
+    assert!(!keys.is_empty(), "no journal object under {PREFIX}/");
+    let expected: Vec<String> = (1..=keys.len() as u64).map(object_key).collect();
+    assert_eq!(keys, expected, "keys under {PREFIX}/");
+    keys
+}
+
+/// Returns the number of regular files in a tree listing of `dir` and their total size.
+fn files_and_bytes(dir: &Path, tree: &common::Tree) -> (usize, u64) {
+    let sizes: Vec<u64> = tree
+        .entries
+        .keys()
+        .map(|path| fs::symlink_metadata(dir.join(path)).expect("stat entry"))
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .collect();
+    (sizes.len(), sizes.iter().sum())
+}
+
+const SHELL_LINES: usize = 300;
+
+const APPEND_LOOP: &str = r#"
+set -e
+mkdir -p jobs/nightly
+for i in $(seq 1 "$1"); do
+    echo "line $i" >> shell.log
+    echo "job $i done" >> jobs/nightly/run.log
+done
+"#;
+
+const ROTATING_RECORDS: usize = 700;
+
+const ROTATING_WRITER: &str = r#"
+import logging, logging.handlers, sys
+path, records = sys.argv[1], int(sys.argv[2])
+handler = logging.handlers.RotatingFileHandler(path, maxBytes=16384, backupCount=5)
+handler.setFormatter(logging.Formatter("%(message)s"))
+log = logging.getLogger("rotating")
+log.propagate = False
+log.setLevel(logging.INFO)
+log.addHandler(handler)
+for i in range(records):
+    log.info("record %06d %s", i, "x" * 40)
+handler.close()
+"#;
+
+#[test]
+fn s3_writers_restore_sync() {
+    writers_then_restore(Mode::Sync);
+}
+
+#[test]
+fn s3_writers_restore_async() {
+    writers_then_restore(Mode::Async);
+}
+
+fn writers_then_restore(mode: Mode) {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let mount = Mount::with_env(&dirs, &mount_options(&garage, mode), &garage.env());
+
+    let out = common::run(
+        Command::new("sh")
+            .arg("-c")
+            .arg(APPEND_LOOP)
+            .arg("sh")
+            .arg(SHELL_LINES.to_string())
+            .current_dir(&dirs.mnt),
+        COMMAND_TIMEOUT,
+    );
+    out.assert_success("shell append loop");
+    fs::create_dir(dirs.mnt.join("app")).expect("mkdir app through the mount");
+    let app_log = dirs.mnt.join("app/app.log");
+    common::python_ok(
+        ROTATING_WRITER,
+        &[path_str(&app_log), &ROTATING_RECORDS.to_string()],
+    );
+    let expected: String = (1..=SHELL_LINES).map(|i| format!("line {i}\n")).collect();
+    assert!(common::read_text(&dirs.mnt.join("shell.log")) == expected);
+    // 700 records of 55 bytes roll over twice at 16384 bytes (297 records per file).
+    assert_eq!(
+        common::list_dir(&dirs.mnt.join("app")),
+        ["app.log", "app.log.1", "app.log.2"]
+    );
+
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync");
+    let backing = tree_sha256(&dirs.backing, &[STATE_DIR]);
+    assert_same_tree("backing", &backing, "mount", &tree_sha256(&dirs.mnt, &[]));
+    let out = mount.verify();
+    assert_eq!(out.code(), 0, "logmirror verify: {out}");
+    let verified = format!(
+        "mirror {}: entries compared: {}, differences: 0",
+        mirror_spec(&garage),
+        backing.entries.len()
+    );
+    assert!(out.stdout.contains(&verified), "verify output: {out}");
+    assert_journal_keys(&garage);
+
+    let restored = dirs.root.join("restored");
+    let out = restore(&garage, &restored, &[]);
+    assert_eq!(out.code(), 0, "logmirror restore: {out}");
+    assert_same_tree(
+        "backing",
+        &backing,
+        "restored",
+        &tree_sha256(&restored, &[]),
+    );
+    let (files, bytes) = files_and_bytes(&dirs.backing, &backing);
+    assert_eq!(files, 5, "files in the backing tree");
+    let summary = format!("files: {files}, bytes: {bytes}\n");
+    assert!(out.stdout.ends_with(&summary), "restore output: {out}");
+
+    let out = restore(&garage, &restored, &[]);
+    assert_eq!(
+        out.code(),
+        EXIT_USAGE,
+        "restore into a full directory: {out}"
+    );
+    assert!(out.stderr.contains("is not empty"), "{out}");
+    let out = restore(&garage, &restored, &["--force"]);
+    assert_eq!(out.code(), 0, "restore --force: {out}");
+    assert_same_tree(
+        "backing",
+        &backing,
+        "restored twice",
+        &tree_sha256(&restored, &[]),
+    );
+
+    let log = mount.log_tail(usize::MAX);
+    assert!(
+        !log.contains(garage.secret()),
+        "the daemon log shows the secret key"
+    );
+    mount.unmount();
+}
+
+#[test]
+fn s3_flipped_byte_fails_verify_and_restore() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let options = mount_options(&garage, Mode::Async);
+    let mount = Mount::with_env(&dirs, &options, &garage.env());
+    let lines: String = (0..20).map(|i| format!("hello {i}\n")).collect();
+    fs::write(dirs.mnt.join("a.log"), &lines).expect("write a.log");
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync");
+    mount.unmount();
+
+    let keys = assert_journal_keys(&garage);
+    let key = &keys[0];
+    let client = garage.client();
+    let mut bytes = client.get(key);
+    // A byte of the first record's payload: the store's checksum is recomputed for the new
+    // content, so only the record's own CRC32C can tell.
+    let offset = OBJECT_HEADER_BYTES + FRAME_HEADER_BYTES + 6;
+    assert!(
+        bytes.len() > offset,
+        "object {key} has {} bytes",
+        bytes.len()
+    );
+    bytes[offset] ^= 0x20;
+    client.put(key, bytes);
+
+    let restored = dirs.root.join("restored");
+    let out = restore(&garage, &restored, &[]);
+    assert_eq!(
+        out.code(),
+        EXIT_RUNTIME,
+        "restore of a damaged object: {out}"
+    );
+    assert!(out.stderr.contains(key.as_str()), "{out}");
+    assert!(out.stderr.contains("record CRC32C mismatch"), "{out}");
+    assert!(
+        !restored.exists(),
+        "restore left {restored:?} behind although it applied nothing"
+    );
+
+    let mount = Mount::with_env(&dirs, &options, &garage.env());
+    let out = mount.verify();
+    assert_eq!(
+        out.code(),
+        EXIT_RUNTIME,
+        "verify of a damaged object: {out}"
+    );
+    assert!(out.stdout.contains(key.as_str()), "{out}");
+    assert!(out.stdout.contains("record CRC32C mismatch"), "{out}");
+    mount.unmount();
+}
+
+#[test]
+fn s3_outage_then_catch_up() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(mut garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let mount = Mount::with_env(&dirs, &mount_options(&garage, Mode::Async), &garage.env());
+    let path = dirs.mnt.join("a.log");
+    fs::write(&path, "before the outage\n").expect("write a.log");
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync");
+
+    garage.stop();
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open a.log");
+    for i in 0..50 {
+        writeln!(file, "during the outage {i}").expect("append to a.log");
+    }
+    drop(file);
+    let error = common::wait_until(Duration::from_secs(60), "mirror marked down", || {
+        let status = mount.status();
+        let mirror = &status.mirrors[0];
+        match &mirror.last_error {
+            Some(error) if mirror.state == "down" => Ok(error.clone()),
+            _ => Err(format!(
+                "state {}, last error {:?}",
+                mirror.state, mirror.last_error
+            )),
+        }
+    });
+    assert!(
+        error.contains("upload of host1/.logmirror/journal/"),
+        "{error}"
+    );
+    assert!(
+        !error.contains(garage.secret()),
+        "status shows the secret key"
+    );
+
+    garage.restart();
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync after the outage");
+    let out = mount.verify();
+    assert_eq!(out.code(), 0, "verify after the outage: {out}");
+    let backing = tree_sha256(&dirs.backing, &[STATE_DIR]);
+    mount.unmount();
+    let restored = dirs.root.join("restored");
+    let out = restore(&garage, &restored, &[]);
+    assert_eq!(out.code(), 0, "restore after the outage: {out}");
+    assert_same_tree(
+        "backing",
+        &backing,
+        "restored",
+        &tree_sha256(&restored, &[]),
+    );
+}
+
+/// Builds a record frame: payload length, CRC32C of the rest, seq, commit time, payload.
+fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&seq.to_le_bytes());
+    frame.extend_from_slice(&1_700_000_000_000_000_000u64.to_le_bytes());
+    frame.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&frame[8..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    frame
+}
+
+/// Builds a journal object holding `payloads` as records with seqs `first_seq`, ...
+fn journal_object(number: u64, first_seq: u64, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let last_seq = first_seq + payloads.len() as u64 - 1;
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"LMJOBJ\0\x01");
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&(OBJECT_HEADER_BYTES as u32).to_le_bytes());
+    bytes.extend_from_slice(&0x5eed_u64.to_le_bytes());
+    bytes.extend_from_slice(&number.to_le_bytes());
+    bytes.extend_from_slice(&first_seq.to_le_bytes());
+    bytes.extend_from_slice(&last_seq.to_le_bytes());
+    bytes.extend_from_slice(&(payloads.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    for (i, payload) in payloads.iter().enumerate() {
+        bytes.extend(frame(first_seq + i as u64, payload));
+    }
+    bytes
+}
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn create_op(path: &str) -> Vec<u8> {
+    let mut op = vec![2];
+    field(&mut op, path.as_bytes());
+    op.extend_from_slice(&0o100644u32.to_le_bytes());
+    op.extend_from_slice(&0u32.to_le_bytes());
+    op.extend_from_slice(&0u32.to_le_bytes());
+    op
+}
+
+fn write_op(path: &str, data: &[u8]) -> Vec<u8> {
+    let mut op = vec![1];
+    field(&mut op, path.as_bytes());
+    op.extend_from_slice(&0u64.to_le_bytes());
+    field(&mut op, data);
+    op
+}
+
+fn symlink_op(path: &str, target: &str) -> Vec<u8> {
+    let mut op = vec![5];
+    field(&mut op, path.as_bytes());
+    field(&mut op, target.as_bytes());
+    op.extend_from_slice(&0u32.to_le_bytes());
+    op.extend_from_slice(&0u32.to_le_bytes());
+    op
+}
+
+#[test]
+fn s3_restore_rejects_escaping_path() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let client = garage.client();
+    let first = journal_object(1, 1, &[create_op("ok.txt"), write_op("ok.txt", b"fine\n")]);
+    client.put(&object_key(1), first);
+    let escaping = journal_object(2, 3, &[create_op("../escape")]);
+    client.put(&object_key(2), escaping);
+
+    let dirs = TestDirs::new(0);
+    let parent = dirs.root.join("restore");
+    fs::create_dir(&parent).expect("mkdir restore");
+    let target = parent.join("dir");
+    let out = restore(&garage, &target, &[]);
+    assert_eq!(out.code(), EXIT_RUNTIME, "restore: {out}");
+    assert!(out.stderr.contains(&object_key(2)), "{out}");
+    assert!(out.stderr.contains("invalid path \"../escape\""), "{out}");
+    assert!(
+        out.stderr
+            .contains("restore stopped after 2 records of 1 whole journal objects"),
+        "{out}"
+    );
+    assert_eq!(common::list_dir(&parent), ["dir"]);
+    assert_eq!(common::list_dir(&target), ["ok.txt"]);
+    assert_eq!(common::read_text(&target.join("ok.txt")), "fine\n");
+    assert!(!dirs.root.join("escape").exists());
+}
+
+#[test]
+fn s3_restore_rejects_symlink_escape() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let outside = dirs.root.join("outside");
+    fs::create_dir(&outside).expect("mkdir outside");
+    let object = journal_object(
+        1,
+        1,
+        &[
+            symlink_op("link", path_str(&outside)),
+            create_op("link/evil"),
+            write_op("link/evil", b"should never land\n"),
+        ],
+    );
+    garage.client().put(&object_key(1), object);
+
+    let target = dirs.root.join("restored");
+    let out = restore(&garage, &target, &[]);
+    assert_eq!(out.code(), EXIT_RUNTIME, "restore: {out}");
+    assert!(out.stderr.contains(&object_key(1)), "{out}");
+    assert!(out.stderr.contains("replaying record 1 (seq 2)"), "{out}");
+    assert_eq!(common::list_dir(&outside), Vec::<String>::new());
+    assert_eq!(common::list_dir(&target), ["link"]);
+}
+
+#[test]
+fn s3_restore_stops_at_gap() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let client = garage.client();
+    let first = journal_object(1, 1, &[create_op("a.log"), write_op("a.log", b"one\n")]);
+    client.put(&object_key(1), first);
+    let third = journal_object(3, 5, &[write_op("a.log", b"three\n")]);
+    client.put(&object_key(3), third);
+
+    let dirs = TestDirs::new(0);
+    let target = dirs.root.join("restored");
+    let out = restore(&garage, &target, &[]);
+    assert_eq!(out.code(), EXIT_RUNTIME, "restore across a gap: {out}");
+    assert!(out.stderr.contains(&object_key(3)), "{out}");
+    assert!(
+        out.stderr.contains("journal object number 2 is missing"),
+        "{out}"
+    );
+    assert_eq!(common::read_text(&target.join("a.log")), "one\n");
+
+    let stray = format!("{JOURNAL_PREFIX}notes.txt");
+    client.put(&stray, b"not an object".to_vec());
+    let other = dirs.root.join("other");
+    let out = restore(&garage, &other, &[]);
+    assert_eq!(out.code(), EXIT_RUNTIME, "restore with a stray key: {out}");
+    assert!(out.stderr.contains(&stray), "{out}");
+    assert!(!other.exists(), "restore left {other:?} behind");
+}
+
+/// Runs `logmirror mount` expecting a failure, and unmounts if it mounted after all.
+fn mount_expecting_failure(
+    dirs: &TestDirs,
+    options: &[String],
+    env: &[(String, String)],
+) -> common::CmdOutput {
+    let mut args = vec!["mount", path_str(&dirs.backing), path_str(&dirs.mnt)];
+    for option in options {
+        args.push("-o");
+        args.push(option);
+    }
+    let log = format!("log_file={}", dirs.root.join("daemon.log").display());
+    args.push("-o");
+    args.push(&log);
+    let out = logmirror_env(&args, env);
+    if common::is_mounted(&dirs.mnt) {
+        common::fusermount(&["-u"], &dirs.mnt);
+        panic!("mount succeeded but was expected to fail: {out}");
+    }
+    out
+}
+
+#[test]
+fn s3_mount_missing_bucket() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let options = vec![
+        "mirror=s3://no-such-bucket/host1".to_string(),
+        garage.options(),
+    ];
+    let out = mount_expecting_failure(&dirs, &options, &garage.env());
+    assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
+    assert!(out.stderr.contains("NoSuchBucket"), "{out}");
+    assert!(out.stderr.contains("s3://no-such-bucket/host1"), "{out}");
+}
+
+#[test]
+fn s3_mount_wrong_credentials() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let options = mount_options(&garage, Mode::Sync);
+    let wrong_secret = "f".repeat(64);
+    let out = mount_expecting_failure(&dirs, &options, &garage.env_with_secret(&wrong_secret));
+    assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
+    assert!(out.stderr.contains("AccessDenied"), "{out}");
+    assert!(
+        !out.stderr.contains(&wrong_secret),
+        "the secret key is shown: {out}"
+    );
+}
+
+const FILES: u64 = 4;
+const RECORD_BYTES: usize = 64;
+/// Bytes of a record covered by its checksum; the checksum (16 hex digits) and a newline
+/// follow them.
+const BODY_BYTES: usize = RECORD_BYTES - 17;
+const ACKS_BEFORE_KILL: u64 = 300;
+const RECORD_LIMIT: u64 = 1_000_000;
+
+/// Appends records round-robin to `data0.log`... and, after each `write(2)` that returned
+/// the full length, appends the record id to the acknowledgement list outside the mount.
+/// On the first failed write it prints `stopped ID ERRNO_NAME` and exits 0.
+const CRASH_WRITER: &str = r#"
+import errno, hashlib, os, sys
+directory, acked_path, files, limit, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+fds = [os.open(os.path.join(directory, "data%d.log" % k), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+       for k in range(files)]
+acked = open(acked_path, "a")
+for i in range(limit):
+    k = i % files
+    head = "rec %08d file %d " % (i, k)
+    body = head + "z" * (width - 17 - len(head))
+    record = (body + hashlib.sha256(body.encode()).hexdigest()[:16] + "\n").encode()
+    try:
+        written = os.write(fds[k], record)
+    except OSError as e:
+        print("stopped %d %s" % (i, errno.errorcode.get(e.errno, str(e.errno))))
+        sys.exit(0)
+    if written != len(record):
+        print("short write of record %d: %d bytes" % (i, written))
+        sys.exit(4)
+    acked.write("%d\n" % i)
+    acked.flush()
+print("never stopped after %d records" % limit)
+sys.exit(5)
+"#;
+
+#[test]
+fn s3_kill_sync_then_restore() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let options = mount_options(&garage, Mode::Sync);
+    let mut first = Mount::with_env(&dirs, &options, &garage.env());
+    let acked_path = dirs.root.join("acked.txt");
+
+    let writer = Helper::python(
+        CRASH_WRITER,
+        &[
+            path_str(&dirs.mnt),
+            path_str(&acked_path),
+            &FILES.to_string(),
+            &RECORD_LIMIT.to_string(),
+            &RECORD_BYTES.to_string(),
+        ],
+    );
+    common::wait_until(
+        Duration::from_secs(120),
+        "acknowledged records before the kill",
+        || match read_acked(&acked_path) {
+            n if n >= ACKS_BEFORE_KILL => Ok(()),
+            n => Err(format!("{n} acknowledged")),
+        },
+    );
+    first.kill_daemon();
+    let stop = writer.read_line(Duration::from_secs(60));
+    let (status, rest) = writer.finish(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "writer: {status}, output {stop:?} {rest:?}"
+    );
+    assert!(stop.starts_with("stopped "), "writer output {stop:?}");
+    let acked = read_acked(&acked_path);
+    assert!(acked >= ACKS_BEFORE_KILL);
+
+    // A sync-mode write returned only after its record was in the bucket, so the bucket
+    // alone contains every acknowledged write, without the local journal.
+    let restored = dirs.root.join("restored");
+    let out = restore(&garage, &restored, &[]);
+    assert_eq!(out.code(), 0, "restore after kill -9: {out}");
+    assert_acked_records(&restored, acked, "restore after kill -9");
+
+    // The next mount resyncs the mirror (the daemon did not stop cleanly); then the bucket
+    // rebuilds exactly the backing tree.
+    first.clear_dead();
+    drop(first);
+    let second = Mount::with_env(&dirs, &options, &garage.env());
+    assert_acked_records(&dirs.backing, acked, "backing after the remount");
+    second
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync");
+    let out = second.verify();
+    assert_eq!(out.code(), 0, "verify after the remount: {out}");
+    second.unmount();
+
+    let backing = tree_sha256(&dirs.backing, &[STATE_DIR]);
+    let again = dirs.root.join("restored-again");
+    let out = restore(&garage, &again, &[]);
+    assert_eq!(out.code(), 0, "restore after the resync: {out}");
+    assert_same_tree("backing", &backing, "restored", &tree_sha256(&again, &[]));
+}
+
+/// Returns the number of complete lines in the acknowledgement list, after checking that
+/// they are the ids 0, 1, 2, ... in order.
+fn read_acked(path: &Path) -> u64 {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => panic!("read {path:?}: {e}"),
+    };
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    let mut count = 0;
+    for line in complete.lines() {
+        assert_eq!(
+            line,
+            count.to_string(),
+            "acknowledgement list out of sequence"
+        );
+        count += 1;
+    }
+    count
+}
+
+/// Asserts that each `dataK.log` in `dir` contains only whole, valid records and exactly the
+/// acknowledged ids for that file in order, plus at most the one record whose write was in
+/// flight at the kill (id `acked`).
+fn assert_acked_records(dir: &Path, acked: u64, label: &str) {
+    for k in 0..FILES {
+        let path = dir.join(format!("data{k}.log"));
+        let content = fs::read(&path).unwrap_or_else(|e| panic!("{label}: read {path:?}: {e}"));
+        assert_eq!(
+            content.len() % RECORD_BYTES,
+            0,
+            "{label}: {path:?} ends in a partial record"
+        );
+        let ids: Vec<u64> = content
+            .chunks(RECORD_BYTES)
+            .enumerate()
+            .map(|(n, record)| {
+                parse_record(record, k)
+                    .unwrap_or_else(|e| panic!("{label}: {path:?} record {n}: {e}"))
+            })
+            .collect();
+        let expected: Vec<u64> = (k..acked).step_by(FILES as usize).collect();
+        let mut with_in_flight = expected.clone();
+        if acked % FILES == k {
+            with_in_flight.push(acked);
+        }
+        assert!(
+            ids == expected || ids == with_in_flight,
+            "{label}: {path:?} holds {} records, expected the {} acknowledged ones for this \
+             file in order (first mismatch at index {:?})",
+            ids.len(),
+            expected.len(),
+            ids.iter().zip(&expected).position(|(a, b)| a != b)
+        );
+    }
+}
+
+/// Checks one record's layout and checksum and returns its id.
+fn parse_record(record: &[u8], file: u64) -> Result<u64, String> {
+    let shown = String::from_utf8_lossy(record);
+    let (body, tail) = record.split_at(BODY_BYTES);
+    if tail.last() != Some(&b'\n') {
+        return Err(format!("no newline: {shown:?}"));
+    }
+    let expected = &common::sha256_hex(body)[..16];
+    if &tail[..16] != expected.as_bytes() {
+        return Err(format!("checksum mismatch: {shown:?}"));
+    }
+    let body = std::str::from_utf8(body).map_err(|_| format!("not UTF-8: {shown:?}"))?;
+    let fields: Vec<&str> = body.split(' ').collect();
+    let ["rec", id, "file", k, _] = fields.as_slice() else {
+        return Err(format!("bad layout: {shown:?}"));
+    };
+    if *k != file.to_string() {
+        return Err(format!("record for file {k} in file {file}: {shown:?}"));
+    }
+    id.parse().map_err(|_| format!("bad id: {shown:?}"))
+}

@@ -214,16 +214,48 @@ fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
         )));
     }
 
+    let mut mirror_dirs: Vec<PathBuf> = Vec::new();
     for spec in &config.mirrors {
         let MirrorSpec::Dir(dir) = spec else {
             continue;
         };
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-        if dir.starts_with(backing) || dir.starts_with(mountpoint) || backing.starts_with(&dir) {
+        // A mount point or state directory inside a mirror would be replayed into, and a
+        // resync would delete it.
+        let nested = dir.starts_with(backing)
+            || dir.starts_with(mountpoint)
+            || backing.starts_with(&dir)
+            || mountpoint.starts_with(&dir)
+            || config.state_dir.starts_with(&dir);
+        if nested {
             return Err(Error::Invalid(format!(
-                "mirror {} overlaps the backing directory {backing:?} or the mount point {mountpoint:?}; \
-                 put the mirror outside both",
+                "mirror {} overlaps the backing directory {backing:?}, the mount point {mountpoint:?} \
+                 or the state directory {:?}; put the mirror outside all three",
+                spec.name(),
+                config.state_dir
+            )));
+        }
+        if let Some(other) = mirror_dirs
+            .iter()
+            .find(|d| d.starts_with(&dir) || dir.starts_with(d))
+        {
+            return Err(Error::Invalid(format!(
+                "mirror {} is the same directory as, or nested with, mirror directory {other:?}; \
+                 give each mirror its own directory",
                 spec.name()
+            )));
+        }
+        mirror_dirs.push(dir);
+    }
+    if let Some(log_file) = &config.log_file {
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(log_file);
+        if let Err(e) = opened {
+            return Err(Error::Invalid(format!(
+                "log_file {log_file:?} cannot be opened for writing: {e}; fix the path or its permissions"
             )));
         }
     }
@@ -313,11 +345,21 @@ fn clean_dead_mount(mountpoint: &Path) {
 /// Creates a directory (and its parents) that only the daemon's user can enter, and makes
 /// an existing one so. The daemon runs with umask 0, so nothing else would protect the
 /// journal, the cursors and the control socket from other local users.
+///
+/// An existing directory under another name (a shared directory given as `state=`) keeps its
+/// mode, so that logmirror never changes the permissions of a directory it does not own.
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)?;
+    let ours = path
+        .file_name()
+        .is_some_and(|n| n == crate::config::STATE_DIR_NAME || n == "logmirror");
+    if existed && !ours {
+        return Ok(());
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
@@ -358,6 +400,25 @@ fn lock_state_dir(state_dir: &Path, wait: Duration) -> Result<File, Error> {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: the daemon holds one descriptor per
+/// inode the kernel has looked up, so the usual soft limit of 1024 would fail busy trees.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit and setrlimit on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                log::warn!(
+                    "cannot raise the open file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset operations on a local set, then masking in the only thread so far.
     unsafe {
@@ -377,6 +438,7 @@ fn block_signals() -> libc::sigset_t {
 /// so that the waiting process returns.
 fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     let signals = block_signals();
+    raise_open_file_limit();
     // SAFETY: umask has no preconditions. Modes come from the requests, already masked.
     unsafe { libc::umask(0) };
     let _lock = lock_state_dir(

@@ -148,3 +148,30 @@ fn verify_not_a_mount() {
     let out = common::logmirror(&["verify", path_str(&dirs.mnt)]);
     assert_fails(&out, EXIT_NOT_SERVED, path_str(&dirs.mnt));
 }
+
+#[test]
+fn mount_point_inside_mirror() {
+    let dirs = TestDirs::new(1);
+    let inner = dirs.mirrors[0].join("mnt");
+    std::fs::create_dir(&inner).expect("create mount point inside the mirror");
+    let out = mount_with(&dirs.backing, &inner, &dirs.mirror_options());
+    assert_fails(&out, EXIT_USAGE, "overlaps");
+}
+
+#[test]
+fn mirror_given_twice_spelled_differently() {
+    let dirs = TestDirs::new(1);
+    let mirror = path_str(&dirs.mirrors[0]);
+    let options = vec![format!("mirror=dir:{mirror},mirror=dir:{mirror}/")];
+    let out = mount_with(&dirs.backing, &dirs.mnt, &options);
+    assert_fails(&out, EXIT_USAGE, "same directory");
+}
+
+#[test]
+fn mount_unwritable_log_file() {
+    let dirs = TestDirs::new(1);
+    let mut options = dirs.mirror_options();
+    options.push("log_file=/nonexistent-logmirror-dir/daemon.log".to_string());
+    let out = mount_with(&dirs.backing, &dirs.mnt, &options);
+    assert_fails(&out, EXIT_USAGE, "/nonexistent-logmirror-dir/daemon.log");
+}

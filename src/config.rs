@@ -45,7 +45,7 @@ pub enum Error {
     Conflict(String),
 }
 
-/// Where a mirror lives.
+/// Location of one mirror.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MirrorSpec {
     /// A directory on another disk or a network mount, written as `dir:/path`.
@@ -275,7 +275,7 @@ pub enum Ack {
     Count(usize),
 }
 
-/// What an async-mode writer gets when the unconfirmed backlog reached `max_backlog`.
+/// Outcome for an async-mode writer when the unconfirmed backlog reached `max_backlog`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenFull {
     /// The write waits until mirrors confirmed enough to make room.
@@ -284,7 +284,7 @@ pub enum WhenFull {
     Fail,
 }
 
-/// What a sync-mode writer gets when mirrors cannot confirm within `sync_timeout`.
+/// Outcome for a sync-mode writer when mirrors cannot confirm within `sync_timeout`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnMirrorFailure {
     /// Keep waiting, however long it takes.

@@ -400,8 +400,8 @@ fn lock_state_dir(state_dir: &Path, wait: Duration) -> Result<File, Error> {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit: the daemon holds one descriptor per
-/// inode the kernel has looked up, so the usual soft limit of 1024 would fail busy trees.
+/// Raises the soft limit on open files to the hard limit. The daemon keeps one descriptor per
+/// inode the kernel has looked up, so the usual soft limit of 1024 fails on busy trees.
 fn raise_open_file_limit() {
     // SAFETY: getrlimit and setrlimit on a local struct.
     unsafe {

@@ -1,6 +1,7 @@
-//! Command-line errors: bad mount options and paths must fail before anything is mounted,
-//! with the exit codes `EXIT_USAGE` (invalid options or paths) or `EXIT_NOT_SERVED` (a path
-//! that no daemon serves) and a message on stderr that names the offending key, value or path.
+//! Command-line errors: bad mount options and paths must fail before anything is mounted.
+//! Each case checks the exit code (`EXIT_USAGE` for invalid options or paths,
+//! `EXIT_NOT_SERVED` for a path that no daemon serves) and that stderr names the offending
+//! key, value or path.
 //!
 //! None of these cases needs a working mount, so they run without root as well.
 

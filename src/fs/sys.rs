@@ -398,8 +398,8 @@ impl DirStream {
     }
 
     pub fn next_entry(&mut self) -> io::Result<Option<DirEntry>> {
-        // SAFETY: setting errno is always allowed; readdir reads from a live stream and the
-        // returned entry stays valid until the next call on this stream, which we hold.
+        // SAFETY: setting errno is always allowed. readdir reads from a live stream, and the
+        // returned entry stays valid until the next call on this stream, which `&mut self` holds.
         unsafe {
             *libc::__errno_location() = 0;
             let entry = libc::readdir64(self.dir);

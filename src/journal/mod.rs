@@ -32,7 +32,7 @@ use writer::Writer;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position(pub u64);
 
-/// What `Journal::open` found on disk.
+/// Summary of the journal that `Journal::open` found on disk.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
     /// Oldest sequence number still held in a segment; `Seq(0)` when the journal is empty.

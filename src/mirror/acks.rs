@@ -116,8 +116,8 @@ impl Acks {
         self.state.lock().expect("acks lock").degraded
     }
 
-    /// Waits while the async backlog is full. Returns false if the policy says to fail the
-    /// write instead. `head` returns the journal's end position.
+    /// Waits while the async backlog is full. Returns false when the write must fail instead
+    /// (`when_full=fail`). `head` returns the journal's end position.
     pub fn wait_for_room(&self, when_full_blocks: bool, head: impl Fn() -> Position) -> bool {
         if self.policy.mode == Mode::Sync && !self.is_degraded() {
             return true;

@@ -82,8 +82,8 @@ struct Dirty {
 pub struct DirMirror {
     name: String,
     root_path: PathBuf,
-    /// Descriptor of the root directory; `None` after a failure, so that nothing stays open
-    /// on a mirror filesystem the operator may need to unmount and repair.
+    /// Descriptor of the root directory. It is `None` after a failure, so that nothing stays
+    /// open on a mirror filesystem that the operator may need to unmount and repair.
     root: Option<OwnedFd>,
     root_id: RootId,
     /// Set by `flush` and by a failed op: the next op opens the root path again and
@@ -173,11 +173,11 @@ impl DirMirror {
             .as_fd()
     }
 
-    /// Closes every descriptor held on the mirror after a failure, so that the operator can
-    /// unmount or repair the mirror filesystem; the next op opens the root again.
+    /// Closes every descriptor open on the mirror after a failure, so that the operator can
+    /// unmount or repair the mirror filesystem. The next op opens the root again.
     fn release_descriptors(&mut self) {
-        // NOTE: a change applied before the failure is synced here on a best-effort basis only;
-        // if this sync fails too, the change may not be durable on the mirror when confirmed.
+        // NOTE: changes applied before the failure are synced here on a best-effort basis. If
+        // this sync fails too, they may not be durable on the mirror when confirmed.
         if let Err((path, e)) = self.sync_dirty() {
             warn!(
                 "mirror {}: fsync of {path} after a failure also failed: {e}",

@@ -41,6 +41,8 @@ file, and mirrors given with -o replace the file's list):
                               run async until mirrors catch up (default block)
   sync_timeout=DURATION       default 30s
   drain_timeout=DURATION      how long unmount waits for mirrors (default 30s)
+  flush_interval=DURATION     async: longest time a mirror holds written records before it
+                              makes them durable and confirms them (default 500ms, up to 1m)
   segment_size=SIZE           journal segment size (default 64M, 1M to 1G)
   log_file=/path              daemon log in the background (default STATE/daemon.log)
   threads=N                   FUSE request threads (default 4, 1 to 64)

@@ -14,8 +14,8 @@ pub const STATE_DIR_NAME: &str = ".logmirror";
 pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
-         on_mirror_failure, sync_timeout, drain_timeout, segment_size, log_file, threads, \
-         endpoint, region, path_style"
+         on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
+         threads, endpoint, region, path_style"
     )]
     UnknownKey { key: String },
     #[error(
@@ -322,6 +322,9 @@ pub struct MountConfig {
     pub sync_timeout: Duration,
     /// How long unmount waits for mirrors to confirm the backlog. Default 30 s.
     pub drain_timeout: Duration,
+    /// Async mode: how long a mirror may hold applied records before it makes them durable
+    /// and confirms them. Default 500 ms, at most 1 minute.
+    pub flush_interval: Duration,
     /// Size at which the journal starts a new segment file. Default 64 MiB, minimum 1 MiB.
     pub segment_size_bytes: u64,
     /// Daemon log destination when running in the background. Default
@@ -362,6 +365,7 @@ struct FileOptions {
     on_mirror_failure: Option<String>,
     sync_timeout: Option<NumberOrText>,
     drain_timeout: Option<NumberOrText>,
+    flush_interval: Option<NumberOrText>,
     segment_size: Option<NumberOrText>,
     log_file: Option<PathBuf>,
     threads: Option<NumberOrText>,
@@ -491,6 +495,9 @@ impl RawOptions {
         if let Some(v) = file.drain_timeout {
             push("drain_timeout", v.into_text());
         }
+        if let Some(v) = file.flush_interval {
+            push("flush_interval", v.into_text());
+        }
         if let Some(v) = file.segment_size {
             push("segment_size", v.into_text());
         }
@@ -585,6 +592,7 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         on_mirror_failure: OnMirrorFailure::Block,
         sync_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(30),
+        flush_interval: Duration::from_millis(500),
         segment_size_bytes: 64 << 20,
         log_file: None,
         threads: 4,
@@ -622,6 +630,7 @@ fn is_known_key(key: &str) -> bool {
             | "on_mirror_failure"
             | "sync_timeout"
             | "drain_timeout"
+            | "flush_interval"
             | "segment_size"
             | "log_file"
             | "threads"
@@ -701,6 +710,11 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
         "drain_timeout" => {
             config.drain_timeout = parse_duration(value)
                 .ok_or_else(|| invalid("expected a duration, as in 30s, 500ms or 2m"))?
+        }
+        "flush_interval" => {
+            config.flush_interval = parse_duration(value)
+                .filter(|d| *d <= Duration::from_secs(60))
+                .ok_or_else(|| invalid("expected a duration up to 1m, as in 500ms or 2s"))?
         }
         "log_file" => config.log_file = Some(absolute_path(key, value)?),
         "endpoint" | "region" | "path_style" => {
@@ -836,6 +850,7 @@ mod tests {
     #[test]
     fn options_repeated_mirrors() {
         let config = build_args(&["mirror=dir:/a,mirror=dir:/b", "mode=sync,ack=1"]).unwrap();
+        assert_eq!(config.flush_interval, Duration::from_millis(500));
         assert_eq!(config.mirrors.len(), 2);
         assert_eq!(config.mode, Mode::Sync);
         assert_eq!(config.ack_count(), 1);
@@ -856,6 +871,7 @@ mod tests {
             (&["mirror=dir:/a,ack=0"], "\"0\""),
             (&["mirror=dir:/a,max_backlog=lots"], "\"lots\""),
             (&["mirror=dir:/a,sync_timeout=0"], "\"0\""),
+            (&["mirror=dir:/a,flush_interval=2m"], "up to 1m"),
             (&["mirror=dir:/a,mirror=dir:/a"], "dir:/a"),
             (&["mode=sync"], "no mirror"),
             (&["mirror=dir:/a,mode"], "\"mode\""),

@@ -475,6 +475,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
             on_mirror_failure: config.on_mirror_failure,
             sync_timeout: config.sync_timeout,
             max_backlog_bytes: config.max_backlog_bytes,
+            flush_interval: config.flush_interval,
         },
         confirmed,
     ));

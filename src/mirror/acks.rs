@@ -24,6 +24,8 @@ pub struct AckPolicy {
     pub on_mirror_failure: OnMirrorFailure,
     pub sync_timeout: Duration,
     pub max_backlog_bytes: u64,
+    /// Async mode: longest time a mirror holds applied records before it flushes them.
+    pub flush_interval: Duration,
 }
 
 struct Waiter {
@@ -35,6 +37,9 @@ struct State {
     /// Newest confirmed record and its end position, per mirror.
     confirmed: Vec<(Seq, Position)>,
     pending: BTreeMap<Seq, Vec<Waiter>>,
+    /// Newest record someone waits for every mirror to confirm (`logmirror sync`,
+    /// unmount); async-mode workers flush at once while they are behind it.
+    flush_wanted: Seq,
     /// Sync mode fell back to async after `sync_timeout` (policy degrade).
     degraded: bool,
     since_degraded: Option<Instant>,
@@ -55,6 +60,7 @@ impl Acks {
             state: Mutex::new(State {
                 confirmed,
                 pending: BTreeMap::new(),
+                flush_wanted: Seq::default(),
                 degraded: false,
                 since_degraded: None,
             }),
@@ -112,6 +118,11 @@ impl Acks {
         self.state.lock().expect("acks lock").confirmed[index]
     }
 
+    /// Returns whether someone waits for a record newer than `confirmed`.
+    pub fn flush_wanted(&self, confirmed: Seq) -> bool {
+        self.state.lock().expect("acks lock").flush_wanted > confirmed
+    }
+
     pub fn is_degraded(&self) -> bool {
         self.state.lock().expect("acks lock").degraded
     }
@@ -148,6 +159,7 @@ impl Acks {
     /// did.
     pub fn wait_all_confirmed(&self, seq: Seq, deadline: Instant) -> bool {
         let mut state = self.state.lock().expect("acks lock");
+        state.flush_wanted = state.flush_wanted.max(seq);
         loop {
             if state.confirmed.iter().all(|c| c.0 >= seq) {
                 return true;
@@ -260,6 +272,7 @@ mod tests {
             on_mirror_failure: on_failure,
             sync_timeout: Duration::from_millis(0),
             max_backlog_bytes: 1000,
+            flush_interval: Duration::from_millis(500),
         }
     }
 

@@ -22,7 +22,7 @@ const BATCH_MAX_RECORDS: usize = 4096;
 /// Payload bytes applied before a flush.
 const BATCH_MAX_BYTES: u64 = 8 << 20;
 /// How long an async-mode worker lets records gather before it applies them, so that one
-/// flush serves many records instead of one fsync per write. It bounds the added lag.
+/// write to the mirror serves many records. It adds to the lag.
 const ASYNC_LINGER: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -199,6 +199,16 @@ struct Worker {
     backoff: Duration,
     last_cursor_write: Instant,
     last_failure_log: Option<Instant>,
+    /// Newest record applied to the mirror but not yet flushed, with the time the oldest
+    /// such record was applied and the payload bytes waiting.
+    unflushed: Option<Unflushed>,
+}
+
+/// Records applied to a mirror that are not durable there yet (async mode).
+struct Unflushed {
+    last: (Seq, Position),
+    since: Instant,
+    bytes: u64,
 }
 
 impl Worker {
@@ -212,6 +222,7 @@ impl Worker {
             backoff: BACKOFF_MIN,
             last_cursor_write: Instant::now(),
             last_failure_log: None,
+            unflushed: None,
         }
     }
 
@@ -236,12 +247,28 @@ impl Worker {
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
         }
+        if let Err(message) = self.flush() {
+            log::warn!(
+                "mirror {}: final flush at stop failed: {message}; the records after seq {} are sent again at the next start",
+                self.slot.name,
+                self.slot.progress().confirmed.0
+            );
+        }
         self.ctx.store_cursor(&self.slot);
     }
 
-    /// Applies the next batch of records, if any.
+    /// Applies the next batch of records, if any, and flushes when one is due.
+    ///
+    /// Sync mode flushes after every batch, because writers wait for the confirmation. Async
+    /// mode applies batches as they come and flushes at most every `flush_interval`, when
+    /// the journal is idle, when someone waits for the mirror (`logmirror sync`, unmount),
+    /// or when the unflushed bytes reach half of `max_backlog`: an fsync of the mirror per
+    /// 20 ms batch would stall writers on the same disk.
     fn step(&mut self) -> Result<(), String> {
         if self.batch.is_empty() && !self.fill_batch()? {
+            if self.unflushed.is_some() {
+                self.flush()?;
+            }
             if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {
                 self.ctx.store_cursor(&self.slot);
                 self.last_cursor_write = Instant::now();
@@ -254,8 +281,46 @@ impl Worker {
             .last()
             .map(|(r, p)| (r.seq, *p))
             .expect("batch not empty");
+        let bytes: u64 = self.batch.iter().map(|(r, _)| op_bytes(r)).sum();
         self.batch.clear();
         self.applied = 0;
+        let unflushed = self.unflushed.get_or_insert_with(|| Unflushed {
+            last: (last, position),
+            since: Instant::now(),
+            bytes: 0,
+        });
+        unflushed.last = (last, position);
+        unflushed.bytes += bytes;
+        if self.flush_due() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush_due(&self) -> bool {
+        let Some(unflushed) = &self.unflushed else {
+            return false;
+        };
+        let policy = self.ctx.acks.policy();
+        policy.mode == Mode::Sync
+            || unflushed.since.elapsed() >= policy.flush_interval
+            || unflushed.bytes >= policy.max_backlog_bytes / 2
+            || self.ctx.acks.flush_wanted(self.slot.progress().confirmed.0)
+    }
+
+    /// Makes the applied records durable on the mirror and confirms them.
+    fn flush(&mut self) -> Result<(), String> {
+        let Some(unflushed) = &self.unflushed else {
+            return Ok(());
+        };
+        let (last, position) = unflushed.last;
+        self.slot
+            .mirror
+            .lock()
+            .expect("mirror lock")
+            .flush()
+            .map_err(|e| format!("flush: {}", error_chain(&e)))?;
+        self.unflushed = None;
         self.confirm(last, position);
         Ok(())
     }
@@ -263,15 +328,16 @@ impl Worker {
     /// Reads records after the confirmed one; returns false when there are none yet.
     fn fill_batch(&mut self) -> Result<bool, String> {
         let confirmed = self.slot.progress().confirmed.0;
+        let applied = self.unflushed.as_ref().map_or(confirmed, |u| u.last.0);
         let head = self
             .ctx
             .journal
-            .wait_beyond(confirmed, Duration::from_millis(100));
-        if head <= confirmed {
+            .wait_beyond(applied, Duration::from_millis(100));
+        if head <= applied {
             return Ok(false);
         }
         let lingers = self.ctx.acks.policy().mode == Mode::Async || self.ctx.acks.is_degraded();
-        if lingers && head.0 - confirmed.0 < BATCH_MAX_RECORDS as u64 {
+        if lingers && head.0 - applied.0 < BATCH_MAX_RECORDS as u64 {
             // A plain sleep: waiting on the journal would wake this thread at every append.
             std::thread::sleep(ASYNC_LINGER);
         }
@@ -304,6 +370,7 @@ impl Worker {
                 Some(Err(e)) => {
                     self.reader = None;
                     self.batch.clear();
+                    self.unflushed = None;
                     log::error!(
                         "mirror {}: journal read failed: {e}; resyncing the mirror from the backing tree",
                         self.slot.name
@@ -323,7 +390,8 @@ impl Worker {
                 .progress
                 .lock()
                 .expect("progress lock")
-                .oldest_unconfirmed_ns = Some(first.committed_at_ns);
+                .oldest_unconfirmed_ns
+                .get_or_insert(first.committed_at_ns);
         }
         Ok(!self.batch.is_empty())
     }
@@ -337,9 +405,7 @@ impl Worker {
                 .map_err(|e| format!("seq {}: {}", record.seq, error_chain(&e)))?;
             self.applied += 1;
         }
-        mirror
-            .flush()
-            .map_err(|e| format!("flush: {}", error_chain(&e)))
+        Ok(())
     }
 
     fn confirm(&mut self, seq: Seq, position: Position) {
@@ -387,6 +453,7 @@ impl Worker {
         self.reader = None;
         self.batch.clear();
         self.applied = 0;
+        self.unflushed = None;
         self.slot
             .progress
             .lock()

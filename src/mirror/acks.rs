@@ -24,7 +24,7 @@ pub struct AckPolicy {
     pub on_mirror_failure: OnMirrorFailure,
     pub sync_timeout: Duration,
     pub max_backlog_bytes: u64,
-    /// Async mode: longest time a mirror holds applied records before it flushes them.
+    /// Max time an async-mode mirror keeps applied records unflushed.
     pub flush_interval: Duration,
 }
 
@@ -37,9 +37,9 @@ struct State {
     /// Newest confirmed record and its end position, per mirror.
     confirmed: Vec<(Seq, Position)>,
     pending: BTreeMap<Seq, Vec<Waiter>>,
-    /// Newest record someone waits for every mirror to confirm (`logmirror sync`,
-    /// unmount); async-mode workers flush at once while they are behind it.
-    flush_wanted: Seq,
+    /// Newest record a client waits for every mirror to confirm (`logmirror sync`,
+    /// unmount). Async-mode workers behind it flush at once.
+    flush_requested: Seq,
     /// Sync mode fell back to async after `sync_timeout` (policy degrade).
     degraded: bool,
     since_degraded: Option<Instant>,
@@ -60,7 +60,7 @@ impl Acks {
             state: Mutex::new(State {
                 confirmed,
                 pending: BTreeMap::new(),
-                flush_wanted: Seq::default(),
+                flush_requested: Seq::default(),
                 degraded: false,
                 since_degraded: None,
             }),
@@ -118,9 +118,9 @@ impl Acks {
         self.state.lock().expect("acks lock").confirmed[index]
     }
 
-    /// Returns whether someone waits for a record newer than `confirmed`.
-    pub fn flush_wanted(&self, confirmed: Seq) -> bool {
-        self.state.lock().expect("acks lock").flush_wanted > confirmed
+    /// Returns whether a client waits for a record newer than `confirmed`.
+    pub fn flush_requested(&self, confirmed: Seq) -> bool {
+        self.state.lock().expect("acks lock").flush_requested > confirmed
     }
 
     pub fn is_degraded(&self) -> bool {
@@ -159,7 +159,7 @@ impl Acks {
     /// did.
     pub fn wait_all_confirmed(&self, seq: Seq, deadline: Instant) -> bool {
         let mut state = self.state.lock().expect("acks lock");
-        state.flush_wanted = state.flush_wanted.max(seq);
+        state.flush_requested = state.flush_requested.max(seq);
         loop {
             if state.confirmed.iter().all(|c| c.0 >= seq) {
                 return true;

@@ -22,7 +22,7 @@ const BATCH_MAX_RECORDS: usize = 4096;
 /// Payload bytes applied before a flush.
 const BATCH_MAX_BYTES: u64 = 8 << 20;
 /// How long an async-mode worker lets records gather before it applies them, so that one
-/// write to the mirror serves many records. It adds to the lag.
+/// write to the mirror serves many records. The linger adds to the lag.
 const ASYNC_LINGER: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -199,15 +199,17 @@ struct Worker {
     backoff: Duration,
     last_cursor_write: Instant,
     last_failure_log: Option<Instant>,
-    /// Newest record applied to the mirror but not yet flushed, with the time the oldest
-    /// such record was applied and the payload bytes waiting.
+    /// Records applied to the mirror since its last flush (async mode).
     unflushed: Option<Unflushed>,
 }
 
-/// Records applied to a mirror that are not durable there yet (async mode).
+/// Summary of the records applied to a mirror that are not durable there yet.
 struct Unflushed {
+    /// Newest applied record and its end position.
     last: (Seq, Position),
+    /// Time the oldest of them was applied.
     since: Instant,
+    /// Payload bytes of them.
     bytes: u64,
 }
 
@@ -257,13 +259,12 @@ impl Worker {
         self.ctx.store_cursor(&self.slot);
     }
 
-    /// Applies the next batch of records, if any, and flushes when one is due.
+    /// Applies the next batch of records, if any, and flushes when a flush is due.
     ///
     /// Sync mode flushes after every batch, because writers wait for the confirmation. Async
-    /// mode applies batches as they come and flushes at most every `flush_interval`, when
-    /// the journal is idle, when someone waits for the mirror (`logmirror sync`, unmount),
-    /// or when the unflushed bytes reach half of `max_backlog`: an fsync of the mirror per
-    /// 20 ms batch would stall writers on the same disk.
+    /// mode flushes once `flush_interval` passed, when the journal is idle, when a client
+    /// waits for the mirror (`logmirror sync`, unmount), or when half of `max_backlog` is
+    /// unflushed. An fsync per 20 ms batch would stall writers that share the mirror's disk.
     fn step(&mut self) -> Result<(), String> {
         if self.batch.is_empty() && !self.fill_batch()? {
             if self.unflushed.is_some() {
@@ -305,10 +306,13 @@ impl Worker {
         policy.mode == Mode::Sync
             || unflushed.since.elapsed() >= policy.flush_interval
             || unflushed.bytes >= policy.max_backlog_bytes / 2
-            || self.ctx.acks.flush_wanted(self.slot.progress().confirmed.0)
+            || self
+                .ctx
+                .acks
+                .flush_requested(self.slot.progress().confirmed.0)
     }
 
-    /// Makes the applied records durable on the mirror and confirms them.
+    /// Flushes the applied records to durable storage on the mirror and confirms them.
     fn flush(&mut self) -> Result<(), String> {
         let Some(unflushed) = &self.unflushed else {
             return Ok(());

@@ -50,7 +50,7 @@ S3 credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role), never from options.
 Mount flags nosuid, nodev, noexec, ro and fstab/systemd options (_netdev, nofail, x-*) are
 accepted. SIZE takes K, M, G, T suffixes (powers of 1024); DURATION takes ms, s, m, h
-(a bare number is seconds).
+(a bare number is seconds). A backslash keeps a comma inside a value: mirror=dir:/a\\,b.
 
 Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.";
 

@@ -322,8 +322,8 @@ pub struct MountConfig {
     pub sync_timeout: Duration,
     /// How long unmount waits for mirrors to confirm the backlog. Default 30 s.
     pub drain_timeout: Duration,
-    /// Async mode: how long a mirror may hold applied records before it makes them durable
-    /// and confirms them. Default 500 ms, at most 1 minute.
+    /// Max time an async-mode mirror keeps applied records before it flushes and confirms
+    /// them. Default 500 ms, at most 1 minute.
     pub flush_interval: Duration,
     /// Size at which the journal starts a new segment file. Default 64 MiB, minimum 1 MiB.
     pub segment_size_bytes: u64,
@@ -445,9 +445,27 @@ const IGNORED_FLAGS: &[&str] = &[
     "async",
 ];
 
+/// Splits an `-o` string at commas. A backslash keeps the next comma or backslash as text,
+/// so that a path with a comma can be given as `mirror=dir:/logs/a\,b`.
+fn split_options(text: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if matches!(chars.peek(), Some(',' | '\\')) => current.extend(chars.next()),
+            ',' => items.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    items.push(current);
+    items
+}
+
 impl RawOptions {
     fn push_option_string(&mut self, text: &str) -> Result<(), Error> {
-        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let items = split_options(text);
+        for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
             match item.split_once('=') {
                 Some((key, value)) => self.pairs.push((key.to_string(), value.to_string())),
                 None => self.flags.push(item.to_string()),
@@ -854,6 +872,13 @@ mod tests {
         assert_eq!(config.mirrors.len(), 2);
         assert_eq!(config.mode, Mode::Sync);
         assert_eq!(config.ack_count(), 1);
+    }
+
+    #[test]
+    fn options_escaped_comma_in_path() {
+        let config = build_args(&["mirror=dir:/logs/a\\,b,mirror=dir:/logs/c\\\\"]).unwrap();
+        let names: Vec<String> = config.mirrors.iter().map(|m| m.name()).collect();
+        assert_eq!(names, ["dir:/logs/a,b", "dir:/logs/c\\"]);
     }
 
     #[test]

@@ -219,6 +219,22 @@ fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
         let MirrorSpec::Dir(dir) = spec else {
             continue;
         };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "mirror {} is not a directory; give the path of a directory",
+                    spec.name()
+                )));
+            }
+            Err(e) => {
+                return Err(Error::Invalid(format!(
+                    "mirror {} is not usable: {e}; create the directory, or mount the disk \
+                     it is on, before mounting",
+                    spec.name()
+                )));
+            }
+        }
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
         // A mount point or state directory inside a mirror would be replayed into, and a
         // resync would delete it.

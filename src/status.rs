@@ -32,7 +32,12 @@ pub struct MirrorStatus {
     pub lag_records: u64,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
+    /// Latest failure, kept after the mirror recovered. `state` shows whether the mirror
+    /// is still down.
     pub last_error: Option<String>,
+    /// Wall-clock time of `last_error`, in nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_error_at_ns: Option<u64>,
     pub failed_attempts: u64,
     pub resync_pending: bool,
     /// Outcome of the latest `logmirror verify`, if one ran since the mount.
@@ -67,6 +72,7 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
                 lag_bytes: head_position.0.saturating_sub(progress.confirmed.1.0),
                 lag_seconds,
                 last_error: progress.last_error,
+                last_error_at_ns: progress.last_error_at_ns,
                 failed_attempts: progress.failed_attempts,
                 resync_pending: progress.needs_resync,
                 last_verify: progress.last_verify,
@@ -131,10 +137,18 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(out, "  resync from the backing tree pending");
         }
         if let Some(error) = &m.last_error {
-            let _ = writeln!(out, "  last error: {error}");
+            let ago = m
+                .last_error_at_ns
+                .map(|at| format!("{} s ago", seconds_since(at)))
+                .unwrap_or_else(|| "time unknown".to_string());
+            if m.state == "down" {
+                let _ = writeln!(out, "  last error ({ago}): {error}");
+            } else {
+                let _ = writeln!(out, "  last error ({ago}, recovered since): {error}");
+            }
         }
         if let Some(verify) = &m.last_verify {
-            let ago = crate::mirror::worker::now_ns().saturating_sub(verify.at_ns) / 1_000_000_000;
+            let ago = seconds_since(verify.at_ns);
             match &verify.error {
                 Some(error) => {
                     let _ = writeln!(out, "  last verify ({ago} s ago) failed: {error}");
@@ -150,6 +164,11 @@ pub fn render(status: &Status) -> String {
         }
     }
     out
+}
+
+/// Returns the whole seconds from `at_ns` (nanoseconds since the Unix epoch) to now.
+fn seconds_since(at_ns: u64) -> u64 {
+    crate::mirror::worker::now_ns().saturating_sub(at_ns) / 1_000_000_000
 }
 
 /// Formats a byte count with a binary unit.

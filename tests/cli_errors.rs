@@ -119,6 +119,16 @@ fn mount_missing_mount_point() {
 }
 
 #[test]
+fn mount_missing_mirror_dir() {
+    let dirs = TestDirs::new(1);
+    let missing = dirs.root.join("no-such-mirror");
+    let option = format!("mirror=dir:{}", missing.display());
+    let out = mount_with(&dirs.backing, &dirs.mnt, &[option]);
+    assert_fails(&out, EXIT_USAGE, path_str(&missing));
+    assert!(out.stderr.contains("create the directory"), "{out}");
+}
+
+#[test]
 fn mount_missing_arguments() {
     let dirs = TestDirs::new(1);
     let out = common::logmirror(&["mount", path_str(&dirs.backing)]);

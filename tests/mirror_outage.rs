@@ -167,6 +167,11 @@ fn mirror_outage_async() {
     assert_eq!(mirror.lag_records, 0, "{status:?}");
     assert_eq!(mirror.lag_bytes, 0, "{status:?}");
     assert_eq!(mirror.confirmed_seq, status.head_seq, "{status:?}");
+    assert!(mirror.last_error.is_some(), "{status:?}");
+    assert!(mirror.last_error_at_ns.is_some(), "{status:?}");
+    let text = common::logmirror(&["status", common::path_str(&dirs.mnt)]);
+    text.assert_success("logmirror status after the mirror came back");
+    assert!(text.stdout.contains("recovered since"), "{text}");
 
     let app: String = (0..writer.app_lines)
         .map(|i| format!("app line {i:06}\n"))

@@ -48,6 +48,8 @@ pub enum MirrorState {
 pub struct Progress {
     pub confirmed: (Seq, Position),
     pub last_error: Option<String>,
+    /// Wall-clock time of `last_error`, in nanoseconds since the Unix epoch.
+    pub last_error_at_ns: Option<u64>,
     pub failing_since: Option<Instant>,
     pub failed_attempts: u64,
     /// Commit time of the oldest record the mirror has not confirmed, as far as the worker
@@ -473,6 +475,7 @@ impl Worker {
             let mut progress = self.slot.progress.lock().expect("progress lock");
             progress.failed_attempts += 1;
             progress.last_error = Some(message.clone());
+            progress.last_error_at_ns = Some(now_ns());
             let first = progress.failing_since.is_none();
             progress.failing_since.get_or_insert_with(Instant::now);
             first

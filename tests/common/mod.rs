@@ -346,6 +346,7 @@ pub struct MirrorStatus {
     pub lag_bytes: u64,
     pub lag_seconds: f64,
     pub last_error: Option<String>,
+    pub last_error_at_ns: Option<u64>,
     pub last_verify: Option<LastVerify>,
 }
 

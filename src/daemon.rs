@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -496,8 +495,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         .collect::<Result<_, _>>()
         .map_err(|e| Error::Startup(format!("cannot start mirror workers: {e}")))?;
 
-    let resync_needed = Arc::new(AtomicBool::new(false));
-    spawn_housekeeping(ctx.clone(), slots.clone(), resync_needed.clone());
+    spawn_housekeeping(ctx.clone());
 
     let info = MountInfo {
         mountpoint: config.mountpoint.display().to_string(),
@@ -520,13 +518,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         .spawn(move || server.serve(listener))
         .map_err(|e| Error::Startup(format!("cannot start the control thread: {e}")))?;
 
-    let session_done = mount_session(
-        &config,
-        journal.clone(),
-        acks.clone(),
-        namespace,
-        resync_needed,
-    )?;
+    let session_done = mount_session(&config, journal.clone(), acks.clone(), namespace)?;
     wait_until_serving(&config.mountpoint)?;
     log::info!(
         "mounted {:?} on {:?}: mode {}, mirrors {}",
@@ -661,7 +653,6 @@ fn mount_session(
     journal: Arc<Journal>,
     acks: Arc<Acks>,
     namespace: Arc<RwLock<()>>,
-    resync_needed: Arc<AtomicBool>,
 ) -> Result<std::sync::mpsc::Receiver<()>, Error> {
     let root = crate::fs::open_root(&config.backing).map_err(io_error("open", &config.backing))?;
     let fs = LogFs::new(
@@ -669,7 +660,6 @@ fn mount_session(
         journal,
         acks,
         namespace,
-        resync_needed,
         FsOptions {
             hide_state_dir: true,
             when_full_blocks: config.when_full == WhenFull::Block,
@@ -770,20 +760,14 @@ fn spawn_signal_thread(signals: libc::sigset_t, mountpoint: PathBuf) {
     }
 }
 
-/// Runs periodic duties: sync-mode timeouts, resync requests, removal of confirmed
-/// segments.
-fn spawn_housekeeping(
-    ctx: Arc<Context>,
-    slots: Vec<Arc<MirrorSlot>>,
-    resync_needed: Arc<AtomicBool>,
-) {
+/// Runs periodic duties: sync-mode timeouts and removal of confirmed segments.
+fn spawn_housekeeping(ctx: Arc<Context>) {
     let spawned = std::thread::Builder::new()
         .name("housekeeping".into())
         .spawn(move || {
             let mut last_release = Instant::now();
             while !ctx.stop.sleep(Duration::from_millis(50)) {
                 ctx.acks.tick(ctx.journal.head().0);
-                worker::request_resync(&slots, &resync_needed, &ctx);
                 if last_release.elapsed() >= Duration::from_secs(1) {
                     last_release = Instant::now();
                     let (min_seq, _) = ctx.acks.min_confirmed();

@@ -446,6 +446,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     )?;
     let clean_marker = config.state_dir.join("clean-shutdown");
     let was_clean = clean_marker.exists();
+    let clean_head = read_clean_marker(&clean_marker);
 
     let journal_dir = config.state_dir.join("journal");
     let (journal, recovery) = Journal::open(&journal_dir, config.segment_size_bytes)?;
@@ -464,8 +465,9 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         }
     );
     let _ = std::fs::remove_file(&clean_marker);
+    let records_lost = lost_at_recovery(&journal, &recovery, clean_head);
 
-    let slots = open_mirrors(&config, &journal, was_clean)?;
+    let slots = open_mirrors(&config, &journal, was_clean, records_lost)?;
     let confirmed = slots.iter().map(|s| s.progress().confirmed).collect();
     let acks = Arc::new(Acks::new(
         AckPolicy {
@@ -570,11 +572,56 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         let _ = std::fs::remove_file(&link);
     }
     let _ = std::fs::remove_file(config.state_dir.join("control.sock"));
-    File::create(&clean_marker)
-        .and_then(|f| f.sync_all())
-        .map_err(io_error("write", &clean_marker))?;
+    write_clean_marker(&clean_marker, &journal).map_err(io_error("write", &clean_marker))?;
     log::info!("daemon for {:?} stopped", config.mountpoint);
     Ok(())
+}
+
+/// Writes the clean-shutdown marker: the journal id and head seq as `ID HEAD`, so that the
+/// next start can tell whether recovery lost records that mirrors may lack.
+fn write_clean_marker(path: &Path, journal: &Journal) -> std::io::Result<()> {
+    let mut file = File::create(path)?;
+    writeln!(file, "{:016x} {}", journal.id(), journal.head().0)?;
+    file.sync_all()
+}
+
+/// Returns the journal id and head seq of the previous run's clean shutdown, or `None` when
+/// the marker is missing, or empty as older versions wrote it.
+fn read_clean_marker(path: &Path) -> Option<(u64, Seq)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (id, head) = text.trim().split_once(' ')?;
+    let id = u64::from_str_radix(id, 16).ok()?;
+    let head = head.parse().ok()?;
+    Some((id, Seq(head)))
+}
+
+/// Returns true when recovery may have removed records that a mirror lacks. That is so when
+/// the head is behind the one written at the last clean shutdown (the newest segment was
+/// damaged or deleted), or, without that head, when recovery cut bytes off the newest segment.
+fn lost_at_recovery(
+    journal: &Journal,
+    recovery: &crate::journal::Recovery,
+    clean_head: Option<(u64, Seq)>,
+) -> bool {
+    // NOTE: seqs after the recovered head are given again to new records, and an S3 mirror
+    // that stored the lost ones leaves the new ones out when it replays.
+    let lost = match clean_head {
+        Some((id, head)) if id == journal.id() => recovery.head < head,
+        // A journal with another id makes every cursor invalid, which resyncs anyway.
+        Some(_) => false,
+        None => recovery.torn_bytes_cut > 0,
+    };
+    if lost {
+        let before = clean_head.map(|(_, head)| head.to_string());
+        log::warn!(
+            "journal recovery lost records (head seq {} at the last clean shutdown, {} now, \
+             {} bytes cut); every mirror resyncs from the backing tree",
+            before.as_deref().unwrap_or("unknown"),
+            recovery.head,
+            recovery.torn_bytes_cut
+        );
+    }
+    lost
 }
 
 /// Opens each mirror and its cursor, deciding which mirrors must be resynced.
@@ -582,6 +629,7 @@ fn open_mirrors(
     config: &MountConfig,
     journal: &Journal,
     was_clean: bool,
+    records_lost: bool,
 ) -> Result<Vec<Arc<MirrorSlot>>, Error> {
     let mut slots = Vec::new();
     for (index, spec) in config.mirrors.iter().enumerate() {
@@ -601,6 +649,7 @@ fn open_mirrors(
                 Some("its cursor belongs to another journal")
             }
             Some(c) if c.needs_resync => Some("a resync was pending"),
+            Some(_) if records_lost => Some("journal recovery lost records it may lack"),
             Some(_) if !was_clean && head.0 > 0 => {
                 Some("the previous run did not shut down cleanly")
             }

@@ -302,7 +302,19 @@ impl Worker {
                         .needs_resync = true;
                     return Ok(false);
                 }
-                Err(e) => return Err(format!("reading the journal: {e}")),
+                Err(e) => {
+                    log::error!(
+                        "mirror {}: opening the journal after seq {confirmed} failed: {}; resyncing the mirror from the backing tree",
+                        self.slot.name,
+                        error_chain(&e)
+                    );
+                    self.slot
+                        .progress
+                        .lock()
+                        .expect("progress lock")
+                        .needs_resync = true;
+                    return Ok(false);
+                }
             }
         }
         let reader = self.reader.as_mut().expect("reader set above");

@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -463,6 +462,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     )?;
     let clean_marker = config.state_dir.join("clean-shutdown");
     let was_clean = clean_marker.exists();
+    let clean_head = read_clean_marker(&clean_marker);
 
     let journal_dir = config.state_dir.join("journal");
     let (journal, recovery) = Journal::open(&journal_dir, config.segment_size_bytes)?;
@@ -481,8 +481,9 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         }
     );
     let _ = std::fs::remove_file(&clean_marker);
+    let records_lost = lost_at_recovery(&journal, &recovery, clean_head);
 
-    let slots = open_mirrors(&config, &journal, was_clean)?;
+    let slots = open_mirrors(&config, &journal, was_clean, records_lost)?;
     let confirmed = slots.iter().map(|s| s.progress().confirmed).collect();
     let acks = Arc::new(Acks::new(
         AckPolicy {
@@ -513,8 +514,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         .collect::<Result<_, _>>()
         .map_err(|e| Error::Startup(format!("cannot start mirror workers: {e}")))?;
 
-    let resync_needed = Arc::new(AtomicBool::new(false));
-    spawn_housekeeping(ctx.clone(), slots.clone(), resync_needed.clone());
+    spawn_housekeeping(ctx.clone());
 
     let info = MountInfo {
         mountpoint: config.mountpoint.display().to_string(),
@@ -537,13 +537,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         .spawn(move || server.serve(listener))
         .map_err(|e| Error::Startup(format!("cannot start the control thread: {e}")))?;
 
-    let session_done = mount_session(
-        &config,
-        journal.clone(),
-        acks.clone(),
-        namespace,
-        resync_needed,
-    )?;
+    let session_done = mount_session(&config, journal.clone(), acks.clone(), namespace)?;
     wait_until_serving(&config.mountpoint)?;
     log::info!(
         "mounted {:?} on {:?}: mode {}, mirrors {}",
@@ -595,11 +589,56 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         let _ = std::fs::remove_file(&link);
     }
     let _ = std::fs::remove_file(config.state_dir.join("control.sock"));
-    File::create(&clean_marker)
-        .and_then(|f| f.sync_all())
-        .map_err(io_error("write", &clean_marker))?;
+    write_clean_marker(&clean_marker, &journal).map_err(io_error("write", &clean_marker))?;
     log::info!("daemon for {:?} stopped", config.mountpoint);
     Ok(())
+}
+
+/// Writes the clean-shutdown marker: the journal id and head seq as `ID HEAD`, so that the
+/// next start can tell whether recovery lost records that mirrors may lack.
+fn write_clean_marker(path: &Path, journal: &Journal) -> std::io::Result<()> {
+    let mut file = File::create(path)?;
+    writeln!(file, "{:016x} {}", journal.id(), journal.head().0)?;
+    file.sync_all()
+}
+
+/// Returns the journal id and head seq of the previous run's clean shutdown, or `None` when
+/// the marker is missing, or empty as older versions wrote it.
+fn read_clean_marker(path: &Path) -> Option<(u64, Seq)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (id, head) = text.trim().split_once(' ')?;
+    let id = u64::from_str_radix(id, 16).ok()?;
+    let head = head.parse().ok()?;
+    Some((id, Seq(head)))
+}
+
+/// Returns true when recovery may have removed records that a mirror lacks. That is so when
+/// the head is behind the one written at the last clean shutdown (the newest segment was
+/// damaged or deleted), or, without that head, when recovery cut bytes off the newest segment.
+fn lost_at_recovery(
+    journal: &Journal,
+    recovery: &crate::journal::Recovery,
+    clean_head: Option<(u64, Seq)>,
+) -> bool {
+    // NOTE: seqs after the recovered head are given again to new records, and an S3 mirror
+    // that stored the lost ones leaves the new ones out when it replays.
+    let lost = match clean_head {
+        Some((id, head)) if id == journal.id() => recovery.head < head,
+        // A journal with another id makes every cursor invalid, which resyncs anyway.
+        Some(_) => false,
+        None => recovery.torn_bytes_cut > 0,
+    };
+    if lost {
+        let before = clean_head.map(|(_, head)| head.to_string());
+        log::warn!(
+            "journal recovery lost records (head seq {} at the last clean shutdown, {} now, \
+             {} bytes cut); every mirror resyncs from the backing tree",
+            before.as_deref().unwrap_or("unknown"),
+            recovery.head,
+            recovery.torn_bytes_cut
+        );
+    }
+    lost
 }
 
 /// Opens each mirror and its cursor, deciding which mirrors must be resynced.
@@ -607,6 +646,7 @@ fn open_mirrors(
     config: &MountConfig,
     journal: &Journal,
     was_clean: bool,
+    records_lost: bool,
 ) -> Result<Vec<Arc<MirrorSlot>>, Error> {
     let mut slots = Vec::new();
     for (index, spec) in config.mirrors.iter().enumerate() {
@@ -626,6 +666,7 @@ fn open_mirrors(
                 Some("its cursor belongs to another journal")
             }
             Some(c) if c.needs_resync => Some("a resync was pending"),
+            Some(_) if records_lost => Some("journal recovery lost records it may lack"),
             Some(_) if !was_clean && head.0 > 0 => {
                 Some("the previous run did not shut down cleanly")
             }
@@ -678,7 +719,6 @@ fn mount_session(
     journal: Arc<Journal>,
     acks: Arc<Acks>,
     namespace: Arc<RwLock<()>>,
-    resync_needed: Arc<AtomicBool>,
 ) -> Result<std::sync::mpsc::Receiver<()>, Error> {
     let root = crate::fs::open_root(&config.backing).map_err(io_error("open", &config.backing))?;
     let fs = LogFs::new(
@@ -686,7 +726,6 @@ fn mount_session(
         journal,
         acks,
         namespace,
-        resync_needed,
         FsOptions {
             hide_state_dir: true,
             when_full_blocks: config.when_full == WhenFull::Block,
@@ -787,20 +826,14 @@ fn spawn_signal_thread(signals: libc::sigset_t, mountpoint: PathBuf) {
     }
 }
 
-/// Runs periodic duties: sync-mode timeouts, resync requests, removal of confirmed
-/// segments.
-fn spawn_housekeeping(
-    ctx: Arc<Context>,
-    slots: Vec<Arc<MirrorSlot>>,
-    resync_needed: Arc<AtomicBool>,
-) {
+/// Runs periodic duties: sync-mode timeouts and removal of confirmed segments.
+fn spawn_housekeeping(ctx: Arc<Context>) {
     let spawned = std::thread::Builder::new()
         .name("housekeeping".into())
         .spawn(move || {
             let mut last_release = Instant::now();
             while !ctx.stop.sleep(Duration::from_millis(50)) {
                 ctx.acks.tick(ctx.journal.head().0);
-                worker::request_resync(&slots, &resync_needed, &ctx);
                 if last_release.elapsed() >= Duration::from_secs(1) {
                     last_release = Instant::now();
                     let (min_seq, _) = ctx.acks.min_confirmed();

@@ -6,23 +6,10 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{EXIT_RUNTIME, Mode, Mount, STATE_DIR, TestDirs, assert_mirrors_match, path_str};
-
-fn append_lines(path: &std::path::Path, from: usize, to: usize) {
-    use std::io::Write;
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {path:?}: {e}"));
-    for i in from..to {
-        writeln!(file, "line {i:06}").expect("append a line");
-    }
-}
-
-fn expected_lines(to: usize) -> String {
-    (0..to).map(|i| format!("line {i:06}\n")).collect()
-}
+use common::{
+    EXIT_RUNTIME, Mode, Mount, STATE_DIR, TestDirs, append_lines, assert_mirrors_match,
+    expected_lines, path_str,
+};
 
 #[test]
 fn remount_right_after_unmount() {

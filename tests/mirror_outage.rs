@@ -9,64 +9,10 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{COMMAND_TIMEOUT, Mode, Mount, Status, TestDirs, assert_mirrors_match};
-
-/// A read-only bind mount of a directory over itself. Dropping it unmounts it by path.
-struct ReadOnlyBind {
-    path: PathBuf,
-    is_active: bool,
-}
-
-impl ReadOnlyBind {
-    fn new(path: &Path) -> ReadOnlyBind {
-        let out = common::run(
-            Command::new("mount").arg("--bind").arg(path).arg(path),
-            COMMAND_TIMEOUT,
-        );
-        out.assert_success("mount --bind over the mirror");
-        let mut bind = ReadOnlyBind {
-            path: path.to_path_buf(),
-            is_active: true,
-        };
-        let out = common::run(
-            Command::new("mount")
-                .args(["-o", "remount,bind,ro"])
-                .arg(path),
-            COMMAND_TIMEOUT,
-        );
-        if !out.status.success() {
-            bind.remove();
-            panic!("remount of the mirror bind read-only failed: {out}");
-        }
-        bind
-    }
-
-    fn remove(&mut self) {
-        let out = common::run(Command::new("umount").arg(&self.path), COMMAND_TIMEOUT);
-        out.assert_success("umount of the mirror bind");
-        self.is_active = false;
-    }
-}
-
-impl Drop for ReadOnlyBind {
-    fn drop(&mut self) {
-        if !self.is_active {
-            return;
-        }
-        let out = common::run(Command::new("umount").arg(&self.path), COMMAND_TIMEOUT);
-        if !out.status.success() {
-            eprintln!("umount {:?} failed, detaching lazily: {out}", self.path);
-            let _ = common::run(
-                Command::new("umount").arg("-l").arg(&self.path),
-                COMMAND_TIMEOUT,
-            );
-        }
-    }
-}
+use common::{Mode, Mount, Status, TestDirs, assert_mirrors_match};
 
 /// Lines written so far to the files of the test, for the exact final content check.
 struct Writer {
@@ -125,7 +71,7 @@ fn mirror_outage_async() {
     }
     assert_mirrors_match(&mount);
 
-    let mut bind = ReadOnlyBind::new(&dirs.mirrors[0]);
+    let mut bind = common::ReadOnlyBind::new(&dirs.mirrors[0]);
     let probe = fs::write(dirs.mirrors[0].join("probe"), "x");
     let errno = probe.map_err(|e| e.raw_os_error()).err();
     assert_eq!(

@@ -36,6 +36,9 @@ pub struct Inode {
     /// Serializes a change to this file's data with its journal append, so that the journal
     /// lists changes to one file in the order the backing file got them.
     pub data_lock: Mutex<()>,
+    /// Path found by searching the backing tree when no known name leads to the inode;
+    /// checked again before each use (see `find.rs`).
+    pub found_path: Mutex<Option<RelPath>>,
 }
 
 impl Inode {
@@ -78,6 +81,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             links: Mutex::new(Vec::new()),
             data_lock: Mutex::new(()),
+            found_path: Mutex::new(None),
         });
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, root);
@@ -115,6 +119,7 @@ impl InodeTable {
                 lookups: AtomicU64::new(0),
                 links: Mutex::new(Vec::new()),
                 data_lock: Mutex::new(()),
+                found_path: Mutex::new(None),
             })
         });
         inode.lookups.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 //! `inodes.rs` and `handles.rs` keep the descriptors, `sys.rs` wraps the libc calls.
 
 mod error;
+mod find;
 mod fuse;
 mod handles;
 mod inodes;
@@ -17,7 +18,6 @@ pub use mount::{FS_TYPE, mount_kernel};
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -54,9 +54,6 @@ pub struct LogFs {
     /// Changes to names take it exclusively, so a record's path is valid at its place in the
     /// journal, and so does a mirror resync, which needs a backing tree that does not change.
     namespace: Arc<RwLock<()>>,
-    /// Set when a change reached the backing directory but not the journal; mirror workers
-    /// then resync from the backing tree.
-    resync_needed: Arc<AtomicBool>,
     options: FsOptions,
     /// The daemon runs as root, so new entries must be given to the caller.
     is_root: bool,
@@ -78,7 +75,6 @@ impl LogFs {
         journal: Arc<Journal>,
         acks: Arc<Acks>,
         namespace: Arc<RwLock<()>>,
-        resync_needed: Arc<AtomicBool>,
         options: FsOptions,
     ) -> std::io::Result<LogFs> {
         let st = sys::fstat(std::os::fd::AsFd::as_fd(&root_fd))?;
@@ -88,7 +84,6 @@ impl LogFs {
             journal,
             acks,
             namespace,
-            resync_needed,
             options,
             // SAFETY: geteuid has no preconditions.
             is_root: unsafe { libc::geteuid() } == 0,

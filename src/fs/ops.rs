@@ -7,7 +7,6 @@ use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, TimeOrNow};
@@ -153,7 +152,7 @@ impl LogFs {
     /// Returns the path of `name` inside directory `parent`, if the directory's path is
     /// known.
     fn child_path(&self, parent: &Inode, name: &OsStr) -> Option<RelPath> {
-        self.inodes.path_of(parent).map(|p| p.join(name))
+        self.path_of(parent).map(|p| p.join(name))
     }
 
     /// Appends `op` to the journal. A change whose path is unknown cannot be journaled; the
@@ -166,7 +165,7 @@ impl LogFs {
         match self.journal.append(&op) {
             Ok((seq, _)) => Ok(Some(seq)),
             Err(source) => {
-                self.resync_needed.store(true, Ordering::SeqCst);
+                self.acks.request_resync();
                 Err(Error::Journal {
                     op: op_name,
                     source,
@@ -175,8 +174,10 @@ impl LogFs {
         }
     }
 
+    /// Takes a resync ticket for a change that has no journal record. In sync mode the
+    /// reply then waits for the resync (see `mirror::acks`).
     fn request_resync(&self, op_name: &str, why: &str) {
-        if !self.resync_needed.swap(true, Ordering::SeqCst) {
+        if self.acks.request_resync() {
             log::warn!(
                 "{op_name} could not be journaled because {why}; mirrors will resync from the backing tree"
             );
@@ -429,7 +430,7 @@ impl LogFs {
         let _names = self.namespace.write().expect("namespace lock");
         let inode = self.inode(ino)?;
         let parent_inode = self.inode(new_parent)?;
-        let existing = self.inodes.path_of(&inode);
+        let existing = self.path_of(&inode);
         sys::link_fd(inode.fd(), parent_inode.fd(), new_name).map_err(backing("link"))?;
         let attr = self.remember_child(new_parent, &parent_inode, new_name)?;
         let path = self.child_path(&parent_inode, new_name);
@@ -508,7 +509,7 @@ impl LogFs {
         let _names = self.namespace.read().expect("namespace lock");
         let inode = self.inode(ino)?;
         let _data = inode.data_lock.lock().expect("data lock");
-        let path = self.inodes.path_of(&inode);
+        let path = self.path_of(&inode);
         let before = sys::fstat(inode.fd()).map_err(backing("setattr"))?;
         let is_symlink = before.st_mode & libc::S_IFMT == libc::S_IFLNK;
         let mut seq = None;
@@ -613,7 +614,7 @@ impl LogFs {
                 self.kill_suidgid(&inode)?;
             }
             let written = sys::pwrite_all(handle.fd(), data, offset).map_err(backing("write"))?;
-            let op = self.inodes.path_of(&inode).map(|path| Op::Write {
+            let op = self.path_of(&inode).map(|path| Op::Write {
                 path,
                 offset,
                 data: data[..written].to_vec(),
@@ -654,7 +655,7 @@ impl LogFs {
         let capability = OsStr::new("security.capability");
         match sys::removexattr(inode.fd(), capability) {
             Ok(()) => {
-                let op = self.inodes.path_of(inode).map(|path| Op::RemoveXattr {
+                let op = self.path_of(inode).map(|path| Op::RemoveXattr {
                     path,
                     name: capability.as_bytes().to_vec(),
                 });
@@ -744,7 +745,7 @@ impl LogFs {
         let inode = self.inode(ino)?;
         let _data = inode.data_lock.lock().expect("data lock");
         sys::fallocate(handle.fd(), mode, offset, length).map_err(backing("fallocate"))?;
-        let op = self.inodes.path_of(&inode).map(|path| Op::Fallocate {
+        let op = self.path_of(&inode).map(|path| Op::Fallocate {
             path,
             mode,
             offset,
@@ -854,7 +855,7 @@ impl LogFs {
         let inode = self.inode(ino)?;
         let _data = inode.data_lock.lock().expect("data lock");
         sys::setxattr(inode.fd(), name, value, flags).map_err(backing("setxattr"))?;
-        let op = self.inodes.path_of(&inode).map(|path| Op::SetXattr {
+        let op = self.path_of(&inode).map(|path| Op::SetXattr {
             path,
             name: name.as_bytes().to_vec(),
             value: value.to_vec(),
@@ -868,7 +869,7 @@ impl LogFs {
         let inode = self.inode(ino)?;
         let _data = inode.data_lock.lock().expect("data lock");
         sys::removexattr(inode.fd(), name).map_err(backing("removexattr"))?;
-        let op = self.inodes.path_of(&inode).map(|path| Op::RemoveXattr {
+        let op = self.path_of(&inode).map(|path| Op::RemoveXattr {
             path,
             name: name.as_bytes().to_vec(),
         });

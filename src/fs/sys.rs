@@ -386,6 +386,13 @@ impl DirStream {
         Ok(DirStream { dir })
     }
 
+    /// Returns the descriptor of the directory being read.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `dir` is a live stream, so dirfd returns its open descriptor, which stays
+        // open as long as the stream and so as long as the returned borrow.
+        unsafe { BorrowedFd::borrow_raw(libc::dirfd(self.dir)) }
+    }
+
     pub fn seek(&mut self, offset: i64) {
         // SAFETY: `dir` is a live stream; offsets come from earlier `telldir`/d_off values or 0.
         unsafe {

@@ -4,6 +4,10 @@
 //! sync mode it waits until `ack` mirrors confirmed the record, and `on_mirror_failure`
 //! decides what happens after `sync_timeout`. Mirror workers report confirmations here. The
 //! async backlog limit (`max_backlog`, `when_full`) is enforced here too.
+//!
+//! A change that could not be journaled is covered by a resync instead, for which `fs` takes
+//! a resync ticket. In sync mode, every reply made while a ticket is outstanding also waits
+//! until `ack` mirrors finished a resync that started after the ticket was taken.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
@@ -30,6 +34,8 @@ pub struct AckPolicy {
 
 struct Waiter {
     since: Instant,
+    /// Resync ticket the reply also waits for; 0 for none.
+    resync: u64,
     done: Completion,
 }
 
@@ -40,6 +46,10 @@ struct State {
     /// Newest record a client waits for every mirror to confirm (`logmirror sync`,
     /// unmount). Async-mode workers behind it flush at once.
     flush_requested: Seq,
+    /// Resync tickets taken so far; the newest ticket's number.
+    resync_requested: u64,
+    /// Per mirror, the newest ticket its latest finished resync covers.
+    resynced: Vec<u64>,
     /// Sync mode fell back to async after `sync_timeout` (policy degrade).
     degraded: bool,
     since_degraded: Option<Instant>,
@@ -55,12 +65,15 @@ pub struct Acks {
 impl Acks {
     /// Starts with each mirror's confirmed position as read from its cursor.
     pub fn new(policy: AckPolicy, confirmed: Vec<(Seq, Position)>) -> Acks {
+        let mirrors = confirmed.len();
         Acks {
             policy,
             state: Mutex::new(State {
                 confirmed,
                 pending: BTreeMap::new(),
                 flush_requested: Seq::default(),
+                resync_requested: 0,
+                resynced: vec![0; mirrors],
                 degraded: false,
                 since_degraded: None,
             }),
@@ -73,21 +86,25 @@ impl Acks {
     }
 
     /// Runs `done` once the record `seq` is acknowledged under the mode in force; `None`
-    /// means nothing was journaled and the reply can go at once.
+    /// means nothing was journaled. In sync mode the reply also waits for every resync
+    /// ticket taken before this call.
     pub fn complete(&self, seq: Option<Seq>, done: Completion) {
-        let Some(seq) = seq else {
-            return done(Ok(()));
-        };
         let mut state = self.state.lock().expect("acks lock");
+        let resync = match state.resync_requested > resync_acked(&state, &self.policy) {
+            true => state.resync_requested,
+            false => 0,
+        };
+        let seq = seq.unwrap_or_default();
         if self.policy.mode == Mode::Async
             || state.degraded
-            || acked_seq(&state, &self.policy) >= seq
+            || (acked_seq(&state, &self.policy) >= seq && resync == 0)
         {
             drop(state);
             return done(Ok(()));
         }
         state.pending.entry(seq).or_default().push(Waiter {
             since: Instant::now(),
+            resync,
             done,
         });
     }
@@ -98,8 +115,48 @@ impl Acks {
         let ready = {
             let mut state = self.state.lock().expect("acks lock");
             state.confirmed[index] = (seq, position);
-            let acked = acked_seq(&state, &self.policy);
-            take_up_to(&mut state.pending, acked)
+            take_ready(&mut state, &self.policy)
+        };
+        self.changed.notify_all();
+        for waiter in ready {
+            (waiter.done)(Ok(()));
+        }
+    }
+
+    /// Takes a resync ticket: every mirror must resync from the backing tree, because a
+    /// change reached the backing directory without a journal record. Returns true when no
+    /// other ticket was outstanding.
+    pub fn request_resync(&self) -> bool {
+        let is_first = {
+            let mut state = self.state.lock().expect("acks lock");
+            let outstanding = state.resynced.iter().any(|&r| r < state.resync_requested);
+            state.resync_requested += 1;
+            !outstanding
+        };
+        self.changed.notify_all();
+        is_first
+    }
+
+    /// Returns the newest resync ticket taken. A resync that starts after reading it covers
+    /// that ticket and every older one.
+    pub fn resync_requested(&self) -> u64 {
+        self.state.lock().expect("acks lock").resync_requested
+    }
+
+    /// Returns true when mirror `index` has not yet finished a resync that covers every
+    /// ticket taken.
+    pub fn is_resync_requested(&self, index: usize) -> bool {
+        let state = self.state.lock().expect("acks lock");
+        state.resynced[index] < state.resync_requested
+    }
+
+    /// Records that mirror `index` finished a resync covering tickets up to `ticket`, and
+    /// releases the writers this acknowledges. Call it after `confirm` of the resync's head.
+    pub fn resynced(&self, index: usize, ticket: u64) {
+        let ready = {
+            let mut state = self.state.lock().expect("acks lock");
+            state.resynced[index] = state.resynced[index].max(ticket);
+            take_ready(&mut state, &self.policy)
         };
         self.changed.notify_all();
         for waiter in ready {
@@ -155,13 +212,15 @@ impl Acks {
         }
     }
 
-    /// Waits until every mirror confirmed `seq` or `deadline` passes; returns whether they
-    /// did.
+    /// Waits until every mirror confirmed `seq`, and finished a resync for every ticket taken
+    /// before the call, or `deadline` passes; returns whether they did.
     pub fn wait_all_confirmed(&self, seq: Seq, deadline: Instant) -> bool {
         let mut state = self.state.lock().expect("acks lock");
         state.flush_requested = state.flush_requested.max(seq);
+        let ticket = state.resync_requested;
         loop {
-            if state.confirmed.iter().all(|c| c.0 >= seq) {
+            let is_resynced = state.resynced.iter().all(|&r| r >= ticket);
+            if is_resynced && state.confirmed.iter().all(|c| c.0 >= seq) {
                 return true;
             }
             let now = Instant::now();
@@ -253,10 +312,30 @@ fn acked_seq(state: &State, policy: &AckPolicy) -> Seq {
     seqs.get(index).copied().unwrap_or_default()
 }
 
-fn take_up_to(pending: &mut BTreeMap<Seq, Vec<Waiter>>, seq: Seq) -> Vec<Waiter> {
-    let rest = pending.split_off(&seq.next());
-    let ready = std::mem::replace(pending, rest);
-    ready.into_values().flatten().collect()
+/// Returns the newest resync ticket covered by at least `ack_count` mirrors.
+fn resync_acked(state: &State, policy: &AckPolicy) -> u64 {
+    let mut tickets = state.resynced.clone();
+    tickets.sort_unstable_by(|a, b| b.cmp(a));
+    let index = policy.ack_count.clamp(1, tickets.len().max(1)) - 1;
+    tickets.get(index).copied().unwrap_or_default()
+}
+
+/// Removes and returns the waiters whose record and resync ticket are both acknowledged.
+fn take_ready(state: &mut State, policy: &AckPolicy) -> Vec<Waiter> {
+    let acked = acked_seq(state, policy);
+    let resynced = resync_acked(state, policy);
+    let rest = state.pending.split_off(&acked.next());
+    let covered = std::mem::replace(&mut state.pending, rest);
+    let mut ready = Vec::new();
+    for (seq, waiters) in covered {
+        let (now, later): (Vec<_>, Vec<_>) =
+            waiters.into_iter().partition(|w| w.resync <= resynced);
+        ready.extend(now);
+        if !later.is_empty() {
+            state.pending.insert(seq, later);
+        }
+    }
+    ready
 }
 
 #[cfg(test)]
@@ -351,6 +430,46 @@ mod tests {
         acks.tick(Seq(2));
         assert!(!acks.is_degraded());
         assert_eq!(err.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn sync_reply_waits_for_resync_ticket() {
+        let acks = Acks::new(
+            policy(Mode::Sync, 1, OnMirrorFailure::Block),
+            vec![Default::default(); 2],
+        );
+        let (ok, err) = counter();
+        assert!(acks.request_resync());
+        assert!(!acks.request_resync());
+        let ticket = acks.resync_requested();
+        assert_eq!(ticket, 2);
+        acks.complete(None, completion(&ok, &err));
+        acks.confirm(0, Seq(5), Position(50));
+        assert_eq!(ok.load(Ordering::SeqCst), 0);
+        acks.resynced(0, ticket - 1);
+        assert_eq!(ok.load(Ordering::SeqCst), 0);
+        acks.resynced(1, ticket);
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        assert!(acks.is_resync_requested(0));
+        assert!(!acks.is_resync_requested(1));
+        acks.complete(Some(Seq(5)), completion(&ok, &err));
+        assert_eq!(ok.load(Ordering::SeqCst), 2);
+        assert_eq!(err.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn async_reply_ignores_resync_ticket() {
+        let acks = Acks::new(
+            policy(Mode::Async, 1, OnMirrorFailure::Block),
+            vec![Default::default()],
+        );
+        let (ok, err) = counter();
+        acks.request_resync();
+        acks.complete(None, completion(&ok, &err));
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        assert!(!acks.wait_all_confirmed(Seq(0), Instant::now()));
+        acks.resynced(0, 1);
+        assert!(acks.wait_all_confirmed(Seq(0), Instant::now()));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -170,7 +169,8 @@ impl Context {
     /// Writes the cursor of a slot durably. A failure is logged and otherwise ignored: the
     /// cursor on disk stays behind, so the mirror gets records again that it already has.
     pub fn store_cursor(&self, slot: &MirrorSlot) {
-        let cursor = slot.cursor(self.journal.id());
+        let mut cursor = slot.cursor(self.journal.id());
+        cursor.needs_resync |= self.acks.is_resync_requested(slot.index);
         if let Err(e) = cursor::store(&self.state_dir, &cursor, true) {
             log::warn!("failed to write cursor of mirror {}: {e}", slot.name);
         }
@@ -232,12 +232,7 @@ impl Worker {
 
     fn run(mut self) {
         while !self.ctx.stop.is_set() {
-            let needs_resync = self
-                .slot
-                .progress
-                .lock()
-                .expect("progress lock")
-                .needs_resync;
+            let needs_resync = self.take_resync_request();
             let result = if needs_resync {
                 self.resync()
             } else {
@@ -259,6 +254,23 @@ impl Worker {
             );
         }
         self.ctx.store_cursor(&self.slot);
+    }
+
+    /// Returns whether a resync is due, marking the mirror when `fs` took a resync ticket
+    /// that its latest resync does not cover. The mark is written to the cursor at once, so
+    /// that it survives a restart.
+    fn take_resync_request(&mut self) -> bool {
+        let requested = self.ctx.acks.is_resync_requested(self.slot.index);
+        let was_marked = {
+            let mut progress = self.slot.progress.lock().expect("progress lock");
+            let was_marked = progress.needs_resync;
+            progress.needs_resync |= requested;
+            was_marked
+        };
+        if requested && !was_marked {
+            self.ctx.store_cursor(&self.slot);
+        }
+        was_marked || requested
     }
 
     /// Applies the next batch of records, if any, and flushes when a flush is due.
@@ -362,7 +374,19 @@ impl Worker {
                         .needs_resync = true;
                     return Ok(false);
                 }
-                Err(e) => return Err(format!("reading the journal: {e}")),
+                Err(e) => {
+                    log::error!(
+                        "mirror {}: opening the journal after seq {confirmed} failed: {}; resyncing the mirror from the backing tree",
+                        self.slot.name,
+                        error_chain(&e)
+                    );
+                    self.slot
+                        .progress
+                        .lock()
+                        .expect("progress lock")
+                        .needs_resync = true;
+                    return Ok(false);
+                }
             }
         }
         let reader = self.reader.as_mut().expect("reader set above");
@@ -439,14 +463,17 @@ impl Worker {
         let started = Instant::now();
         let result = {
             let _still = self.ctx.namespace.write().expect("namespace lock");
+            // Every change that took a ticket up to this one is in the backing tree now.
+            let ticket = self.ctx.acks.resync_requested();
             let (head, position) = self.ctx.journal.head();
             let skip = self.ctx.skip_at_root();
             let mut mirror = self.slot.mirror.lock().expect("mirror lock");
             super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip)
-                .map(|stats| (head, position, stats))
+                .map(|stats| (ticket, head, position, stats))
         };
         self.slot.progress.lock().expect("progress lock").resyncing = false;
-        let (head, position, stats) = result.map_err(|e| format!("resync: {}", error_chain(&e)))?;
+        let (ticket, head, position, stats) =
+            result.map_err(|e| format!("resync: {}", error_chain(&e)))?;
         log::info!(
             "mirror {}: resync done in {:.1?}: {} entries checked, {} files copied ({} bytes), {} removed",
             self.slot.name,
@@ -466,6 +493,7 @@ impl Worker {
             .expect("progress lock")
             .needs_resync = false;
         self.confirm(head, position);
+        self.ctx.acks.resynced(self.slot.index, ticket);
         self.ctx.store_cursor(&self.slot);
         Ok(())
     }
@@ -533,15 +561,4 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Marks every mirror for a resync, for when a change could not be journaled.
-pub fn request_resync(slots: &[Arc<MirrorSlot>], flag: &AtomicBool, ctx: &Context) {
-    if !flag.swap(false, Ordering::SeqCst) {
-        return;
-    }
-    for slot in slots {
-        slot.progress.lock().expect("progress lock").needs_resync = true;
-        ctx.store_cursor(slot);
-    }
 }

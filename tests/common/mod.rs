@@ -552,6 +552,61 @@ impl Drop for Mount<'_> {
     }
 }
 
+/// A read-only bind mount of a directory over itself. Dropping it unmounts it by path.
+pub struct ReadOnlyBind {
+    path: PathBuf,
+    is_active: bool,
+}
+
+impl ReadOnlyBind {
+    /// Binds `path` over itself and remounts the bind read-only.
+    pub fn new(path: &Path) -> ReadOnlyBind {
+        let out = run(
+            Command::new("mount").arg("--bind").arg(path).arg(path),
+            COMMAND_TIMEOUT,
+        );
+        out.assert_success("mount --bind over the mirror");
+        let mut bind = ReadOnlyBind {
+            path: path.to_path_buf(),
+            is_active: true,
+        };
+        let out = run(
+            Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(path),
+            COMMAND_TIMEOUT,
+        );
+        if !out.status.success() {
+            bind.remove();
+            panic!("remount of the mirror bind read-only failed: {out}");
+        }
+        bind
+    }
+
+    /// Unmounts the bind, asserting success.
+    pub fn remove(&mut self) {
+        let out = run(Command::new("umount").arg(&self.path), COMMAND_TIMEOUT);
+        out.assert_success("umount of the mirror bind");
+        self.is_active = false;
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        if !self.is_active {
+            return;
+        }
+        let out = run(Command::new("umount").arg(&self.path), COMMAND_TIMEOUT);
+        if !out.status.success() {
+            eprintln!("umount {:?} failed, detaching lazily: {out}", self.path);
+            let _ = run(
+                Command::new("umount").arg("-l").arg(&self.path),
+                COMMAND_TIMEOUT,
+            );
+        }
+    }
+}
+
 /// Map from a path relative to the tree root to its entry: the content's sha256 as hex for a
 /// regular file, `dir` for a directory, `symlink:TARGET` for a symlink.
 pub type TreeEntries = BTreeMap<String, String>;
@@ -781,6 +836,25 @@ impl Drop for Helper {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Appends the lines `line {from:06}` up to `line {to - 1:06}` to `path`, one write(2) per
+/// line. Creates the file if needed.
+pub fn append_lines(path: &Path, from: usize, to: usize) {
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    for i in from..to {
+        let line = format!("line {i:06}\n");
+        file.write_all(line.as_bytes()).expect("append a line");
+    }
+}
+
+/// Returns the content [`append_lines`] leaves after appending lines 0 to `to - 1`.
+pub fn expected_lines(to: usize) -> String {
+    (0..to).map(|i| format!("line {i:06}\n")).collect()
 }
 
 /// Reads a file as UTF-8, panicking with the path on failure.

@@ -1,0 +1,166 @@
+//! Journal records lost at recovery after a clean unmount. A mirror that was down keeps
+//! records unconfirmed, and then the newest segment is damaged or deleted. The next mount
+//! must resync that mirror from the backing tree instead of reporting it level.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use common::{
+    Mode, Mount, ReadOnlyBind, STATE_DIR, TestDirs, append_lines, assert_mirrors_match,
+    expected_lines,
+};
+
+/// Bytes of a segment header, before the first record frame.
+const SEGMENT_HEADER_BYTES: u64 = 44;
+
+fn journal_dir(dirs: &TestDirs) -> PathBuf {
+    dirs.backing.join(STATE_DIR).join("journal")
+}
+
+/// Returns the segment files, oldest first, with the first seq from each name.
+fn segments(dirs: &TestDirs) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = common::list_dir(&journal_dir(dirs))
+        .into_iter()
+        .filter_map(|name| {
+            let seq = name.strip_suffix(".seg")?.parse().ok()?;
+            Some((seq, journal_dir(dirs).join(name)))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Returns the confirmed seq and stream position in the cursor file of the only mirror.
+fn mirror_cursor(dirs: &TestDirs) -> (u64, u64) {
+    let cursors = dirs.backing.join(STATE_DIR).join("cursors");
+    let names = common::list_dir(&cursors);
+    assert_eq!(names.len(), 1, "cursor files: {names:?}");
+    let text = common::read_text(&cursors.join(&names[0]));
+    let cursor: serde_json::Value = serde_json::from_str(&text).expect("cursor is JSON");
+    let field = |key: &str| {
+        cursor[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("cursor field {key} in {text}"))
+    };
+    (field("seq"), field("position"))
+}
+
+/// Returns the `-o` values of an async mount with `extra` added and a drain that gives up
+/// after a second, so that an unmount with the mirror down leaves records unconfirmed.
+fn options(dirs: &TestDirs, extra: &[&str]) -> Vec<String> {
+    let mut options = dirs.options(Mode::Async);
+    options.push("drain_timeout=1s".to_string());
+    options.extend(extra.iter().map(|o| o.to_string()));
+    options
+}
+
+/// Returns `len` bytes of a pattern that differs at every offset within 251 bytes.
+fn bulk(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Writes `app.log` lines 0 to 99 and syncs, then writes with the mirror read-only:
+/// `app.log` lines 100 to 199, `outage.log`, and `bulk.bin` of `bulk_bytes` in 64 KiB
+/// writes. Unmounts at the end.
+fn write_with_mirror_down(dirs: &TestDirs, options: &[String], bulk_bytes: usize) {
+    let mount = Mount::with_options(dirs, options);
+    let app = dirs.mnt.join("app.log");
+    append_lines(&app, 0, 100);
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync before the outage");
+
+    let mut bind = ReadOnlyBind::new(&dirs.mirrors[0]);
+    append_lines(&app, 100, 200);
+    fs::write(
+        dirs.mnt.join("outage.log"),
+        b"written while the mirror was down\n",
+    )
+    .expect("write outage.log");
+    let mut file = fs::File::create(dirs.mnt.join("bulk.bin")).expect("create bulk.bin");
+    for chunk in bulk(bulk_bytes).chunks(64 << 10) {
+        file.write_all(chunk).expect("write bulk.bin");
+    }
+    drop(file);
+    mount.unmount();
+    bind.remove();
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset)
+        .unwrap_or_else(|e| panic!("read {path:?} at {offset}: {e}"));
+    byte[0] ^= 0xff;
+    file.write_all_at(&byte, offset)
+        .unwrap_or_else(|e| panic!("write {path:?} at {offset}: {e}"));
+}
+
+fn assert_recovered(dirs: &TestDirs, options: &[String], bulk_bytes: usize) {
+    let mount = Mount::with_options(dirs, options);
+    let tree = assert_mirrors_match(&mount);
+    assert_eq!(
+        tree.entries["app.log"],
+        common::sha256_hex(expected_lines(200).as_bytes())
+    );
+    assert_eq!(
+        tree.entries["bulk.bin"],
+        common::sha256_hex(&bulk(bulk_bytes))
+    );
+    assert_eq!(
+        tree.entries["outage.log"],
+        common::sha256_hex(b"written while the mirror was down\n")
+    );
+    let log = common::read_text(&mount.log_file);
+    assert_eq!(log.matches("journal recovery lost records (").count(), 1);
+}
+
+#[test]
+fn damaged_segment_after_clean_unmount() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let options = options(&dirs, &[]);
+    write_with_mirror_down(&dirs, &options, 100_000);
+
+    let (_, position) = mirror_cursor(&dirs);
+    let segments = segments(&dirs);
+    assert_eq!(segments.len(), 1, "segments: {segments:?}");
+    // A byte inside the payload of the first record the mirror lacks fails its CRC32C, so
+    // recovery cuts that record and every record after it.
+    flip_byte(&segments[0].1, SEGMENT_HEADER_BYTES + position + 30);
+
+    assert_recovered(&dirs, &options, 100_000);
+}
+
+#[test]
+fn deleted_segments_after_clean_unmount() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let options = options(&dirs, &["segment_size=1M"]);
+    // The records the mirror lacks fill several segments of 1 MiB.
+    write_with_mirror_down(&dirs, &options, 3 << 20);
+
+    let (seq, _) = mirror_cursor(&dirs);
+    let newer: Vec<_> = segments(&dirs)
+        .into_iter()
+        .filter(|(first_seq, _)| *first_seq > seq + 1)
+        .collect();
+    assert!(newer.len() >= 2, "segments after seq {seq}: {newer:?}");
+    for (_, path) in &newer {
+        fs::remove_file(path).unwrap_or_else(|e| panic!("remove {path:?}: {e}"));
+    }
+
+    assert_recovered(&dirs, &options, 3 << 20);
+}

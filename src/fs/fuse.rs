@@ -77,6 +77,31 @@ impl LogFs {
         }
     }
 
+    /// Runs a prepared job on a background thread, which replies once the job's record is
+    /// acknowledged.
+    fn reply_in_background(
+        &self,
+        op: &'static str,
+        job: Result<impl FnOnce() -> Result<Option<Seq>, Error> + Send + 'static, Error>,
+        reply: ReplyEmpty,
+    ) {
+        let job = match job {
+            Ok(job) => job,
+            Err(e) => return reply.error(errno(op, e)),
+        };
+        let acks = self.acks.clone();
+        self.background.run(Box::new(move || match job() {
+            Ok(seq) => acks.complete(
+                seq,
+                Box::new(move |result| match result {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(Errno::from_i32(e)),
+                }),
+            ),
+            Err(e) => reply.error(errno(op, e)),
+        }));
+    }
+
     /// Replies with a byte count, once the record of the write is acknowledged.
     fn reply_written(
         &self,
@@ -339,7 +364,7 @@ impl Filesystem for LogFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("fsync", LogFs::fsync(self, fh.0, datasync), reply);
+        self.reply_in_background("fsync", LogFs::fsync(self, fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -391,7 +416,7 @@ impl Filesystem for LogFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("fsyncdir", LogFs::fsyncdir(self, fh.0), reply);
+        self.reply_in_background("fsyncdir", LogFs::fsyncdir(self, fh.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -2,8 +2,10 @@
 //! journal record, and the reply waits for whatever the mode promises (see `mirror::acks`).
 //!
 //! `fuse.rs` adapts fuser callbacks, `ops.rs` does the work against the backing directory,
-//! `inodes.rs` and `handles.rs` keep the descriptors, `sys.rs` wraps the libc calls.
+//! `inodes.rs` and `handles.rs` keep the descriptors, `sys.rs` wraps the libc calls, and
+//! `background.rs` runs fsync requests off the FUSE threads.
 
+mod background;
 mod error;
 mod find;
 mod fuse;
@@ -25,6 +27,7 @@ use crate::config::STATE_DIR_NAME;
 use crate::journal::Journal;
 use crate::mirror::acks::Acks;
 
+use background::Background;
 use handles::HandleTable;
 use inodes::InodeTable;
 
@@ -35,6 +38,10 @@ const TTL: Duration = Duration::from_secs(1);
 /// Largest write request the kernel may send; the kernel caps it at its own limit
 /// (`/proc/sys/fs/fuse/max_pages_limit`, 1 MiB by default).
 pub const MAX_WRITE_BYTES: u32 = 1 << 20;
+
+/// Threads that run fsync and fsyncdir requests. Requests beyond them wait in a queue,
+/// not on a FUSE thread.
+const FSYNC_THREADS: usize = 4;
 
 /// Settings of the filesystem that come from the mount configuration.
 pub struct FsOptions {
@@ -55,6 +62,8 @@ pub struct LogFs {
     /// journal, and so does a mirror resync, which needs a backing tree that does not change.
     namespace: Arc<RwLock<()>>,
     options: FsOptions,
+    /// Threads that run fsync requests, so that FUSE threads do not wait on the disk.
+    background: Background,
     /// The daemon runs as root, so new entries must be given to the caller.
     is_root: bool,
 }
@@ -85,6 +94,7 @@ impl LogFs {
             acks,
             namespace,
             options,
+            background: Background::start(FSYNC_THREADS)?,
             // SAFETY: geteuid has no preconditions.
             is_root: unsafe { libc::geteuid() } == 0,
         })

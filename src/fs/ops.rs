@@ -4,7 +4,7 @@
 //! Nothing here replies to the kernel or waits for a mirror.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use super::handles::{DirHandle, FileHandle};
 use super::inodes::{Inode, Link, ROOT_INO};
 use super::sys::{self, DirStream};
 use super::{LogFs, MAX_WRITE_BYTES};
-use crate::journal::{Op, RelPath, Seq, Timestamp};
+use crate::journal::{Journal, Op, RelPath, Seq, Timestamp};
 
 /// The process a request comes from.
 #[derive(Clone, Copy, Debug)]
@@ -690,42 +690,41 @@ impl LogFs {
         data_only: bool,
         seq: Option<Seq>,
     ) -> Result<(), Error> {
-        sys::fsync(handle.fd(), data_only).map_err(backing("fsync"))?;
-        if let Some(seq) = seq {
-            self.journal.sync_to(seq).map_err(|source| Error::Journal {
-                op: "fsync",
-                source,
-            })?;
-        }
-        Ok(())
+        sync_file_and_journal(&self.journal, handle.fd(), data_only, seq, "fsync")
     }
 
-    /// Makes the file's data durable locally; returns the journal head, which sync mode
-    /// also waits for on the mirrors.
-    pub fn fsync(&self, fh: u64, data_only: bool) -> Result<Option<Seq>, Error> {
+    /// Prepares an fsync: returns a job that makes the file's data durable locally and
+    /// returns the journal head, which sync mode also waits for on the mirrors. The job may
+    /// run on another thread.
+    pub fn fsync(
+        &self,
+        fh: u64,
+        data_only: bool,
+    ) -> Result<impl FnOnce() -> Result<Option<Seq>, Error> + Send + 'static, Error> {
         let handle = self.file_handle(fh)?;
-        let head = self.journal.head().0;
-        self.make_durable(&handle, data_only, Some(head).filter(|s| s.0 > 0))?;
-        Ok(Some(head).filter(|s| s.0 > 0))
+        let journal = self.journal.clone();
+        let head = Some(journal.head().0).filter(|s| s.0 > 0);
+        Ok(move || {
+            sync_file_and_journal(&journal, handle.fd(), data_only, head, "fsync")?;
+            Ok(head)
+        })
     }
 
-    pub fn fsyncdir(&self, fh: u64) -> Result<Option<Seq>, Error> {
+    /// Prepares an fsync of a directory, as [`LogFs::fsync`] does for a file.
+    pub fn fsyncdir(
+        &self,
+        fh: u64,
+    ) -> Result<impl FnOnce() -> Result<Option<Seq>, Error> + Send + 'static, Error> {
         let dir = self.handles.dir(fh).ok_or(Error::UnknownHandle(fh))?;
         let inode = self.inode(dir.ino)?;
         let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(backing("fsyncdir"))?;
-        sys::fsync(fd.as_fd(), false).map_err(backing("fsyncdir"))?;
-        let head = self.journal.head().0;
-        if head.0 > 0 {
-            self.journal
-                .sync_to(head)
-                .map_err(|source| Error::Journal {
-                    op: "fsyncdir",
-                    source,
-                })?;
-            return Ok(Some(head));
-        }
-        Ok(None)
+        let journal = self.journal.clone();
+        let head = Some(journal.head().0).filter(|s| s.0 > 0);
+        Ok(move || {
+            sync_file_and_journal(&journal, fd.as_fd(), false, head, "fsyncdir")?;
+            Ok(head)
+        })
     }
 
     pub fn release(&self, fh: u64) {
@@ -875,4 +874,21 @@ impl LogFs {
         });
         self.journal_data_change("removexattr", &inode, op)
     }
+}
+
+/// Makes a backing file (or directory) and the journal up to `seq` durable.
+fn sync_file_and_journal(
+    journal: &Journal,
+    fd: BorrowedFd<'_>,
+    data_only: bool,
+    seq: Option<Seq>,
+    op: &'static str,
+) -> Result<(), Error> {
+    sys::fsync(fd, data_only).map_err(backing(op))?;
+    if let Some(seq) = seq {
+        journal
+            .sync_to(seq)
+            .map_err(|source| Error::Journal { op, source })?;
+    }
+    Ok(())
 }

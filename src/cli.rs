@@ -45,7 +45,7 @@ file, and mirrors given with -o replace the file's list):
                               makes them durable and confirms them (default 500ms, up to 1m)
   segment_size=SIZE           journal segment size (default 64M, 1M to 1G)
   log_file=/path              daemon log in the background (default STATE/daemon.log)
-  threads=N                   FUSE request threads (default 4, 1 to 64)
+  threads=N                   FUSE request threads (default: CPUs, 2 to 8; at most 64)
 S3 credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role), never from options.
 Mount flags nosuid, nodev, noexec, ro and fstab/systemd options (_netdev, nofail, x-*) are

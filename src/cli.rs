@@ -342,11 +342,8 @@ fn run_restore(
 ) -> anyhow::Result<ExitCode> {
     let spec = config::MirrorSpec::parse(mirror)?;
     let s3 = config::build_s3_options(options)?;
-    let mut progress = Progress::new(std::io::stderr().is_terminal());
-    let restored = restore::run(&spec, &s3, dir, point, force, &mut |stats| {
-        progress.show(stats)
-    });
-    progress.finish();
+    let mut progress = TerminalProgress::new(std::io::stderr().is_terminal());
+    let restored = restore::run(&spec, &s3, dir, point, force, &mut progress);
     let summary = restored.with_context(|| format!("restore {mirror} into {dir:?}"))?;
 
     let replay = summary.replay;
@@ -377,31 +374,23 @@ fn run_restore(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A one-line progress display of a restore on stderr, redrawn at most every 100 ms.
-struct Progress {
+/// A one-line progress display of a restore on stderr, redrawn at most every 100 ms, and
+/// only when stderr is a terminal.
+struct TerminalProgress {
     is_terminal: bool,
     last_shown: Option<Instant>,
-    shown: bool,
 }
 
-impl Progress {
-    fn new(is_terminal: bool) -> Progress {
-        Progress {
+impl TerminalProgress {
+    fn new(is_terminal: bool) -> TerminalProgress {
+        TerminalProgress {
             is_terminal,
             last_shown: None,
-            shown: false,
         }
     }
 
-    fn show(&mut self, stats: &ReplayStats) {
-        let due = self
-            .last_shown
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
-        if !self.is_terminal || !due {
-            return;
-        }
+    fn draw(&mut self, stats: &ReplayStats) {
         self.last_shown = Some(Instant::now());
-        self.shown = true;
         let mut stderr = std::io::stderr().lock();
         let _ = write!(
             stderr,
@@ -413,10 +402,22 @@ impl Progress {
         );
         let _ = stderr.flush();
     }
+}
 
-    /// Ends the progress line so that what follows starts on a line of its own.
-    fn finish(&self) {
-        if self.shown {
+impl restore::Progress for TerminalProgress {
+    fn update(&mut self, stats: &ReplayStats) {
+        let due = self
+            .last_shown
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+        if self.is_terminal && due {
+            self.draw(stats);
+        }
+    }
+
+    /// Draws the final counts and ends the line, so that what follows starts on its own.
+    fn finish(&mut self, stats: &ReplayStats) {
+        if self.is_terminal && self.last_shown.is_some() {
+            self.draw(stats);
             eprintln!();
         }
     }

@@ -646,10 +646,7 @@ fn open_mirrors(
             progress: Mutex::new(progress),
         });
         if let Some(folder) = folder {
-            folds.push(FoldTask {
-                slot: slot.clone(),
-                folder,
-            });
+            folds.push(FoldTask::new(slot.clone(), folder));
         }
         slots.push(slot);
     }

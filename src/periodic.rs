@@ -16,6 +16,9 @@ use crate::verify;
 /// the history kept stays below twice the retention.
 const MAX_FOLD_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// How often a fold that keeps failing is logged again at warn.
+const FOLD_WARNING_INTERVAL: Duration = Duration::from_secs(600);
+
 /// How long a periodic verify waits for mirrors to confirm the writes made before it, as
 /// `logmirror verify` does by default.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -40,8 +43,20 @@ impl Schedule {
 
 /// An S3 mirror's folder and the slot whose progress shows its results.
 pub struct FoldTask {
-    pub slot: Arc<MirrorSlot>,
-    pub folder: Folder,
+    slot: Arc<MirrorSlot>,
+    folder: Folder,
+    /// When a failed fold was last logged at warn.
+    last_warning: Option<Instant>,
+}
+
+impl FoldTask {
+    pub fn new(slot: Arc<MirrorSlot>, folder: Folder) -> FoldTask {
+        FoldTask {
+            slot,
+            folder,
+            last_warning: None,
+        }
+    }
 }
 
 /// Starts the thread that runs the periodic duties until the daemon stops. Returns `None`
@@ -124,11 +139,23 @@ fn fold(task: &mut FoldTask, retention: Duration, interval: Duration) {
         Ok(None) => last.error = None,
         Err(e) => {
             let message = error_chain(&e);
-            log::warn!(
-                "mirror {}: fold of the history older than {retention:?} failed: {message}; \
-                 next attempt in {interval:?}",
-                task.folder.name()
-            );
+            let due = task
+                .last_warning
+                .is_none_or(|t| t.elapsed() >= FOLD_WARNING_INTERVAL);
+            let first = last.error.is_none();
+            if first || due {
+                log::warn!(
+                    "mirror {}: fold of the history older than {retention:?} failed: \
+                     {message}; retrying every {interval:?}",
+                    task.folder.name()
+                );
+                task.last_warning = Some(Instant::now());
+            } else {
+                log::debug!(
+                    "mirror {}: fold failed again: {message}",
+                    task.folder.name()
+                );
+            }
             last.error = Some(message);
         }
     }

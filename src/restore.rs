@@ -121,6 +121,15 @@ impl PointInTime {
     }
 }
 
+/// Receives the counts of a restore as it goes, for a progress display.
+pub trait Progress {
+    /// Called after each snapshot part or journal object was applied.
+    fn update(&mut self, stats: &ReplayStats);
+
+    /// Called once when the replay ended, before anything else is logged or printed.
+    fn finish(&mut self, stats: &ReplayStats);
+}
+
 /// Counts of what a restore applied and of what the directory contains afterwards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -132,15 +141,14 @@ pub struct Summary {
 }
 
 /// Rebuilds the tree of the mirror `spec` as of `point` in `dir`, which is created if
-/// missing and must be empty unless `force` is set. `progress` is called after each object
-/// downloaded and applied.
+/// missing and must be empty unless `force` is set.
 pub fn run(
     spec: &MirrorSpec,
     options: &S3Options,
     dir: &Path,
     point: PointInTime,
     force: bool,
-    progress: &mut dyn FnMut(&ReplayStats),
+    progress: &mut dyn Progress,
 ) -> Result<Summary, Error> {
     let MirrorSpec::S3 { bucket, prefix } = spec else {
         return Err(Error::NotS3 { name: spec.name() });
@@ -150,7 +158,16 @@ pub fn run(
 
     let mut replay = ReplayStats::default();
     let target = point.target();
-    let restored = s3::restore(bucket, prefix, options, dir, target, &mut replay, progress);
+    let restored = s3::restore(
+        bucket,
+        prefix,
+        options,
+        dir,
+        target,
+        &mut replay,
+        &mut |stats| progress.update(stats),
+    );
+    progress.finish(&replay);
     let applied = replay.records + replay.snapshot_frames;
     let end = match restored {
         Ok(end) => end,

@@ -1,8 +1,8 @@
-//! Periodic duties of the daemon, on a thread of their own: every `verify_interval` the same
-//! check as `logmirror verify` (with `repair=true` it schedules resyncs of mirrors that
-//! differ), and for S3 mirrors with `retention=` a fold of the history older than the
+//! Periodic duties of the daemon, on a thread of their own. Every `verify_interval` it runs
+//! the same check as `logmirror verify`, and with `repair=true` it schedules a resync of each
+//! mirror that differs. For S3 mirrors with `retention=` it folds the history older than the
 //! retention into a snapshot. Results go to each mirror's progress for `status`. Nothing
-//! here touches the journal or holds a writer.
+//! here touches the journal or makes a writer wait.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,7 +13,7 @@ use crate::mirror::worker::{Context, LastFold, MirrorSlot, VerifyTrigger, error_
 use crate::verify;
 
 /// Longest time between two fold attempts. A shorter retention folds that often, so that
-/// the history kept stays below twice the retention.
+/// the history kept exceeds the retention by at most one interval.
 const MAX_FOLD_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How often a fold that keeps failing is logged again at warn.
@@ -100,6 +100,7 @@ fn run(ctx: &Context, slots: &[Arc<MirrorSlot>], mut folds: Vec<FoldTask>, sched
         if let (Some(due), Some(interval)) = (next_verify, verify_interval)
             && now >= due
         {
+            // NOTE: for an S3 mirror this downloads its whole history every interval.
             verify::run(
                 ctx,
                 slots,

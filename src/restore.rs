@@ -96,7 +96,7 @@ pub enum Error {
 pub enum PointInTime {
     /// The newest record in the mirror.
     Latest,
-    /// Right after the record with this seq (the first one, if the history holds several
+    /// Right after the record with this seq (the first one, if the history contains several
     /// journals).
     Seq(Seq),
     /// The newest state committed at or before this time, in ns since the Unix epoch.

@@ -1,8 +1,8 @@
-//! `logmirror restore` of an S3 mirror on a real single-node Garage on loopback: the tree
+//! `logmirror restore` of an S3 mirror on a real single-node Garage on loopback. The tree
 //! as of an earlier seq or time must equal a listing of the backing tree taken at that
-//! point; a non-empty directory is rejected unless `--force`; and with `retention=` the
-//! daemon folds old journal objects into a snapshot, after which restore, verify and a
-//! remount still give the backing tree and points before the fold fail with the earliest
+//! point, and a non-empty directory is rejected unless `--force`. With `retention=` the
+//! daemon folds old journal objects into a snapshot. Restore, verify and a remount must
+//! then still give the backing tree, and points before the fold fail with the earliest
 //! point that can be restored.
 
 mod common;

@@ -1,6 +1,6 @@
-//! The daemon's own verify every `verify_interval`: a byte changed by hand in a directory
+//! The daemon's own verify every `verify_interval`. A byte changed by hand in a directory
 //! mirror must show up in `status` (text and JSON) and in the daemon log at error level with
-//! mirror and path, and with `repair=true` the mirror must become equal to the backing tree
+//! mirror and path. With `repair=true` the mirror must become equal to the backing tree
 //! again without any command.
 
 mod common;

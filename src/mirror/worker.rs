@@ -60,7 +60,7 @@ pub struct Progress {
     pub last_fold: Option<LastFold>,
 }
 
-/// What started a verify.
+/// Source of a verify: the command or the daemon's schedule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VerifyTrigger {

@@ -2,10 +2,11 @@
 //! older than the retention are replaced by a snapshot of the tree they build, so that a
 //! replay no longer downloads years of records.
 //!
-//! A fold replays the newest snapshot and the old objects into a private directory, stores
-//! that tree as a new snapshot (`snapshot.rs`), reads every part back and checks it, stores
-//! the index, reads it back, and only then removes the objects and the older snapshot. It
-//! never writes a journal object, so it runs beside the mirror's worker on its own thread.
+//! A fold replays the newest snapshot and the old objects into a private directory and
+//! stores that tree as a new snapshot (`snapshot.rs`). It reads every part back and checks
+//! it, stores the index and reads it back. Only then does it remove the objects and the
+//! older snapshot. It never writes a journal object, so it runs beside the mirror's worker
+//! on its own thread.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::DirBuilderExt;
@@ -26,7 +27,7 @@ use super::snapshot::{self, PartEntry, SnapshotIndex, SnapshotKey};
 use super::store::Store;
 use super::{MAX_OBJECT_BYTES, connect, remove_scratch, s3_name};
 
-/// What one fold did.
+/// Counts from one fold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FoldStats {
     /// Number of the new snapshot: the newest journal object it covers.
@@ -91,6 +92,7 @@ impl Folder {
             return Ok(None);
         }
 
+        // NOTE: every fold uploads the whole tree again, however few objects it folds.
         let replayed = self.replay_old(&history, cutoff_ns);
         let built = replayed.and_then(|stats| {
             self.remove_unfinished(&history)?;
@@ -242,6 +244,8 @@ impl Folder {
         let mut parts = Vec::new();
         let mut pending = PendingObject::default();
         let empty = Manifest::default();
+        // NOTE: these are a resync's ops, so a snapshot keeps no timestamps or extended
+        // attributes, and a restore across a fold loses them.
         for op in manifest::repair_ops(&self.scratch, tree, &empty)? {
             if pending.len_bytes() >= MAX_OBJECT_BYTES {
                 parts.push(self.store_part(number, parts.len(), &mut pending)?);

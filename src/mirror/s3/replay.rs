@@ -38,7 +38,7 @@ impl History {
     }
 }
 
-/// Where a replay ends.
+/// Point at which a replay stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayTarget {
     /// Apply the whole history.
@@ -53,7 +53,7 @@ pub enum ReplayTarget {
     ObjectsBefore(u64),
 }
 
-/// How a replay ended.
+/// Outcome of a replay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayEnd {
     /// The history was applied to its end.
@@ -104,6 +104,9 @@ pub struct ReplayStats {
 /// Any other key below the journal or snapshot prefix is an error, because it may be an
 /// object this version cannot read. Parts without an index are the remains of an
 /// interrupted fold and are left out.
+///
+/// NOTE: a fold in another process may remove listed objects before they are downloaded.
+/// The replay then fails with NoSuchKey, and a new listing starts from the new snapshot.
 pub fn list_history(store: &Store, prefix: &str, name: &str) -> Result<History, Error> {
     let objects = list_objects(store, prefix, name)?;
     let snapshot_keys = list_snapshot_keys(store, prefix, name)?;
@@ -303,7 +306,7 @@ enum Verdict {
 /// Decides, frame by frame, where a replay stops.
 struct Cut {
     until: ReplayTarget,
-    /// The target seq was applied; nothing after it may be.
+    /// The target seq was applied, so nothing after it may be.
     reached: bool,
     /// The previous frame applied was an op of a resync, so the next one of the same
     /// resync goes in too.
@@ -350,6 +353,8 @@ impl Cut {
             ReplayTarget::Time(ns) => {
                 (is_resync_op && self.in_resync) || record.committed_at_ns <= ns
             }
+            // NOTE: seqs start again in a new journal, so the first journal whose records
+            // reach the target seq decides where the replay stops.
             ReplayTarget::Seq(seq) if is_resync_op || record.seq <= seq => true,
             ReplayTarget::Seq(_) if self.has_applied => {
                 return Verdict::Stop(ReplayEnd::SeqMissing {
@@ -566,7 +571,7 @@ mod tests {
     use super::*;
     use crate::journal::{Op, RelPath};
 
-    /// A frame with `seq` (0 for an op of a resync) committed at `at_ns`.
+    /// Returns a frame with `seq` (0 for an op of a resync) committed at `at_ns`.
     fn frame(seq: u64, at_ns: u64) -> Record {
         Record {
             seq: Seq(seq),

@@ -11,10 +11,10 @@
 //! PREFIX/.logmirror/snapshot/00000000000000000042.lmi            index
 //! ```
 //!
-//! A part has exactly the layout of a journal object (`object.rs`): the header's
-//! `journal_id` field contains the snapshot number K, `number` the part number, and every
+//! A part has exactly the layout of a journal object (`object.rs`). The header's
+//! `journal_id` field contains the snapshot number K and `number` the part number. Every
 //! frame has seq 0 and carries an op (mkdir, create, write, symlink, link, mknod, set mode)
-//! that recreates part of the tree. Parts are applied in order.
+//! that recreates part of the tree, and parts are applied in order.
 //!
 //! ```text
 //! index (72 bytes, then 16 per part, then 4)
@@ -91,7 +91,7 @@ pub fn part_key(prefix: &str, number: u64, part: u32) -> String {
     )
 }
 
-/// What a key below [`snapshot_prefix`] names.
+/// Kind of object that a key below [`snapshot_prefix`] names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotKey {
     Index { number: u64 },

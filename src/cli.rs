@@ -73,10 +73,10 @@ are replayed, and nothing is written outside DIR. A damaged or missing object st
 restore with its key; DIR then contains the tree as of the object before it.
 
 --seq N stops right after record N. --at TIME gives the newest state committed at or before
-TIME; the ops of one resync go in whole or not at all. Seqs start again at 1 when a host
-starts a new journal (after losing its state directory); --seq then picks the first record
-with that seq, and --at picks among journals. A point before the newest snapshot fails with
-the earliest point that can be restored.
+TIME, and the ops of one resync go in whole or not at all. Seqs start again at 1 when a
+host starts a new journal (after losing its state directory), so --seq then picks the first
+record with that seq; use --at for a point in a later journal. A point before the newest
+snapshot fails with the earliest point that can be restored.
 
 On a terminal, progress goes to stderr. The last line on stdout is the summary: files, bytes,
 the last seq applied and its commit time.

@@ -1,14 +1,17 @@
 //! Command-line interface: `mount`, `status`, `sync`, `verify` and `restore`, each turned into
 //! a call of the library and an exit code.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use logmirror::control::{self, Request, Response};
+use logmirror::journal::Seq;
+use logmirror::mirror::s3::ReplayStats;
 use logmirror::{config, daemon, restore, status};
 
 /// Exit code when the checked condition failed: sync timed out, verify found differences,
@@ -46,10 +49,17 @@ file, and mirrors given with -o replace the file's list):
   segment_size=SIZE           journal segment size (default 64M, 1M to 1G)
   log_file=/path              daemon log in the background (default STATE/daemon.log)
   threads=N                   FUSE request threads (default: CPUs, 2 to 8; at most 64)
+  retention=DURATION          S3: fold journal objects whose records are older than this
+                              into a snapshot and remove them (default: keep everything;
+                              at least 1s, as in 30d or 12h)
+  verify_interval=DURATION    compare every mirror with the backing tree this often, as
+                              `logmirror verify` does (default 1h; 0 turns it off)
+  repair=true|false           resync a mirror that the periodic verify finds different
+                              (default false)
 S3 credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role), never from options.
 Mount flags nosuid, nodev, noexec, ro and fstab/systemd options (_netdev, nofail, x-*) are
-accepted. SIZE takes K, M, G, T suffixes (powers of 1024); DURATION takes ms, s, m, h
+accepted. SIZE takes K, M, G, T suffixes (powers of 1024); DURATION takes ms, s, m, h, d
 (a bare number is seconds). A backslash keeps a comma inside a value: mirror=dir:/a\\,b.
 
 Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.";
@@ -59,13 +69,22 @@ Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false, as
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
 a profile in ~/.aws, or an instance role).
 
-Every journal object is checked (the store's CRC32C, its header, each record's CRC32C and
-path) before its records are replayed, and nothing is written outside DIR. A damaged or
-missing object stops the restore with its key; DIR then contains the tree as of the object
-before it.
+The mirror's newest snapshot (with retention=) and every journal object after it are
+checked (the store's CRC32C, the header, each record's CRC32C and path) before their records
+are replayed, and nothing is written outside DIR. A damaged or missing object stops the
+restore with its key; DIR then contains the tree as of the object before it.
 
-Exit codes: 0 restored, 1 the restore failed or stopped, 2 invalid arguments or DIR not
-empty.";
+--seq N stops right after record N. --at TIME gives the newest state committed at or before
+TIME, and the ops of one resync go in whole or not at all. Seqs start again at 1 when a
+host starts a new journal (after losing its state directory), so --seq then picks the first
+record with that seq; use --at for a point in a later journal. A point before the newest
+snapshot fails with the earliest point that can be restored.
+
+On a terminal, progress goes to stderr. The last line on stdout is the summary: files, bytes,
+the last seq applied and its commit time.
+
+Exit codes: 0 restored, 1 the restore failed or stopped, or the point is not in the history,
+2 invalid arguments or DIR not empty.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -145,6 +164,13 @@ compared, 3 no daemon serves MOUNTPOINT."
         /// Replay into a directory that is not empty.
         #[arg(long)]
         force: bool,
+        /// Restore the tree as of this time: RFC 3339 with an offset, as in
+        /// 2026-12-04T10:00:00Z, or seconds since the Unix epoch.
+        #[arg(long, value_name = "TIME", value_parser = restore::parse_time, conflicts_with = "seq")]
+        at: Option<u64>,
+        /// Restore the tree as of right after the record with this seq.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        seq: Option<u64>,
     },
 }
 
@@ -173,7 +199,16 @@ pub fn run(cli: Cli) -> ExitCode {
             dir,
             options,
             force,
-        } => run_restore(&mirror, &dir, &options, force),
+            at,
+            seq,
+        } => {
+            let point = match (at, seq) {
+                (Some(ns), _) => restore::PointInTime::Time(ns),
+                (None, Some(seq)) => restore::PointInTime::Seq(Seq(seq)),
+                (None, None) => restore::PointInTime::Latest,
+            };
+            run_restore(&mirror, &dir, &options, point, force)
+        }
     };
     match result {
         Ok(code) => code,
@@ -304,23 +339,88 @@ fn run_restore(
     mirror: &str,
     dir: &PathBuf,
     options: &[String],
+    point: restore::PointInTime,
     force: bool,
 ) -> anyhow::Result<ExitCode> {
     let spec = config::MirrorSpec::parse(mirror)?;
     let s3 = config::build_s3_options(options)?;
-    let summary = restore::run(&spec, &s3, dir, force)
-        .with_context(|| format!("restore {mirror} into {dir:?}"))?;
+    let mut progress = TerminalProgress::new(std::io::stderr().is_terminal());
+    let restored = restore::run(&spec, &s3, dir, point, force, &mut progress);
+    let summary = restored.with_context(|| format!("restore {mirror} into {dir:?}"))?;
+
     let replay = summary.replay;
+    let snapshot = match replay.snapshot {
+        Some(number) => format!(
+            "snapshot of objects 1 to {number} ({} ops), ",
+            replay.snapshot_frames
+        ),
+        None => String::new(),
+    };
     println!(
-        "restored {} into {}: journal objects: {}, records: {}, repeated records left out: {}, \
-         last seq: {}",
+        "restored {} into {}: {snapshot}journal objects: {}, records: {}, repeated records left \
+         out: {}",
         spec.name(),
         dir.display(),
         replay.objects,
         replay.records,
-        replay.repeated_records,
-        replay.last_seq
+        replay.repeated_records
     );
-    println!("files: {}, bytes: {}", summary.files, summary.bytes);
+    let last = match replay.last_seq {
+        Seq(0) => "last seq: none".to_string(),
+        seq => format!(
+            "last seq: {seq}, committed at {}",
+            restore::format_time(replay.last_seq_at_ns)
+        ),
+    };
+    println!("files: {}, bytes: {}, {last}", summary.files, summary.bytes);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A one-line progress display of a restore on stderr, redrawn at most every 100 ms, and
+/// only when stderr is a terminal.
+struct TerminalProgress {
+    is_terminal: bool,
+    last_shown: Option<Instant>,
+}
+
+impl TerminalProgress {
+    fn new(is_terminal: bool) -> TerminalProgress {
+        TerminalProgress {
+            is_terminal,
+            last_shown: None,
+        }
+    }
+
+    fn draw(&mut self, stats: &ReplayStats) {
+        self.last_shown = Some(Instant::now());
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(
+            stderr,
+            "\r\x1b[Krestoring: snapshot ops {}, journal objects {}, records {}, downloaded {}",
+            stats.snapshot_frames,
+            stats.objects,
+            stats.records,
+            status::human_bytes(stats.bytes_downloaded)
+        );
+        let _ = stderr.flush();
+    }
+}
+
+impl restore::Progress for TerminalProgress {
+    fn update(&mut self, stats: &ReplayStats) {
+        let due = self
+            .last_shown
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+        if self.is_terminal && due {
+            self.draw(stats);
+        }
+    }
+
+    /// Draws the final counts and ends the line, so that what follows starts on its own.
+    fn finish(&mut self, stats: &ReplayStats) {
+        if self.is_terminal && self.last_shown.is_some() {
+            self.draw(stats);
+            eprintln!();
+        }
+    }
 }

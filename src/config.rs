@@ -15,7 +15,7 @@ pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
-         threads, endpoint, region, path_style"
+         threads, endpoint, region, path_style, retention, verify_interval, repair"
     )]
     UnknownKey { key: String },
     #[error(
@@ -334,6 +334,16 @@ pub struct MountConfig {
     pub threads: usize,
     /// Mount options handed to the kernel as they are (`nosuid`, `nodev`, `noexec`, `ro`).
     pub kernel_options: Vec<String>,
+    /// `retention=DURATION`: journal objects of S3 mirrors whose records are older than this
+    /// are folded into a snapshot and removed. Default: none, the history is kept whole.
+    /// At least 1 s; only with an S3 mirror.
+    pub retention: Option<Duration>,
+    /// `verify_interval=DURATION`: how often the daemon compares every mirror with the
+    /// backing tree, as `logmirror verify` does. Default 1 h; zero turns it off.
+    pub verify_interval: Duration,
+    /// `repair=true|false`: schedule a resync of each mirror that a periodic verify finds
+    /// different, as `logmirror verify --repair` does. Default false.
+    pub repair: bool,
 }
 
 impl MountConfig {
@@ -372,6 +382,9 @@ struct FileOptions {
     endpoint: Option<String>,
     region: Option<String>,
     path_style: Option<FlagOrText>,
+    retention: Option<NumberOrText>,
+    verify_interval: Option<NumberOrText>,
+    repair: Option<FlagOrText>,
 }
 
 /// A value a config file may give as a boolean or as text (`path_style = true` or
@@ -534,6 +547,15 @@ impl RawOptions {
         if let Some(v) = file.path_style {
             push("path_style", v.into_text());
         }
+        if let Some(v) = file.retention {
+            push("retention", v.into_text());
+        }
+        if let Some(v) = file.verify_interval {
+            push("verify_interval", v.into_text());
+        }
+        if let Some(v) = file.repair {
+            push("repair", v.into_text());
+        }
         Ok(())
     }
 }
@@ -615,6 +637,9 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         log_file: None,
         threads: default_threads(),
         kernel_options: Vec::new(),
+        retention: None,
+        verify_interval: Duration::from_secs(3600),
+        repair: false,
     };
     for flag in raw.flags {
         if KERNEL_FLAGS.contains(&flag.as_str()) {
@@ -666,6 +691,9 @@ fn is_known_key(key: &str) -> bool {
             | "endpoint"
             | "region"
             | "path_style"
+            | "retention"
+            | "verify_interval"
+            | "repair"
     )
 }
 
@@ -746,6 +774,30 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 .ok_or_else(|| invalid("expected a duration up to 1m, as in 500ms or 2s"))?
         }
         "log_file" => config.log_file = Some(absolute_path(key, value)?),
+        "retention" => {
+            config.retention = Some(
+                parse_duration(value)
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        invalid(
+                            "expected a duration of at least 1s, as in 30d, 12h or 90m; \
+                             leave retention unset to keep the whole history",
+                        )
+                    })?,
+            )
+        }
+        "verify_interval" => {
+            config.verify_interval = parse_duration(value).ok_or_else(|| {
+                invalid("expected a duration, as in 1h, 30m or 90s, or 0 to turn it off")
+            })?
+        }
+        "repair" => {
+            config.repair = match value {
+                "true" => true,
+                "false" => false,
+                _ => return Err(invalid("expected true or false")),
+            }
+        }
         "endpoint" | "region" | "path_style" => {
             config.s3.apply(key, value)?;
         }
@@ -799,6 +851,20 @@ fn check(config: &MountConfig) -> Result<(), Error> {
                 .into(),
         ));
     }
+    if config.retention.is_some() && !config.mirrors.iter().any(MirrorSpec::is_s3) {
+        return Err(Error::Conflict(
+            "retention applies to s3:// mirrors, and no mirror is one; a directory mirror \
+             keeps no history to fold. Remove retention or add an s3://BUCKET/PREFIX mirror"
+                .into(),
+        ));
+    }
+    if config.repair && config.verify_interval.is_zero() {
+        return Err(Error::Conflict(
+            "repair=true acts on the periodic verify, which verify_interval=0 turns off; \
+             set verify_interval above zero or remove repair"
+                .into(),
+        ));
+    }
     if let Ack::Count(n) = config.ack
         && n > config.mirrors.len()
     {
@@ -839,8 +905,8 @@ pub fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(1u64 << shift)
 }
 
-/// Parses a duration: a number with an optional `ms`, `s`, `m` or `h` suffix; a bare number
-/// is seconds.
+/// Parses a duration: a number with an optional `ms`, `s`, `m`, `h` or `d` suffix; a bare
+/// number is seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let digits_end = text
@@ -853,6 +919,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "" | "s" => Some(Duration::from_secs(number)),
         "m" => number.checked_mul(60).map(Duration::from_secs),
         "h" => number.checked_mul(3600).map(Duration::from_secs),
+        "d" => number.checked_mul(86_400).map(Duration::from_secs),
         _ => None,
     }
 }
@@ -933,7 +1000,77 @@ mod tests {
         assert_eq!(parse_size("1.5G"), None);
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_duration("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
         assert_eq!(parse_duration("ten"), None);
+    }
+
+    #[test]
+    fn retention_and_verify_keys() {
+        let config = build_args(&["mirror=dir:/a"]).unwrap();
+        assert_eq!(config.retention, None);
+        assert_eq!(config.verify_interval, Duration::from_secs(3600));
+        assert!(!config.repair);
+
+        let config = build_args(&[
+            "mirror=s3://logs/h,retention=30d,verify_interval=0",
+            "mirror=dir:/a",
+        ])
+        .unwrap();
+        assert_eq!(config.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.verify_interval, Duration::ZERO);
+
+        let config =
+            build_args(&["mirror=s3://logs/h,retention=12h,verify_interval=90s,repair=true"])
+                .unwrap();
+        assert_eq!(config.retention, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(config.verify_interval, Duration::from_secs(90));
+        assert!(config.repair);
+    }
+
+    #[test]
+    fn retention_errors_name_the_value() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["mirror=s3://logs/h,retention=0"], "\"0\" for retention"),
+            (&["mirror=s3://logs/h,retention=500ms"], "at least 1s"),
+            (&["mirror=s3://logs/h,retention=1y"], "\"1y\" for retention"),
+            (
+                &["mirror=s3://logs/h,retention"],
+                "\"retention\" needs a value",
+            ),
+            (
+                &["mirror=dir:/a,retention=30d"],
+                "retention applies to s3:// mirrors",
+            ),
+            (&["mirror=dir:/a,verify_interval=soon"], "\"soon\""),
+            (&["mirror=dir:/a,repair=yes"], "\"yes\" for repair"),
+            (
+                &["mirror=dir:/a,repair=true,verify_interval=0"],
+                "verify_interval=0 turns off",
+            ),
+        ];
+        for (options, needle) in cases {
+            let message = build_args(options).unwrap_err().to_string();
+            assert!(message.contains(needle), "{options:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn config_file_retention_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "mirror = \"s3://logs/web1\"\nretention = \"7d\"\nverify_interval = 600\n\
+             repair = true\n",
+        )
+        .unwrap();
+        let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap();
+        assert_eq!(config.retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(config.verify_interval, Duration::from_secs(600));
+        assert!(config.repair);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mirror::worker::{Context, MirrorSlot};
+use crate::mirror::worker::{Context, MirrorSlot, VerifyTrigger};
 use crate::status::{self, MountInfo, Status};
 use crate::verify::{self, VerifyReport};
 
@@ -171,6 +171,7 @@ impl Server {
                 &self.slots,
                 Duration::from_millis(timeout_ms),
                 repair,
+                VerifyTrigger::Command,
             )),
         }
     }

@@ -21,8 +21,9 @@ use crate::mirror::Mirror;
 use crate::mirror::acks::{AckPolicy, Acks};
 use crate::mirror::cursor;
 use crate::mirror::dir::DirMirror;
-use crate::mirror::s3::S3Mirror;
+use crate::mirror::s3::{Folder, S3Mirror};
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
+use crate::periodic::{self, FoldTask, Schedule};
 use crate::status::MountInfo;
 
 /// Magic number of FUSE in `statfs(2)`'s f_type.
@@ -483,7 +484,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     let _ = std::fs::remove_file(&clean_marker);
     let records_lost = lost_at_recovery(&journal, &recovery, clean_head);
 
-    let slots = open_mirrors(&config, &journal, was_clean, records_lost)?;
+    let (slots, folds) = open_mirrors(&config, &journal, was_clean, records_lost)?;
     let confirmed = slots.iter().map(|s| s.progress().confirmed).collect();
     let acks = Arc::new(Acks::new(
         AckPolicy {
@@ -515,6 +516,13 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         .map_err(|e| Error::Startup(format!("cannot start mirror workers: {e}")))?;
 
     spawn_housekeeping(ctx.clone());
+    let schedule = Schedule {
+        verify_interval: config.verify_interval,
+        repair: config.repair,
+        retention: config.retention,
+    };
+    periodic::spawn(ctx.clone(), slots.clone(), folds, schedule)
+        .map_err(|e| Error::Startup(format!("cannot start the periodic verify thread: {e}")))?;
 
     let info = MountInfo {
         mountpoint: config.mountpoint.display().to_string(),
@@ -524,6 +532,9 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
             Mode::Sync => "sync".into(),
             Mode::Async => "async".into(),
         },
+        verify_interval_secs: config.verify_interval.as_secs(),
+        repair: config.repair,
+        retention_secs: config.retention.map(|r| r.as_secs()),
     };
     let (listener, link) = control::Server::bind(&config.state_dir, &config.mountpoint)
         .map_err(io_error("create the control socket in", &config.state_dir))?;
@@ -641,17 +652,19 @@ fn lost_at_recovery(
     lost
 }
 
-/// Opens each mirror and its cursor, deciding which mirrors must be resynced.
+/// Opens each mirror and its cursor, deciding which mirrors must be resynced. Returns the
+/// slots and, with `retention=`, a fold task per S3 mirror.
 fn open_mirrors(
     config: &MountConfig,
     journal: &Journal,
     was_clean: bool,
     records_lost: bool,
-) -> Result<Vec<Arc<MirrorSlot>>, Error> {
+) -> Result<(Vec<Arc<MirrorSlot>>, Vec<FoldTask>), Error> {
     let mut slots = Vec::new();
+    let mut folds = Vec::new();
     for (index, spec) in config.mirrors.iter().enumerate() {
         let name = spec.name();
-        let mirror =
+        let (mirror, folder) =
             open_mirror(config, spec, index, journal.id()).map_err(|source| Error::Mirror {
                 name: name.clone(),
                 source,
@@ -684,32 +697,44 @@ fn open_mirrors(
             progress.needs_resync = true;
             progress.confirmed = (Seq(0), Position(0));
         }
-        slots.push(Arc::new(MirrorSlot {
+        let slot = Arc::new(MirrorSlot {
             index,
             name,
             mirror: Mutex::new(mirror),
             progress: Mutex::new(progress),
-        }));
+        });
+        if let Some(folder) = folder {
+            folds.push(FoldTask::new(slot.clone(), folder));
+        }
+        slots.push(slot);
     }
-    Ok(slots)
+    Ok((slots, folds))
 }
 
+/// Opens one mirror and, for an S3 mirror with `retention=`, the folder of its history.
 fn open_mirror(
     config: &MountConfig,
     spec: &MirrorSpec,
     index: usize,
     journal_id: u64,
-) -> Result<Box<dyn Mirror>, crate::mirror::Error> {
+) -> Result<(Box<dyn Mirror>, Option<Folder>), crate::mirror::Error> {
     match spec {
-        MirrorSpec::Dir(dir) => Ok(Box::new(DirMirror::open(dir)?)),
+        MirrorSpec::Dir(dir) => Ok((Box::new(DirMirror::open(dir)?), None)),
         MirrorSpec::S3 { bucket, prefix } => {
-            let scratch = config
-                .state_dir
-                .join("replay")
-                .join(format!("mirror-{index}"));
-            Ok(Box::new(S3Mirror::open(
-                bucket, prefix, &config.s3, journal_id, &scratch,
-            )?))
+            let replay_dir = config.state_dir.join("replay");
+            let scratch = replay_dir.join(format!("mirror-{index}"));
+            let mirror = S3Mirror::open(bucket, prefix, &config.s3, journal_id, &scratch)?;
+            let folder = match config.retention {
+                Some(_) => Some(Folder::new(
+                    bucket,
+                    prefix,
+                    &config.s3,
+                    &replay_dir.join(format!("fold-{index}")),
+                    mirror.history_lock(),
+                )?),
+                None => None,
+            };
+            Ok((Box::new(mirror), folder))
         }
     }
 }

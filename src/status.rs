@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mirror::worker::{Context, LastVerify, MirrorSlot};
+use crate::mirror::worker::{Context, LastFold, LastVerify, MirrorSlot, VerifyTrigger, now_ns};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -20,6 +20,12 @@ pub struct Status {
     pub head_seq: u64,
     pub journal_first_seq: u64,
     pub journal_bytes: u64,
+    /// Seconds between two periodic verifies; 0 when they are off.
+    pub verify_interval_secs: u64,
+    /// A periodic verify that finds differences schedules a resync.
+    pub repair: bool,
+    /// Seconds after which S3 history is folded into a snapshot; `None` keeps it whole.
+    pub retention_secs: Option<u64>,
     pub mirrors: Vec<MirrorStatus>,
 }
 
@@ -40,8 +46,11 @@ pub struct MirrorStatus {
     pub last_error_at_ns: Option<u64>,
     pub failed_attempts: u64,
     pub resync_pending: bool,
-    /// Outcome of the latest `logmirror verify`, if one ran since the mount.
+    /// Outcome of the latest verify (`logmirror verify` or periodic), if one ran since the
+    /// mount.
     pub last_verify: Option<LastVerify>,
+    /// Folds of the history since the mount, for an S3 mirror with `retention=`.
+    pub last_fold: Option<LastFold>,
 }
 
 /// Paths and mode shown in status, fixed at mount time.
@@ -50,6 +59,9 @@ pub struct MountInfo {
     pub backing: String,
     pub state_dir: String,
     pub mode: String,
+    pub verify_interval_secs: u64,
+    pub repair: bool,
+    pub retention_secs: Option<u64>,
 }
 
 /// Builds the status from the live state.
@@ -76,6 +88,7 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
                 failed_attempts: progress.failed_attempts,
                 resync_pending: progress.needs_resync,
                 last_verify: progress.last_verify,
+                last_fold: progress.last_fold,
             }
         })
         .collect();
@@ -89,6 +102,9 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
         head_seq: head.0,
         journal_first_seq: ctx.journal.first_seq().0,
         journal_bytes: ctx.journal.size_bytes(),
+        verify_interval_secs: info.verify_interval_secs,
+        repair: info.repair,
+        retention_secs: info.retention_secs,
         mirrors,
     }
 }
@@ -122,6 +138,7 @@ pub fn render(status: &Status) -> String {
         status.journal_first_seq,
         human_bytes(status.journal_bytes)
     );
+    let _ = writeln!(out, "verify:  {}", render_schedule(status));
     for m in &status.mirrors {
         let _ = writeln!(
             out,
@@ -148,27 +165,86 @@ pub fn render(status: &Status) -> String {
             }
         }
         if let Some(verify) = &m.last_verify {
-            let ago = seconds_since(verify.at_ns);
-            match &verify.error {
-                Some(error) => {
-                    let _ = writeln!(out, "  last verify ({ago} s ago) failed: {error}");
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "  last verify ({ago} s ago): differences: {}",
-                        verify.differences
-                    );
-                }
-            }
+            let _ = writeln!(out, "  {}", render_verify(verify));
+        }
+        if let Some(fold) = &m.last_fold {
+            let _ = writeln!(out, "  {}", render_fold(fold));
         }
     }
     out
 }
 
+fn render_schedule(status: &Status) -> String {
+    let mut text = match status.verify_interval_secs {
+        0 => "periodic verify off".to_string(),
+        secs => format!(
+            "every {}, repair {}",
+            human_duration(secs),
+            if status.repair { "on" } else { "off" }
+        ),
+    };
+    if let Some(secs) = status.retention_secs {
+        let _ = write!(
+            text,
+            "; S3 history older than {} is folded into a snapshot",
+            human_duration(secs)
+        );
+    }
+    text
+}
+
+fn render_verify(verify: &LastVerify) -> String {
+    let ago = seconds_since(verify.at_ns);
+    let kind = match verify.trigger {
+        VerifyTrigger::Command => "last verify",
+        VerifyTrigger::Periodic => "last verify (periodic)",
+    };
+    let outcome = match &verify.error {
+        Some(error) => format!("failed: {error}"),
+        None => format!("differences: {}", verify.differences),
+    };
+    let repair = if verify.resync_scheduled {
+        ", resync scheduled"
+    } else {
+        ""
+    };
+    format!("{kind} {ago} s ago: {outcome}{repair}")
+}
+
+fn render_fold(fold: &LastFold) -> String {
+    let mut text = match fold.snapshot {
+        0 => "no snapshot stored since the mount".to_string(),
+        number => format!(
+            "snapshot of journal objects 1 to {number} stored {} s ago, {} objects removed \
+             since the mount",
+            seconds_since(fold.stored_at_ns),
+            fold.objects_removed
+        ),
+    };
+    if let Some(error) = &fold.error {
+        let _ = write!(
+            text,
+            "; last fold {} s ago failed: {error}",
+            seconds_since(fold.attempted_at_ns)
+        );
+    }
+    text
+}
+
 /// Returns the whole seconds from `at_ns` (nanoseconds since the Unix epoch) to now.
 fn seconds_since(at_ns: u64) -> u64 {
-    crate::mirror::worker::now_ns().saturating_sub(at_ns) / 1_000_000_000
+    now_ns().saturating_sub(at_ns) / 1_000_000_000
+}
+
+/// Formats whole seconds with the largest unit that divides them: 30d, 12h, 90m, 45s.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        0 => "0s".to_string(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Formats a byte count with a binary unit.

@@ -2,7 +2,8 @@
 //! CRC32C of content) after the mirrors confirmed everything committed before the call.
 //!
 //! A difference seen while writes continue may only be a change in flight, so a difference
-//! is reported only if it is still there after a second sync and a second comparison.
+//! is reported only if it is still there after a second sync and a second comparison. Runs
+//! for `logmirror verify` and, every `verify_interval`, on the daemon's own schedule.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -13,7 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::STATE_DIR_NAME;
 use crate::mirror::manifest;
-use crate::mirror::worker::{Context, LastVerify, MirrorSlot, error_chain};
+use crate::mirror::worker::{Context, LastVerify, MirrorSlot, VerifyTrigger, error_chain};
+
+/// Differences logged per mirror and verify; the rest are counted in one more line.
+const MAX_LOGGED_DIFFERENCES: usize = 100;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -43,12 +47,14 @@ impl VerifyReport {
 }
 
 /// Compares every mirror with the backing tree; with `repair`, schedules a resync of each
-/// mirror that differs. The result is also kept in the mirror's progress for status.
+/// mirror that differs. The result is also kept in the mirror's progress for status, and
+/// each difference is logged at error level.
 pub fn run(
     ctx: &Context,
     slots: &[Arc<MirrorSlot>],
     timeout: Duration,
     repair: bool,
+    trigger: VerifyTrigger,
 ) -> VerifyReport {
     let deadline = Instant::now() + timeout;
     let skip: Vec<&OsStr> = if ctx.skip_state_dir {
@@ -87,37 +93,57 @@ pub fn run(
         };
         {
             let mut progress = slot.progress.lock().expect("progress lock");
-            progress.last_verify = Some(LastVerify {
-                at_ns: crate::mirror::worker::now_ns(),
-                differences: mirror_report.differences.len() as u64,
-                error: mirror_report.error.clone(),
-            });
             if repair && !mirror_report.differences.is_empty() {
                 progress.needs_resync = true;
                 mirror_report.resync_scheduled = true;
             }
+            progress.last_verify = Some(LastVerify {
+                at_ns: crate::mirror::worker::now_ns(),
+                trigger,
+                differences: mirror_report.differences.len() as u64,
+                error: mirror_report.error.clone(),
+                resync_scheduled: mirror_report.resync_scheduled,
+            });
         }
-        if let Some(first) = mirror_report.differences.first() {
-            log::error!(
-                "verify mirror {}: {} differences from the backing tree, first: {first}",
-                mirror_report.name,
-                mirror_report.differences.len()
-            );
-        }
-        log::info!(
-            "verify mirror {}: entries: {}, differences: {}{}",
-            mirror_report.name,
-            mirror_report.entries,
-            mirror_report.differences.len(),
-            mirror_report
-                .error
-                .as_ref()
-                .map(|e| format!(", failed: {e}"))
-                .unwrap_or_default()
-        );
+        log_report(&mirror_report, trigger);
         report.mirrors.push(mirror_report);
     }
     report
+}
+
+/// Logs each difference at error level, naming the mirror and the path, then the summary.
+fn log_report(report: &MirrorReport, trigger: VerifyTrigger) {
+    let kind = match trigger {
+        VerifyTrigger::Command => "verify",
+        VerifyTrigger::Periodic => "periodic verify",
+    };
+    let name = &report.name;
+    for line in report.differences.iter().take(MAX_LOGGED_DIFFERENCES) {
+        log::error!("{kind} mirror {name}: {line}");
+    }
+    let unlogged = report
+        .differences
+        .len()
+        .saturating_sub(MAX_LOGGED_DIFFERENCES);
+    if unlogged > 0 {
+        log::error!(
+            "{kind} mirror {name}: {unlogged} more differences not logged; `logmirror verify` \
+             lists them all"
+        );
+    }
+    if report.resync_scheduled {
+        log::warn!("{kind} mirror {name}: resync from the backing tree scheduled to repair it");
+    }
+    log::info!(
+        "{kind} mirror {name}: entries: {}, differences: {}{}",
+        report.entries,
+        report.differences.len(),
+        report
+            .error
+            .as_ref()
+            .map(|e| format!(", failed: {e}"))
+            .unwrap_or_default()
+    );
 }
 
 fn compare(

@@ -5,16 +5,21 @@
 //! confirmed record is in the store. Keys and byte layout are in `s3/object.rs`; requests
 //! and retries in `s3/store.rs`.
 //!
-//! To list the tree (verify, resync) or to rebuild it (`logmirror restore`), the objects
-//! are downloaded in order, checked, and replayed through a [`DirMirror`] into a directory.
+//! To list the tree (verify, resync) or to rebuild it (`logmirror restore`), the newest
+//! snapshot and the objects after it are downloaded in order, checked, and replayed through
+//! a [`DirMirror`] into a directory (`s3/replay.rs`). With `retention=`, old objects are
+//! folded into a snapshot (`s3/fold.rs`, layout in `s3/snapshot.rs`).
 
+mod fold;
 mod object;
+mod replay;
+mod snapshot;
 mod store;
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use log::{debug, info, warn};
@@ -26,7 +31,10 @@ use super::dir::DirMirror;
 use super::manifest::{self, Manifest};
 use super::{Error, Mirror};
 
+pub use fold::{FoldStats, Folder};
 pub use object::{journal_prefix, object_key, parse_object_key};
+pub use replay::{ReplayEnd, ReplayStats, ReplayTarget};
+pub use snapshot::{index_key, part_key, snapshot_prefix};
 pub use store::{StoreError, checksum_header};
 
 use object::PendingObject;
@@ -49,6 +57,9 @@ pub struct S3Mirror {
     /// Directory for replaying the objects when a manifest is needed. It is emptied before
     /// and removed after each use.
     scratch: PathBuf,
+    /// Held while a replay for a manifest runs and while a fold removes objects, so that a
+    /// fold never removes an object that the replay listed and has yet to download.
+    history_lock: Arc<Mutex<()>>,
 }
 
 impl S3Mirror {
@@ -66,11 +77,18 @@ impl S3Mirror {
     ) -> Result<S3Mirror, Error> {
         let name = s3_name(bucket, prefix);
         let store = connect(&name, bucket, options)?;
-        let objects = list_objects(&store, prefix, &name)?;
-        let next_number = objects.last().map_or(1, |(number, _)| number + 1);
+        let objects = replay::list_objects(&store, prefix, &name)?;
+        // A fold may have removed every object it covered, so the snapshots count too: a
+        // new object must never take a number that a snapshot already covers.
+        let snapshots = replay::list_snapshot_keys(&store, prefix, &name)?;
+        let newest_object = objects.last().map_or(0, |(number, _)| *number);
+        let newest_snapshot = snapshots.iter().map(|(k, _)| k.number()).max();
+        let next_number = newest_object.max(newest_snapshot.unwrap_or(0)) + 1;
         info!(
-            "mirror {name}: {} journal objects in the bucket; the next one is number {next_number}",
-            objects.len()
+            "mirror {name}: {} journal objects in the bucket, newest snapshot {}; the next \
+             object is number {next_number}",
+            objects.len(),
+            newest_snapshot.map_or("none".to_string(), |n| n.to_string())
         );
         Ok(S3Mirror {
             name,
@@ -80,7 +98,13 @@ impl S3Mirror {
             next_number,
             pending: PendingObject::default(),
             scratch: scratch.to_path_buf(),
+            history_lock: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// Returns the lock that a [`Folder`] of this mirror must share with it.
+    pub fn history_lock(&self) -> Arc<Mutex<()>> {
+        self.history_lock.clone()
     }
 
     fn push(&mut self, record: &Record) -> Result<(), Error> {
@@ -165,23 +189,30 @@ impl Mirror for S3Mirror {
         self.upload()
     }
 
-    /// Stores what is pending, then replays every journal object into the scratch directory
-    /// and lists it.
+    /// Stores what is pending, then replays the history into the scratch directory and
+    /// lists it.
     fn manifest(&mut self) -> Result<Manifest, Error> {
         self.flush()?;
         let started = Instant::now();
         let mut target = self.fresh_scratch()?;
         let mut stats = ReplayStats::default();
-        let replayed = replay(
-            &self.store,
-            &self.prefix,
-            &self.name,
-            &mut target,
-            &mut stats,
-        );
+        let replayed = {
+            let _history = self.history_lock.lock().unwrap_or_else(|e| e.into_inner());
+            replay::list_history(&self.store, &self.prefix, &self.name).and_then(|history| {
+                replay::replay(
+                    &self.store,
+                    &self.name,
+                    &history,
+                    &mut target,
+                    ReplayTarget::End,
+                    &mut stats,
+                    &mut |_| {},
+                )
+            })
+        };
         drop(target);
         let skip = [OsStr::new(STATE_DIR_NAME)];
-        let result = replayed.and_then(|()| {
+        let result = replayed.and_then(|_| {
             manifest::scan_tree(&self.scratch, &skip).map_err(|e| Error::Setup {
                 mirror: self.name.clone(),
                 reason: format!("cannot list the replayed tree in {:?}: {e}", self.scratch),
@@ -205,38 +236,28 @@ impl Mirror for S3Mirror {
     }
 }
 
-/// Counts from replaying a mirror's journal objects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReplayStats {
-    /// Objects downloaded, checked and applied.
-    pub objects: u64,
-    /// Records applied.
-    pub records: u64,
-    /// Records left out because an earlier object already carried their seq (a flush that
-    /// was stored although its response was lost, and then sent again).
-    pub repeated_records: u64,
-    /// Newest journal seq applied; 0 when only resync ops were.
-    pub last_seq: Seq,
-    pub bytes_downloaded: u64,
-}
-
-/// Rebuilds the tree of the S3 mirror at `bucket`/`prefix` in the existing directory `dir`,
-/// by replaying its journal objects in order through a [`DirMirror`], then syncs it.
+/// Rebuilds the tree of the S3 mirror at `bucket`/`prefix` in the existing directory `dir`
+/// as of `until`, by replaying its history through a [`DirMirror`], then syncs it.
 ///
-/// `stats` counts what was applied, also when an object fails its checks and the replay
-/// stops there. `dir` then contains the tree as of the last record applied.
+/// `stats` counts what was applied, and `progress` is called after each object, also when
+/// an object fails its checks and the replay stops there. `dir` then contains the tree as of
+/// the last frame applied.
 pub fn restore(
     bucket: &str,
     prefix: &str,
     options: &S3Options,
     dir: &Path,
+    until: ReplayTarget,
     stats: &mut ReplayStats,
-) -> Result<(), Error> {
+    progress: &mut dyn FnMut(&ReplayStats),
+) -> Result<ReplayEnd, Error> {
     let name = s3_name(bucket, prefix);
     let store = connect(&name, bucket, options)?;
+    let history = replay::list_history(&store, prefix, &name)?;
     let mut target = DirMirror::open(dir)?;
-    replay(&store, prefix, &name, &mut target, stats)?;
-    target.flush()
+    let end = replay::replay(&store, &name, &history, &mut target, until, stats, progress)?;
+    target.flush()?;
+    Ok(end)
 }
 
 fn s3_name(bucket: &str, prefix: &str) -> String {
@@ -254,119 +275,6 @@ fn connect(name: &str, bucket: &str, options: &S3Options) -> Result<Store, Error
         key: bucket.to_string(),
         source: Box::new(source),
     })
-}
-
-/// Lists the journal objects as (number, key), in number order. Any other key below the
-/// journal prefix is an error, because it may be an object this version cannot read.
-fn list_objects(store: &Store, prefix: &str, name: &str) -> Result<Vec<(u64, String)>, Error> {
-    let listed_prefix = journal_prefix(prefix);
-    let keys = store.list(&listed_prefix).map_err(|source| Error::Store {
-        mirror: name.to_string(),
-        action: "listing of",
-        key: listed_prefix.clone(),
-        source: Box::new(source),
-    })?;
-    let mut objects = Vec::with_capacity(keys.len());
-    for key in keys {
-        let Some(number) = parse_object_key(prefix, &key) else {
-            return Err(Error::CorruptObject {
-                mirror: name.to_string(),
-                key,
-                offset: 0,
-                reason: "the key is not a journal object's (NUMBER.lmj with 20 digits); \
-                         move it out of the journal prefix"
-                    .into(),
-            });
-        };
-        objects.push((number, key));
-    }
-    objects.sort();
-    Ok(objects)
-}
-
-/// Downloads, checks and applies every journal object in number order.
-fn replay(
-    store: &Store,
-    prefix: &str,
-    name: &str,
-    target: &mut DirMirror,
-    stats: &mut ReplayStats,
-) -> Result<(), Error> {
-    let objects = list_objects(store, prefix, name)?;
-    // Newest seq applied per journal, to leave out records an earlier object carried.
-    let mut newest: HashMap<u64, Seq> = HashMap::new();
-    for (expected, (number, key)) in (1..).zip(&objects) {
-        if *number != expected {
-            return Err(Error::CorruptObject {
-                mirror: name.to_string(),
-                key: key.clone(),
-                offset: 0,
-                reason: format!(
-                    "journal object number {expected} is missing before it; the objects \
-                     after the gap cannot be replayed"
-                ),
-            });
-        }
-        let decoded = fetch_object(store, name, key, *number, stats)?;
-        let journal_newest = newest.entry(decoded.header.journal_id).or_default();
-        for (index, record) in decoded.records.into_iter().enumerate() {
-            if record.seq != Seq(0) {
-                if record.seq <= *journal_newest {
-                    stats.repeated_records += 1;
-                    continue;
-                }
-                *journal_newest = record.seq;
-                stats.last_seq = record.seq;
-            }
-            target.apply(&record.op).map_err(|source| Error::Replay {
-                mirror: name.to_string(),
-                key: key.clone(),
-                index,
-                seq: record.seq,
-                source: Box::new(source),
-            })?;
-            stats.records += 1;
-        }
-        stats.objects += 1;
-    }
-    Ok(())
-}
-
-/// Downloads one journal object and checks it whole before any of it is applied.
-fn fetch_object(
-    store: &Store,
-    name: &str,
-    key: &str,
-    number: u64,
-    stats: &mut ReplayStats,
-) -> Result<object::DecodedObject, Error> {
-    let corrupt = |offset: u64, reason: String| Error::CorruptObject {
-        mirror: name.to_string(),
-        key: key.to_string(),
-        offset,
-        reason,
-    };
-    let fetched = store.get(key).map_err(|source| Error::Store {
-        mirror: name.to_string(),
-        action: "download of",
-        key: key.to_string(),
-        source: Box::new(source),
-    })?;
-    stats.bytes_downloaded += fetched.bytes.len() as u64;
-    if let Some(stored) = &fetched.crc32c {
-        let computed = checksum_header(&fetched.bytes);
-        if *stored != computed {
-            return Err(corrupt(
-                0,
-                format!(
-                    "the store's CRC32C {stored} does not match the downloaded bytes \
-                     ({computed})"
-                ),
-            ));
-        }
-    }
-    object::decode_object(&fetched.bytes, number)
-        .map_err(|fault| corrupt(fault.offset, fault.error.to_string()))
 }
 
 /// Removes a scratch directory and everything in it; a missing one is fine.

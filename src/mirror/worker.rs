@@ -57,6 +57,19 @@ pub struct Progress {
     pub needs_resync: bool,
     pub resyncing: bool,
     pub last_verify: Option<LastVerify>,
+    /// Folds of an S3 mirror's history since the mount; `None` without `retention=`.
+    pub last_fold: Option<LastFold>,
+}
+
+/// Source of a verify: the command or the daemon's schedule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyTrigger {
+    /// `logmirror verify`.
+    #[default]
+    Command,
+    /// The daemon's own verify every `verify_interval`.
+    Periodic,
 }
 
 /// Outcome of the latest verify of a mirror.
@@ -64,9 +77,29 @@ pub struct Progress {
 pub struct LastVerify {
     /// Wall-clock time of the verify, in nanoseconds since the Unix epoch.
     pub at_ns: u64,
+    #[serde(default)]
+    pub trigger: VerifyTrigger,
     pub differences: u64,
     /// Reason the comparison failed, if it did.
     pub error: Option<String>,
+    /// A resync from the backing tree was scheduled because of the differences.
+    #[serde(default)]
+    pub resync_scheduled: bool,
+}
+
+/// Folds of an S3 mirror's history older than `retention` since the mount.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastFold {
+    /// Wall-clock time the latest fold started, in nanoseconds since the Unix epoch.
+    pub attempted_at_ns: u64,
+    /// Reason the latest fold failed, if it did.
+    pub error: Option<String>,
+    /// Number of the newest snapshot stored since the mount; 0 when none was.
+    pub snapshot: u64,
+    /// Wall-clock time that snapshot was stored, in nanoseconds since the Unix epoch.
+    pub stored_at_ns: u64,
+    /// Journal objects removed from the bucket since the mount.
+    pub objects_removed: u64,
 }
 
 /// One mirror and its progress.

@@ -262,6 +262,16 @@ impl Store {
         }
     }
 
+    /// Removes the object at `key`. Removing a key that does not exist succeeds, as S3's
+    /// DeleteObject does.
+    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.retrying("removal", key, || {
+            let request = self.client.delete_object().bucket(&self.bucket).key(key);
+            async move { request.send().await.map_err(store_error) }
+        })?;
+        Ok(())
+    }
+
     /// Decides whether an existing object at `key` is the one `put_new` meant to store.
     fn check_existing(
         &self,

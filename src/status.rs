@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mirror::s3::StoreReport;
 use crate::mirror::worker::{Context, LastVerify, MirrorSlot};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,6 +38,10 @@ pub struct MirrorStatus {
     pub resync_pending: bool,
     /// Outcome of the latest `logmirror verify`, if one ran since the mount.
     pub last_verify: Option<LastVerify>,
+    /// Findings of an S3 mirror's probe at mount: endpoint, conditional writes, checksums,
+    /// lease. Absent for other mirrors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreReport>,
 }
 
 /// Paths and mode shown in status, fixed at mount time.
@@ -70,6 +75,7 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
                 failed_attempts: progress.failed_attempts,
                 resync_pending: progress.needs_resync,
                 last_verify: progress.last_verify,
+                store: slot.store.clone(),
             }
         })
         .collect();
@@ -127,6 +133,20 @@ pub fn render(status: &Status) -> String {
             human_bytes(m.lag_bytes),
             m.lag_seconds
         );
+        if let Some(store) = &m.store {
+            let _ = writeln!(
+                out,
+                "  store: endpoint {}, conditional_writes: {}, checksums: {}",
+                store.endpoint,
+                if store.conditional_writes {
+                    "yes"
+                } else {
+                    "no"
+                },
+                store.checksums
+            );
+            let _ = writeln!(out, "  lease {}: {}", store.lease_key, store.protection);
+        }
         if m.resync_pending {
             let _ = writeln!(out, "  resync from the backing tree pending");
         }

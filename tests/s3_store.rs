@@ -534,6 +534,8 @@ fn s3_https_with_ca_file() {
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
     assert!(out.stderr.contains("invalid peer certificate"), "{out}");
     assert!(out.stderr.contains("UnknownIssuer"), "{out}");
+    // A rejected certificate is not retried.
+    assert!(!out.stderr.contains("attempts"), "{out}");
     assert!(out.stderr.contains(&https), "{out}");
     assert_eq!(proxy.served.load(Ordering::SeqCst), 0);
     assert_eq!(journal_keys(&garage), Vec::<String>::new());

@@ -121,22 +121,12 @@ where
 }
 
 /// Returns true when a TLS certificate check failed somewhere in the error's sources.
+///
+/// The connector layers between the SDK and rustls box their causes, so rustls's error
+/// cannot be reached by downcasting. Its message is matched instead: rustls 0.23 prints
+/// `Error::InvalidCertificate` as "invalid peer certificate: REASON".
 fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(cause) = source {
-        // An io::Error hides the error it wraps from `source()`, so it is unwrapped by hand.
-        let wrapped = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        for candidate in [Some(cause), wrapped].into_iter().flatten() {
-            if let Some(rustls::Error::InvalidCertificate(_)) = candidate.downcast_ref() {
-                return true;
-            }
-        }
-        source = cause.source();
-    }
-    false
+    error_chain(err).contains("invalid peer certificate")
 }
 
 /// Returns true for a response that a later attempt may turn into a success: a server
@@ -664,6 +654,19 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    #[test]
+    fn certificate_errors_found_in_chain() {
+        let rejected = std::io::Error::other(Wrapper(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        )));
+        assert!(is_certificate_error(&rejected));
+        let refused = std::io::Error::other(Wrapper(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        )));
+        assert!(!is_certificate_error(&refused));
     }
 
     #[test]

@@ -31,6 +31,12 @@ file, and mirrors given with -o replace the file's list):
                               AWS_ENDPOINT_URL, else AWS's endpoint for the region)
   region=NAME                 S3 region (default AWS_REGION or the AWS profile's region)
   path_style=true|false       bucket in the URL path (default true when an endpoint is given)
+  ca_file=/path               PEM file of the CAs an https endpoint must chain to, in place of
+                              the system's root certificates
+  allow_http=true|false       accept plain http to a host that is not loopback (default false)
+  takeover=true|false         take the lease of each S3 prefix even when another daemon owns
+                              it, after that daemon's host crashed or was replaced
+                              (default false)
   mode=sync|async             sync: a write returns after the mirrors confirmed it;
                               async: after the local commit (default async)
   ack=all|N                   mirrors that must confirm a sync-mode write (default all)
@@ -65,7 +71,8 @@ accepted. SIZE takes K, M, G, T suffixes (powers of 1024); DURATION takes ms, s,
 Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.";
 
 const RESTORE_HELP: &str = "\
-Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false, as for mount.
+Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false,
+ca_file=/path, allow_http=true|false, as for mount.
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
 a profile in ~/.aws, or an instance role).
 
@@ -158,7 +165,8 @@ compared, 3 no daemon serves MOUNTPOINT."
         mirror: String,
         /// Directory to fill; created if missing. It must be empty unless --force is given.
         dir: PathBuf,
-        /// Options as key=value[,key=value...]: endpoint, region, path_style.
+        /// Options as key=value[,key=value...]: endpoint, region, path_style, ca_file,
+        /// allow_http.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Replay into a directory that is not empty.

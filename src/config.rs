@@ -15,7 +15,8 @@ pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
-         threads, endpoint, region, path_style, retention, verify_interval, repair"
+         threads, endpoint, region, path_style, ca_file, allow_http, takeover, retention, \
+         verify_interval, repair"
     )]
     UnknownKey { key: String },
     #[error(
@@ -41,6 +42,12 @@ pub enum Error {
     },
     #[error("invalid config file {path:?}: {message}")]
     ParseFile { path: PathBuf, message: String },
+    #[error(
+        "endpoint {endpoint} uses plain http to a host that is not loopback, so requests and \
+         their data would cross the network unencrypted; use an https:// endpoint, or set \
+         allow_http=true to accept plain http"
+    )]
+    PlainHttp { endpoint: String },
     #[error("{0}")]
     Conflict(String),
 }
@@ -179,6 +186,13 @@ pub struct S3Options {
     /// `path_style=true|false`: put the bucket in the URL path instead of the host name.
     /// Default: true when an endpoint is given (option or `AWS_ENDPOINT_URL`), else false.
     pub path_style: Option<bool>,
+    /// `ca_file=/path`: PEM file with the certificate authorities that an https endpoint's
+    /// certificate must chain to. They replace the system's root certificates. Default: none,
+    /// so the system's root certificates apply.
+    pub ca_file: Option<PathBuf>,
+    /// `allow_http=true|false`: accept a plain `http://` endpoint on a host other than
+    /// loopback (127.0.0.0/8, ::1, localhost). Default false.
+    pub allow_http: bool,
 }
 
 impl S3Options {
@@ -187,8 +201,8 @@ impl S3Options {
         self == &S3Options::default()
     }
 
-    /// Applies one `endpoint`, `region` or `path_style` option. Returns false for any other
-    /// key.
+    /// Applies one `endpoint`, `region`, `path_style`, `ca_file` or `allow_http` option.
+    /// Returns false for any other key.
     pub fn apply(&mut self, key: &str, value: &str) -> Result<bool, Error> {
         let invalid = |expected: &str| Error::InvalidValue {
             key: key.to_string(),
@@ -211,16 +225,71 @@ impl S3Options {
                 }
                 self.region = Some(value.to_string());
             }
-            "path_style" => {
-                self.path_style = Some(match value {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(invalid("expected true or false")),
-                })
-            }
+            "path_style" => self.path_style = Some(parse_flag(key, value)?),
+            "ca_file" => self.ca_file = Some(absolute_path(key, value)?),
+            "allow_http" => self.allow_http = parse_flag(key, value)?,
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// Checks that the endpoint option, if any, may be used: https, or plain http to a
+    /// loopback host or with `allow_http=true`. Makes no connection.
+    pub fn check_transport(&self) -> Result<(), Error> {
+        match &self.endpoint {
+            Some(endpoint) => check_endpoint_transport(endpoint, self.allow_http),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks that requests to `endpoint` are encrypted, go to the local host, or that plain
+/// http was allowed with `allow_http=true`.
+pub fn check_endpoint_transport(endpoint: &str, allow_http: bool) -> Result<(), Error> {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Ok(());
+    };
+    if allow_http || is_loopback_host(url_host(rest)) {
+        return Ok(());
+    }
+    Err(Error::PlainHttp {
+        endpoint: endpoint.to_string(),
+    })
+}
+
+/// Returns the host of a URL without its scheme: the text before the port, path or query,
+/// without the brackets of an IPv6 address.
+fn url_host(rest: &str) -> &str {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        return bracketed.split(']').next().unwrap_or("");
+    }
+    authority.split(':').next().unwrap_or("")
+}
+
+/// Returns true for `localhost` and for addresses in 127.0.0.0/8 or `::1`.
+fn is_loopback_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+fn parse_flag(key: &str, value: &str) -> Result<bool, Error> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Error::InvalidValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: "expected true or false".to_string(),
+        }),
     }
 }
 
@@ -344,6 +413,9 @@ pub struct MountConfig {
     /// `repair=true|false`: schedule a resync of each mirror that a periodic verify finds
     /// different, as `logmirror verify --repair` does. Default false.
     pub repair: bool,
+    /// `takeover=true|false`: take the lease of every S3 mirror's prefix even when another
+    /// daemon holds it, for a host that crashed or was replaced. Default false.
+    pub takeover: bool,
 }
 
 impl MountConfig {
@@ -385,6 +457,9 @@ struct FileOptions {
     retention: Option<NumberOrText>,
     verify_interval: Option<NumberOrText>,
     repair: Option<FlagOrText>,
+    ca_file: Option<PathBuf>,
+    allow_http: Option<FlagOrText>,
+    takeover: Option<FlagOrText>,
 }
 
 /// A value a config file may give as a boolean or as text (`path_style = true` or
@@ -556,6 +631,15 @@ impl RawOptions {
         if let Some(v) = file.repair {
             push("repair", v.into_text());
         }
+        if let Some(v) = file.ca_file {
+            push("ca_file", v.to_string_lossy().into_owned());
+        }
+        if let Some(v) = file.allow_http {
+            push("allow_http", v.into_text());
+        }
+        if let Some(v) = file.takeover {
+            push("takeover", v.into_text());
+        }
         Ok(())
     }
 }
@@ -589,8 +673,11 @@ pub fn build(
     resolve(backing, mountpoint, raw)
 }
 
+/// Keys of [`S3Options`], as listed in messages.
+const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http";
+
 /// Builds the S3 connection settings of a command that reads a mirror without mounting
-/// (`restore`), from `-o` option strings that may set only endpoint, region and path_style.
+/// (`restore`), from `-o` option strings that may set only the keys of [`S3Options`].
 pub fn build_s3_options(option_strings: &[String]) -> Result<S3Options, Error> {
     let mut raw = RawOptions::default();
     for text in option_strings {
@@ -599,7 +686,7 @@ pub fn build_s3_options(option_strings: &[String]) -> Result<S3Options, Error> {
     if let Some(flag) = raw.flags.into_iter().next() {
         return Err(Error::NotValidHere {
             key: flag,
-            valid: "endpoint, region, path_style",
+            valid: S3_KEYS,
         });
     }
     let mut options = S3Options::default();
@@ -612,9 +699,10 @@ pub fn build_s3_options(option_strings: &[String]) -> Result<S3Options, Error> {
         }
         return Err(Error::NotValidHere {
             key,
-            valid: "endpoint, region, path_style",
+            valid: S3_KEYS,
         });
     }
+    options.check_transport()?;
     Ok(options)
 }
 
@@ -640,6 +728,7 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         retention: None,
         verify_interval: Duration::from_secs(3600),
         repair: false,
+        takeover: false,
     };
     for flag in raw.flags {
         if KERNEL_FLAGS.contains(&flag.as_str()) {
@@ -694,6 +783,9 @@ fn is_known_key(key: &str) -> bool {
             | "retention"
             | "verify_interval"
             | "repair"
+            | "ca_file"
+            | "allow_http"
+            | "takeover"
     )
 }
 
@@ -798,9 +890,10 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 _ => return Err(invalid("expected true or false")),
             }
         }
-        "endpoint" | "region" | "path_style" => {
+        "endpoint" | "region" | "path_style" | "ca_file" | "allow_http" => {
             config.s3.apply(key, value)?;
         }
+        "takeover" => config.takeover = parse_flag(key, value)?,
         _ if is_credential_key(key) => {
             return Err(Error::Credential {
                 key: key.to_string(),
@@ -844,12 +937,12 @@ fn check(config: &MountConfig) -> Result<(), Error> {
             "no mirror given; add at least one, as in -o mirror=dir:/mnt/copy".into(),
         ));
     }
-    if !config.s3.is_empty() && !config.mirrors.iter().any(MirrorSpec::is_s3) {
-        return Err(Error::Conflict(
-            "endpoint, region and path_style apply to s3:// mirrors, and no mirror is one; \
-             remove them or add an s3://BUCKET/PREFIX mirror"
-                .into(),
-        ));
+    let has_s3 = config.mirrors.iter().any(MirrorSpec::is_s3);
+    if (!config.s3.is_empty() || config.takeover) && !has_s3 {
+        return Err(Error::Conflict(format!(
+            "{S3_KEYS} and takeover apply to s3:// mirrors, and no mirror is one; remove them \
+             or add an s3://BUCKET/PREFIX mirror"
+        )));
     }
     if config.retention.is_some() && !config.mirrors.iter().any(MirrorSpec::is_s3) {
         return Err(Error::Conflict(
@@ -865,6 +958,7 @@ fn check(config: &MountConfig) -> Result<(), Error> {
                 .into(),
         ));
     }
+    config.s3.check_transport()?;
     if let Ack::Count(n) = config.ack
         && n > config.mirrors.len()
     {
@@ -1139,6 +1233,8 @@ mod tests {
                 endpoint: Some("http://127.0.0.1:3900".into()),
                 region: Some("garage".into()),
                 path_style: None,
+                ca_file: None,
+                allow_http: false,
             }
         );
         let config = build_args(&["mirror=s3://logs/h,path_style=false"]).unwrap();
@@ -1162,6 +1258,83 @@ mod tests {
             let message = build_args(options).unwrap_err().to_string();
             assert!(message.contains(needle), "{options:?}: {message}");
         }
+    }
+
+    #[test]
+    fn s3_plain_http_needs_loopback_or_allow_http() {
+        let allowed = [
+            "http://127.0.0.1:3900",
+            "http://127.8.9.10",
+            "http://localhost:3900/",
+            "http://LOCALHOST",
+            "http://[::1]:3900",
+            "https://192.0.2.1:3900",
+            "https://s3.example.com",
+        ];
+        for endpoint in allowed {
+            let option = format!("mirror=s3://logs/h,endpoint={endpoint}");
+            assert!(build_args(&[&option]).is_ok(), "{endpoint}");
+        }
+        let refused = [
+            "http://192.0.2.1:3900",
+            "http://128.0.0.1",
+            "http://localhost.example.com",
+            "http://[::2]:3900",
+            "http://s3.example.com",
+        ];
+        for endpoint in refused {
+            let option = format!("mirror=s3://logs/h,endpoint={endpoint}");
+            let message = build_args(&[&option]).unwrap_err().to_string();
+            assert!(
+                message.contains(endpoint.trim_end_matches('/')),
+                "{message}"
+            );
+            assert!(message.contains("allow_http=true"), "{message}");
+            let allowed = format!("{option},allow_http=true");
+            assert!(
+                build_args(&[&allowed]).is_ok(),
+                "{endpoint} with allow_http"
+            );
+        }
+        let message = build_s3_options(&["endpoint=http://192.0.2.1:3900".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("allow_http=true"), "{message}");
+    }
+
+    #[test]
+    fn s3_tls_and_lease_options() {
+        let config = build_args(&[
+            "mirror=s3://logs/h,endpoint=https://127.0.0.1:3443,ca_file=/etc/ca.pem,takeover=true",
+        ])
+        .unwrap();
+        assert_eq!(config.s3.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(config.takeover);
+        assert!(!config.s3.allow_http);
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["mirror=s3://l0g/h,ca_file=ca.pem"],
+                "expected an absolute path",
+            ),
+            (&["mirror=s3://l0g/h,takeover=yes"], "\"yes\""),
+            (&["mirror=s3://l0g/h,allow_http=1"], "\"1\""),
+            (&["mirror=dir:/a,takeover=true"], "apply to s3:// mirrors"),
+            (&["mirror=dir:/a,ca_file=/ca.pem"], "apply to s3:// mirrors"),
+        ];
+        for (options, needle) in cases {
+            let message = build_args(options).unwrap_err().to_string();
+            assert!(message.contains(needle), "{options:?}: {message}");
+        }
+        let options = build_s3_options(&["ca_file=/ca.pem,allow_http=true".into()]).unwrap();
+        assert_eq!(options.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert!(options.allow_http);
+        let message = build_s3_options(&["takeover=true".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("\"takeover\" is not valid here"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -19,9 +19,9 @@ use crate::fs::{FsOptions, LogFs};
 use crate::journal::{Journal, Position, Seq};
 use crate::mirror::Mirror;
 use crate::mirror::acks::{AckPolicy, Acks};
-use crate::mirror::cursor;
+use crate::mirror::cursor::{self, Cursor};
 use crate::mirror::dir::DirMirror;
-use crate::mirror::s3::{Folder, S3Mirror};
+use crate::mirror::s3::{Folder, LeaseOptions, S3Mirror, StoreReport};
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
 use crate::periodic::{self, FoldTask, Schedule};
 use crate::status::MountInfo;
@@ -594,6 +594,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     }
     let (min_seq, _) = acks.min_confirmed();
     let _ = journal.release_up_to(min_seq);
+    release_mirrors(&slots, head);
     // Another daemon may have mounted on the same mount point meanwhile; its link stays.
     if std::fs::read_link(&link).is_ok_and(|target| target == config.state_dir.join("control.sock"))
     {
@@ -664,12 +665,14 @@ fn open_mirrors(
     let mut folds = Vec::new();
     for (index, spec) in config.mirrors.iter().enumerate() {
         let name = spec.name();
-        let (mirror, folder) =
-            open_mirror(config, spec, index, journal.id()).map_err(|source| Error::Mirror {
-                name: name.clone(),
-                source,
-            })?;
         let cursor = cursor::load(&config.state_dir, &name);
+        let opened =
+            open_mirror(config, spec, index, journal, cursor.as_ref()).map_err(|source| {
+                Error::Mirror {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
         let (head, _) = journal.head();
         let first = journal.first_seq();
         let mut progress = Progress::default();
@@ -692,6 +695,14 @@ fn open_mirrors(
         if let Some(c) = &cursor {
             progress.confirmed = (Seq(c.seq), Position(c.position));
         }
+        let reason = match (reason, opened.resync_reason) {
+            (Some(reason), _) => Some(reason.to_string()),
+            (None, Some(store_reason)) => {
+                log::warn!("mirror {name}: the store contradicts the cursor: {store_reason}");
+                Some(store_reason)
+            }
+            (None, None) => None,
+        };
         if let Some(reason) = reason {
             log::info!("mirror {name}: will resync from the backing tree because {reason}");
             progress.needs_resync = true;
@@ -700,10 +711,11 @@ fn open_mirrors(
         let slot = Arc::new(MirrorSlot {
             index,
             name,
-            mirror: Mutex::new(mirror),
+            mirror: Mutex::new(opened.mirror),
             progress: Mutex::new(progress),
+            store: opened.store,
         });
-        if let Some(folder) = folder {
+        if let Some(folder) = opened.folder {
             folds.push(FoldTask::new(slot.clone(), folder));
         }
         slots.push(slot);
@@ -711,19 +723,52 @@ fn open_mirrors(
     Ok((slots, folds))
 }
 
+/// An opened mirror, with what an S3 mirror found in its store.
+struct OpenedMirror {
+    mirror: Box<dyn Mirror>,
+    /// Folder of the S3 history, with `retention=`.
+    folder: Option<Folder>,
+    store: Option<StoreReport>,
+    /// Reason the store's content calls for a resync, if it does.
+    resync_reason: Option<String>,
+}
+
 /// Opens one mirror and, for an S3 mirror with `retention=`, the folder of its history.
 fn open_mirror(
     config: &MountConfig,
     spec: &MirrorSpec,
     index: usize,
-    journal_id: u64,
-) -> Result<(Box<dyn Mirror>, Option<Folder>), crate::mirror::Error> {
+    journal: &Journal,
+    cursor: Option<&Cursor>,
+) -> Result<OpenedMirror, crate::mirror::Error> {
     match spec {
-        MirrorSpec::Dir(dir) => Ok((Box::new(DirMirror::open(dir)?), None)),
+        MirrorSpec::Dir(dir) => Ok(OpenedMirror {
+            mirror: Box::new(DirMirror::open(dir)?),
+            folder: None,
+            store: None,
+            resync_reason: None,
+        }),
         MirrorSpec::S3 { bucket, prefix } => {
             let replay_dir = config.state_dir.join("replay");
             let scratch = replay_dir.join(format!("mirror-{index}"));
-            let mirror = S3Mirror::open(bucket, prefix, &config.s3, journal_id, &scratch)?;
+            let lease = LeaseOptions {
+                state_dir: &config.state_dir,
+                takeover: config.takeover,
+            };
+            let mut mirror =
+                S3Mirror::open(bucket, prefix, &config.s3, journal.id(), &scratch, &lease)?;
+            let (head, _) = journal.head();
+            let resync_reason = match mirror.check_position(head, cursor, journal.dir()) {
+                Ok(reason) => reason,
+                Err(e) => {
+                    // The lease goes back, so that the remedy the error names (a new
+                    // journal) needs no takeover.
+                    if let Err(release) = mirror.release() {
+                        log::warn!("{release}");
+                    }
+                    return Err(e);
+                }
+            };
             let folder = match config.retention {
                 Some(_) => Some(Folder::new(
                     bucket,
@@ -734,7 +779,12 @@ fn open_mirror(
                 )?),
                 None => None,
             };
-            Ok((Box::new(mirror), folder))
+            Ok(OpenedMirror {
+                folder,
+                store: Some(mirror.report()),
+                resync_reason,
+                mirror: Box::new(mirror),
+            })
         }
     }
 }
@@ -870,6 +920,27 @@ fn spawn_housekeeping(ctx: Arc<Context>) {
         });
     if let Err(e) = spawned {
         log::error!("cannot start the housekeeping thread: {e}");
+    }
+}
+
+/// Releases what each mirror holds in its store (the S3 lease) when it confirmed every
+/// record up to `head`. A mirror that did not keeps its lease for the next mount of this
+/// state directory, which sends the rest.
+fn release_mirrors(slots: &[Arc<MirrorSlot>], head: Seq) {
+    for slot in slots {
+        let confirmed = slot.progress().confirmed.0;
+        if confirmed < head {
+            if slot.store.is_some() {
+                log::info!(
+                    "mirror {}: keeps its lease, because it lacks the records after seq {confirmed}",
+                    slot.name
+                );
+            }
+            continue;
+        }
+        if let Err(e) = slot.mirror.lock().expect("mirror lock").release() {
+            log::warn!("{}", crate::mirror::worker::error_chain(&e));
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mirror::s3::StoreReport;
 use crate::mirror::worker::{Context, LastFold, LastVerify, MirrorSlot, VerifyTrigger, now_ns};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,6 +52,10 @@ pub struct MirrorStatus {
     pub last_verify: Option<LastVerify>,
     /// Folds of the history since the mount, for an S3 mirror with `retention=`.
     pub last_fold: Option<LastFold>,
+    /// Findings of an S3 mirror's probe at mount: endpoint, conditional writes, checksums,
+    /// lease. Absent for other mirrors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreReport>,
 }
 
 /// Paths and mode shown in status, fixed at mount time.
@@ -89,6 +94,7 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
                 resync_pending: progress.needs_resync,
                 last_verify: progress.last_verify,
                 last_fold: progress.last_fold,
+                store: slot.store.clone(),
             }
         })
         .collect();
@@ -150,6 +156,20 @@ pub fn render(status: &Status) -> String {
             human_bytes(m.lag_bytes),
             m.lag_seconds
         );
+        if let Some(store) = &m.store {
+            let _ = writeln!(
+                out,
+                "  store: endpoint {}, conditional_writes: {}, checksums: {}",
+                store.endpoint,
+                if store.conditional_writes {
+                    "yes"
+                } else {
+                    "no"
+                },
+                store.checksums
+            );
+            let _ = writeln!(out, "  lease {}: {}", store.lease_key, store.protection);
+        }
         if m.resync_pending {
             let _ = writeln!(out, "  resync from the backing tree pending");
         }

@@ -52,11 +52,11 @@ fn object_key(number: u64) -> String {
     format!("{JOURNAL_PREFIX}{number:020}.lmj")
 }
 
-/// Asserts that the bucket contains journal objects 1, 2, ... under the test prefix and
-/// nothing else, and returns their keys.
+/// Asserts that the bucket contains journal objects 1, 2, ... under the test prefix's
+/// journal folder and nothing else, and returns their keys.
 fn assert_journal_keys(garage: &Garage) -> Vec<String> {
-    let keys = garage.client().list(&format!("{PREFIX}/"));
-    assert!(!keys.is_empty(), "no journal object under {PREFIX}/");
+    let keys = garage.client().list(JOURNAL_PREFIX);
+    assert!(!keys.is_empty(), "no journal object under {JOURNAL_PREFIX}");
     let expected: Vec<String> = (1..=keys.len() as u64).map(object_key).collect();
     assert_eq!(keys, expected, "keys under {PREFIX}/");
     keys
@@ -294,10 +294,12 @@ fn s3_outage_then_catch_up() {
             )),
         }
     });
+    // The lease check before each upload is the first request to fail.
     assert!(
-        error.contains("upload of host1/.logmirror/journal/"),
+        error.contains("request for lease object host1/.logmirror/lease.json failed"),
         "{error}"
     );
+    assert!(error.contains("Connection refused"), "{error}");
     assert!(
         !error.contains(garage.secret()),
         "status shows the secret key"
@@ -512,8 +514,10 @@ fn s3_mount_missing_bucket() {
     ];
     let out = mount_expecting_failure(&dirs, &options, &garage.env());
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
-    assert!(out.stderr.contains("NoSuchBucket"), "{out}");
+    assert!(out.stderr.contains("NoSuchBucket (HTTP 404)"), "{out}");
     assert!(out.stderr.contains("s3://no-such-bucket/host1"), "{out}");
+    let endpoint = format!("(endpoint {})", garage.endpoint);
+    assert!(out.stderr.contains(&endpoint), "{out}");
 }
 
 #[test]
@@ -529,7 +533,10 @@ fn s3_mount_wrong_credentials() {
     let wrong_secret = "f".repeat(64);
     let out = mount_expecting_failure(&dirs, &options, &garage.env_with_secret(&wrong_secret));
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
-    assert!(out.stderr.contains("AccessDenied"), "{out}");
+    assert!(out.stderr.contains("AccessDenied (HTTP 403)"), "{out}");
+    assert!(out.stderr.contains(&mirror_spec(&garage)), "{out}");
+    let endpoint = format!("(endpoint {})", garage.endpoint);
+    assert!(out.stderr.contains(&endpoint), "{out}");
     assert!(
         !out.stderr.contains(&wrong_secret),
         "the secret key is shown: {out}"

@@ -6,8 +6,6 @@
 //! point that can be restored.
 
 mod common;
-// Each test binary uses a different part of the Garage helper.
-#[allow(dead_code)]
 #[path = "common/garage.rs"]
 mod garage;
 

@@ -74,6 +74,30 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    #[error(
+        "mirror {mirror}: the prefix is owned by {owner}, not by this daemon. Give every host \
+         its own prefix. If that daemon has stopped for good (its host crashed, or this host \
+         lost its state directory), mount with takeover=true"
+    )]
+    LeaseHeld { mirror: String, owner: String },
+    #[error(
+        "mirror {mirror}: lost the lease of the prefix to {owner}; no more journal objects \
+         are stored there by this daemon"
+    )]
+    LeaseLost { mirror: String, owner: String },
+    #[error(
+        "mirror {mirror}: the store holds records of this journal up to seq {store_seq}, but \
+         the local journal ends at seq {head}. The state directory is older than the mirror \
+         (restored from a copy, or a power loss cut records the mirror already has), and new \
+         records would reuse seqs that replay leaves out. Run `logmirror restore` to keep \
+         what the mirror has, then move {journal_dir:?} aside so that a new journal starts"
+    )]
+    StoreAhead {
+        mirror: String,
+        store_seq: Seq,
+        head: Seq,
+        journal_dir: PathBuf,
+    },
     #[error("mirror {mirror}: {reason}")]
     Setup { mirror: String, reason: String },
 }
@@ -98,4 +122,10 @@ pub trait Mirror: Send {
 
     /// Lists the mirror's tree with content checksums, for verify and resync.
     fn manifest(&mut self) -> Result<Manifest, Error>;
+
+    /// Gives up what the mirror holds in its store (the S3 mirror's lease), at a clean stop
+    /// after the mirror confirmed every record.
+    fn release(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
 }

@@ -11,7 +11,9 @@
 //! folded into a snapshot (`s3/fold.rs`, layout in `s3/snapshot.rs`).
 
 mod fold;
+mod lease;
 mod object;
+mod position;
 mod replay;
 mod snapshot;
 mod store;
@@ -23,27 +25,61 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use log::{debug, info, warn};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{MirrorSpec, S3Options, STATE_DIR_NAME};
 use crate::journal::{Op, Record, Seq};
 
+use super::cursor::Cursor;
 use super::dir::DirMirror;
 use super::manifest::{self, Manifest};
 use super::{Error, Mirror};
 
 pub use fold::{FoldStats, Folder};
+pub use lease::lease_key;
 pub use object::{journal_prefix, object_key, parse_object_key};
 pub use replay::{ReplayEnd, ReplayStats, ReplayTarget};
 pub use snapshot::{index_key, part_key, snapshot_prefix};
-pub use store::{StoreError, checksum_header};
+pub use store::{Capabilities, StoreError, checksum_header};
 
-use object::PendingObject;
-use store::Store;
+use lease::{Acquired, Lease, LeaseError, LeaseRecord};
+use object::{ObjectHeader, PendingObject};
+use position::Verdict;
+use store::{PutOutcome, Store};
 
 /// Size at which `apply` stores the pending object before adding more, so that a long
 /// resync does not hold the whole tree in memory. A worker's batch (at most 8 MiB of
 /// payload) stays below it, so normally each flush stores one object.
 const MAX_OBJECT_BYTES: usize = 16 << 20;
+
+/// Times an upload moves past journal objects that another writer stored at its number
+/// before it gives up.
+const MAX_RENUMBERS: u32 = 3;
+
+/// Findings of the S3 mirror about its store at open, for status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreReport {
+    /// The endpoint requests go to.
+    pub endpoint: String,
+    /// A second PUT with `If-None-Match: *` to an existing key failed with 412.
+    pub conditional_writes: bool,
+    /// `verified` when the store rejected a PUT with a wrong `x-amz-checksum-crc32c`,
+    /// `ignored` when it stored it.
+    pub checksums: String,
+    /// Key of the lease object this daemon holds.
+    pub lease_key: String,
+    /// Protection of the lease and the journal keys against a second writer.
+    pub protection: String,
+}
+
+/// Owner settings of an S3 mirror's lease.
+#[derive(Clone, Debug)]
+pub struct LeaseOptions<'a> {
+    /// State directory of the daemon, which the lease names.
+    pub state_dir: &'a Path,
+    /// Take the lease even when another owner holds it (`takeover=true`).
+    pub takeover: bool,
+}
 
 /// A mirror kept as journal objects in an S3 bucket.
 pub struct S3Mirror {
@@ -60,23 +96,48 @@ pub struct S3Mirror {
     /// Held while a replay for a manifest runs and while a fold removes objects, so that a
     /// fold never removes an object that the replay listed and has yet to download.
     history_lock: Arc<Mutex<()>>,
+    lease: Lease,
+    capabilities: Capabilities,
+    /// Header of the highest-numbered journal object at open, if it could be read.
+    newest: Option<ObjectHeader>,
 }
 
 impl S3Mirror {
     /// Opens the mirror at `bucket`/`prefix` for the records of journal `journal_id`.
     ///
-    /// Lists the journal objects, which checks that the bucket is reachable with the
-    /// credentials of the standard AWS chain, and numbers the next object after the highest
-    /// one found. `scratch` is a private directory the mirror may fill and remove.
+    /// Probes what the store does with preconditions and checksums, takes the prefix's
+    /// lease, lists the journal objects and numbers the next object after the highest one
+    /// found. The first request also checks that the bucket exists and that the credentials
+    /// of the standard AWS chain work. `scratch` is a private directory the mirror may fill
+    /// and remove.
     pub fn open(
         bucket: &str,
         prefix: &str,
         options: &S3Options,
         journal_id: u64,
         scratch: &Path,
+        lease_options: &LeaseOptions<'_>,
     ) -> Result<S3Mirror, Error> {
         let name = s3_name(bucket, prefix);
-        let store = connect(&name, bucket, options)?;
+        let mut store = connect(&name, bucket, options)?;
+        let capabilities = probe(&mut store, prefix, &name)?;
+
+        let owner = LeaseRecord::for_this_process(lease_options.state_dir, journal_id)
+            .map_err(|e| lease_error(&name, LeaseError::Token(e)))?;
+        let (lease, acquired) = Lease::acquire(&store, prefix, owner, lease_options.takeover)
+            .map_err(|e| lease_error(&name, e))?;
+        match acquired {
+            Acquired::New => debug!("mirror {name}: took the lease {}", lease.key()),
+            Acquired::Reclaimed { previous } => info!(
+                "mirror {name}: took back the lease left by {previous}, an earlier daemon of \
+                 this state directory"
+            ),
+            Acquired::TakenOver { previous } => warn!(
+                "mirror {name}: took over the lease of {previous} (takeover=true); that daemon \
+                 stops storing journal objects at its next upload"
+            ),
+        }
+
         let objects = replay::list_objects(&store, prefix, &name)?;
         // A fold may have removed every object it covered, so the snapshots count too: a
         // new object must never take a number that a snapshot already covers.
@@ -84,6 +145,10 @@ impl S3Mirror {
         let newest_object = objects.last().map_or(0, |(number, _)| *number);
         let newest_snapshot = snapshots.iter().map(|(k, _)| k.number()).max();
         let next_number = newest_object.max(newest_snapshot.unwrap_or(0)) + 1;
+        let newest = match objects.last() {
+            Some((number, key)) => read_header(&store, &name, key, *number),
+            None => None,
+        };
         info!(
             "mirror {name}: {} journal objects in the bucket, newest snapshot {}; the next \
              object is number {next_number}",
@@ -99,12 +164,57 @@ impl S3Mirror {
             pending: PendingObject::default(),
             scratch: scratch.to_path_buf(),
             history_lock: Arc::new(Mutex::new(())),
+            lease,
+            capabilities,
+            newest,
         })
     }
 
     /// Returns the lock that a [`Folder`] of this mirror must share with it.
     pub fn history_lock(&self) -> Arc<Mutex<()>> {
         self.history_lock.clone()
+    }
+
+    /// Returns the findings about the store at open.
+    pub fn report(&self) -> StoreReport {
+        let protection = if self.capabilities.conditional_writes {
+            "conditional writes (If-None-Match, If-Match) and a lease check before each object"
+        } else {
+            "read-after-write lease with a check before each object, and a listing before \
+             each new journal key (the store ignores conditional writes)"
+        };
+        StoreReport {
+            endpoint: self.store.endpoint().to_string(),
+            conditional_writes: self.capabilities.conditional_writes,
+            checksums: checksums_text(self.capabilities).to_string(),
+            lease_key: self.lease.key().to_string(),
+            protection: protection.to_string(),
+        }
+    }
+
+    /// Checks the mirror's position in the store against the local journal, at `head`, and
+    /// the mirror's `cursor` file. Returns the reason for a resync when the store does not
+    /// hold what the cursor records as confirmed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StoreAhead`] when the store holds records of this journal beyond `head`.
+    pub fn check_position(
+        &self,
+        head: Seq,
+        cursor: Option<&Cursor>,
+        journal_dir: &Path,
+    ) -> Result<Option<String>, Error> {
+        match position::compare(self.newest.as_ref(), self.journal_id, head, cursor) {
+            Verdict::InStep => Ok(None),
+            Verdict::Resync(reason) => Ok(Some(reason)),
+            Verdict::StoreAhead { store_seq, head } => Err(Error::StoreAhead {
+                mirror: self.name.clone(),
+                store_seq,
+                head,
+                journal_dir: journal_dir.to_path_buf(),
+            }),
+        }
     }
 
     fn push(&mut self, record: &Record) -> Result<(), Error> {
@@ -120,32 +230,102 @@ impl S3Mirror {
         Ok(())
     }
 
-    /// Stores the pending object under the next number.
+    /// Stores the pending object under the next free number, after checking that this
+    /// daemon still holds the lease.
     fn upload(&mut self) -> Result<(), Error> {
-        let number = self.next_number;
-        let key = object_key(&self.prefix, number);
+        // NOTE: the lease check is one more request per object, a LIST without conditional
+        // writes another one.
+        self.lease
+            .check(&self.store)
+            .map_err(|e| lease_error(&self.name, e))?;
         let (first, last) = self.pending.seq_range();
         let frames = self.pending.frame_count();
         let started = Instant::now();
-        let body = self.pending.encode(self.journal_id, number);
-        let bytes = body.len();
-        self.store
-            .put_new(&key, body)
-            .map_err(|source| Error::Store {
-                mirror: self.name.clone(),
-                action: "upload of",
-                key: key.clone(),
-                source: Box::new(source),
-            })?;
-        debug!(
-            "mirror {}: stored key={key} bytes={bytes} records={frames} seqs={first}-{last} \
-             in {:.1?}",
-            self.name,
-            started.elapsed()
-        );
+        let mut renumbered = 0;
+        loop {
+            let number = self.next_number;
+            let key = object_key(&self.prefix, number);
+            let outcome = if self.capabilities.conditional_writes {
+                let body = self.pending.encode(self.journal_id, number);
+                self.store.put_new(&key, body)
+            } else {
+                self.put_after_listing(number, &key)
+            };
+            let outcome = outcome.map_err(|source| self.store_error("upload of", &key, source))?;
+            if outcome == PutOutcome::Stored {
+                debug!(
+                    "mirror {}: stored key={key} bytes={} records={frames} seqs={first}-{last} \
+                     in {:.1?}",
+                    self.name,
+                    self.pending.len_bytes(),
+                    started.elapsed()
+                );
+                break;
+            }
+            renumbered += 1;
+            if renumbered > MAX_RENUMBERS {
+                return Err(Error::Setup {
+                    mirror: self.name.clone(),
+                    reason: format!(
+                        "journal object {key} and the numbers before it were taken by another \
+                         writer {MAX_RENUMBERS} times in a row; is a daemon without the lease \
+                         writing to this prefix?"
+                    ),
+                });
+            }
+            self.skip_taken_numbers(&key)?;
+        }
         self.pending = PendingObject::default();
         self.next_number += 1;
         Ok(())
+    }
+
+    /// Stores the pending object as `number` on a store that ignores `If-None-Match`: lists
+    /// the journal keys from `number` on first, and stores only when there are none.
+    fn put_after_listing(&mut self, number: u64, key: &str) -> Result<PutOutcome, StoreError> {
+        let listed = journal_prefix(&self.prefix);
+        let before = (number > 1).then(|| object_key(&self.prefix, number - 1));
+        let found = self.store.list_after(&listed, before.as_deref(), Some(1))?;
+        let body = self.pending.encode(self.journal_id, number);
+        match found.first() {
+            None => {
+                // NOTE: on a store without conditional writes, a writer that stores this key
+                // between the listing and this PUT is overwritten.
+                self.store
+                    .put(key, body, store::Condition::Always)
+                    .map(|_| PutOutcome::Stored)
+            }
+            // An earlier attempt whose response was lost stored exactly these bytes.
+            Some(existing) if existing == key && self.store.get(key)?.bytes == body => {
+                Ok(PutOutcome::Stored)
+            }
+            Some(_) => Ok(PutOutcome::Taken),
+        }
+    }
+
+    /// Moves the next number past the journal objects another writer stored at or after
+    /// `key`, and logs it. The lease was checked just before, so the other writer has lost
+    /// its lease or never had one.
+    fn skip_taken_numbers(&mut self, key: &str) -> Result<(), Error> {
+        let objects = replay::list_objects(&self.store, &self.prefix, &self.name)?;
+        let highest = objects.last().map_or(0, |(number, _)| *number);
+        warn!(
+            "mirror {}: journal object {key} already exists with other content although this \
+             daemon holds the lease; another writer stored objects in the prefix. Continuing \
+             after object {highest}",
+            self.name
+        );
+        self.next_number = self.next_number.max(highest + 1);
+        Ok(())
+    }
+
+    fn store_error(&self, action: &'static str, key: &str, source: StoreError) -> Error {
+        Error::Store {
+            mirror: self.name.clone(),
+            action,
+            key: key.to_string(),
+            source: Box::new(source),
+        }
     }
 
     /// Empties the scratch directory and opens it as a directory mirror.
@@ -180,6 +360,28 @@ impl Mirror for S3Mirror {
 
     fn apply_record(&mut self, record: &Record) -> Result<(), Error> {
         self.push(record)
+    }
+
+    fn release(&mut self) -> Result<(), Error> {
+        match self.lease.release(&self.store) {
+            Ok(true) => {
+                info!(
+                    "mirror {}: released the lease {}",
+                    self.name,
+                    self.lease.key()
+                );
+                Ok(())
+            }
+            Ok(false) => {
+                warn!(
+                    "mirror {}: the lease {} names another owner now; left it alone",
+                    self.name,
+                    self.lease.key()
+                );
+                Ok(())
+            }
+            Err(e) => Err(lease_error(&self.name, e)),
+        }
     }
 
     fn flush(&mut self) -> Result<(), Error> {
@@ -275,6 +477,105 @@ fn connect(name: &str, bucket: &str, options: &S3Options) -> Result<Store, Error
         key: bucket.to_string(),
         source: Box::new(source),
     })
+}
+
+/// Measures the store's handling of preconditions and checksums with probe objects below
+/// the prefix, and logs the result.
+fn probe(store: &mut Store, prefix: &str, name: &str) -> Result<Capabilities, Error> {
+    let token = lease::random_hex(8).map_err(|e| Error::Setup {
+        mirror: name.to_string(),
+        reason: format!("cannot create a probe key: {e}"),
+    })?;
+    let key = if prefix.is_empty() {
+        format!("{STATE_DIR_NAME}/probe-{token}")
+    } else {
+        format!("{prefix}/{STATE_DIR_NAME}/probe-{token}")
+    };
+    let capabilities = store.probe(&key).map_err(|source| Error::Store {
+        mirror: name.to_string(),
+        action: "probe with",
+        key: key.clone(),
+        source: Box::new(source),
+    })?;
+    info!(
+        "mirror {name}: endpoint={} conditional_writes={} checksums={}",
+        store.endpoint(),
+        if capabilities.conditional_writes {
+            "yes"
+        } else {
+            "no"
+        },
+        checksums_text(capabilities)
+    );
+    if !capabilities.conditional_writes {
+        warn!(
+            "mirror {name}: the store ignores If-None-Match, so it cannot refuse a second \
+             writer by itself; falling back to a read-after-write lease checked before each \
+             journal object and a listing before each new key, which leaves a window of one \
+             request in which two writers can both store an object"
+        );
+    }
+    if !capabilities.checksums_verified {
+        warn!(
+            "mirror {name}: the store ignores x-amz-checksum-crc32c; an object damaged on the \
+             way is found only when verify or restore checks its records"
+        );
+    }
+    Ok(capabilities)
+}
+
+fn checksums_text(capabilities: Capabilities) -> &'static str {
+    if capabilities.checksums_verified {
+        "verified"
+    } else {
+        "ignored"
+    }
+}
+
+fn lease_error(name: &str, error: LeaseError) -> Error {
+    match error {
+        LeaseError::Held { owner } => Error::LeaseHeld {
+            mirror: name.to_string(),
+            owner,
+        },
+        LeaseError::Lost { owner } => Error::LeaseLost {
+            mirror: name.to_string(),
+            owner,
+        },
+        LeaseError::Store { key, source } => Error::Store {
+            mirror: name.to_string(),
+            action: "request for lease object",
+            key,
+            source: Box::new(source),
+        },
+        LeaseError::Token(e) => Error::Setup {
+            mirror: name.to_string(),
+            reason: format!("cannot create a lease token: {e}"),
+        },
+    }
+}
+
+/// Reads and checks the header of journal object `number`; a failure is logged and gives
+/// `None`, which skips the position check.
+fn read_header(store: &Store, name: &str, key: &str, number: u64) -> Option<ObjectHeader> {
+    let header = store
+        .get_start(key, object::HEADER_LEN)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| ObjectHeader::decode(&bytes).map_err(|e| e.to_string()))
+        .and_then(|header| match header.number == number {
+            true => Ok(header),
+            false => Err(format!("its header names number {}", header.number)),
+        });
+    match header {
+        Ok(header) => Some(header),
+        Err(reason) => {
+            warn!(
+                "mirror {name}: cannot read the header of the newest journal object {key}: \
+                 {reason}; the position check against the cursor is skipped"
+            );
+            None
+        }
+    }
 }
 
 /// Removes a scratch directory and everything in it; a missing one is fine.

@@ -108,6 +108,8 @@ pub struct MirrorSlot {
     pub name: String,
     pub mirror: Mutex<Box<dyn Mirror>>,
     pub progress: Mutex<Progress>,
+    /// What an S3 mirror found out about its store at open; `None` for other mirrors.
+    pub store: Option<super::s3::StoreReport>,
 }
 
 impl MirrorSlot {

@@ -6,6 +6,9 @@
 //! environment given to `logmirror` sets credentials, region and endpoint explicitly and
 //! turns off the instance metadata lookup, so the SDK never reaches another host.
 
+// Each test binary that includes this module uses a different part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -99,6 +102,21 @@ impl Garage {
     /// Returns the secret key, for checking that no output shows it.
     pub fn secret(&self) -> &str {
         &self.secret
+    }
+
+    /// Runs the `garage` command-line tool against this server, as in
+    /// `garage bucket deny --write BUCKET --key logmirror-test`, and asserts that it succeeded.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let config = self.dir.path().join("garage.toml");
+        let out = run(
+            Command::new(garage_binary())
+                .arg("-c")
+                .arg(&config)
+                .args(args),
+            COMMAND_TIMEOUT,
+        );
+        out.assert_success(&format!("garage {}", args.join(" ")));
+        out.stdout
     }
 
     /// Returns `-o` options naming the endpoint and region explicitly.
@@ -198,6 +216,21 @@ impl Drop for Garage {
     }
 }
 
+/// Returns the path of the `garage` binary: on PATH, else in cargo's bin directory.
+fn garage_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("garage"))
+            .find(|path| path.is_file())
+    });
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
+    on_path
+        .or_else(|| cargo_home.map(|home| home.join("bin/garage")))
+        .expect("garage is installed")
+}
+
 fn is_garage_installed() -> bool {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("garage").is_file()));
@@ -266,6 +299,14 @@ impl TestClient {
                 .unwrap_or_else(|e| panic!("read body of {key}: {e:?}"));
             body.into_bytes().to_vec()
         })
+    }
+
+    /// Deletes the object at `key`.
+    pub fn delete(&self, key: &str) {
+        let request = self.client.delete_object().bucket(&self.bucket).key(key);
+        self.runtime
+            .block_on(request.send())
+            .unwrap_or_else(|e| panic!("delete {key}: {e:?}"));
     }
 
     /// Stores `body` under `key`, replacing any object there.

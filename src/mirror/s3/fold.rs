@@ -24,7 +24,7 @@ use crate::mirror::{DirMirror, Error, Mirror};
 use super::object::PendingObject;
 use super::replay::{self, History, ReplayStats, ReplayTarget};
 use super::snapshot::{self, PartEntry, SnapshotIndex, SnapshotKey};
-use super::store::Store;
+use super::store::{Condition, PutOutcome, Store};
 use super::{MAX_OBJECT_BYTES, connect, remove_scratch, s3_name};
 
 /// Counts from one fold.
@@ -295,23 +295,36 @@ impl Folder {
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
-        self.store
+        let outcome = self
+            .store
             .put_new(key, bytes)
             .map_err(|source| Error::Store {
                 mirror: self.name.clone(),
                 action: "upload of",
                 key: key.to_string(),
                 source: Box::new(source),
-            })
+            })?;
+        match outcome {
+            PutOutcome::Stored => Ok(()),
+            PutOutcome::Taken => Err(Error::Setup {
+                mirror: self.name.clone(),
+                reason: format!(
+                    "snapshot object {key} already exists with other content; another \
+                     writer uses this prefix"
+                ),
+            }),
+        }
     }
 
     fn delete(&self, key: &str) -> Result<(), Error> {
-        self.store.delete(key).map_err(|source| Error::Store {
-            mirror: self.name.clone(),
-            action: "removal of",
-            key: key.to_string(),
-            source: Box::new(source),
-        })
+        self.store
+            .delete(key, Condition::Always)
+            .map_err(|source| Error::Store {
+                mirror: self.name.clone(),
+                action: "removal of",
+                key: key.to_string(),
+                source: Box::new(source),
+            })
     }
 
     /// Removes the parts that interrupted folds left behind: those of snapshots newer than

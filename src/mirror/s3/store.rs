@@ -4,18 +4,23 @@
 //! verify, restore) stay plain threads. Timeouts, 5xx responses, SlowDown and connection
 //! failures are retried here with capped backoff, a few attempts in all. Every other failure
 //! is returned at once as a [`StoreError`] carrying the store's error code. Credentials come
-//! from the standard AWS chain and are never logged.
+//! from the standard AWS chain and are never logged. Plain http goes only to a loopback
+//! host unless `allow_http=true`, and https is checked against `ca_file` or the system roots.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation};
+use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, SharedHttpClient};
 use aws_sdk_s3::config::{ResponseChecksumValidation, StalledStreamProtectionConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 use crate::config::S3Options;
 
@@ -63,10 +68,16 @@ impl StoreError {
         }
     }
 
-    fn after_attempts(mut self, attempts: u32) -> StoreError {
-        if attempts > 1 {
-            self.detail = format!("{} (after {attempts} attempts)", self.detail);
-        }
+    /// Adds the endpoint and, after retries, the number of attempts to the message.
+    fn finish(mut self, attempts: u32, endpoint: &str) -> StoreError {
+        self.detail = if attempts > 1 {
+            format!(
+                "{} (endpoint {endpoint}, after {attempts} attempts)",
+                self.detail
+            )
+        } else {
+            format!("{} (endpoint {endpoint})", self.detail)
+        };
         self
     }
 }
@@ -83,6 +94,8 @@ where
             (retryable, Some(status))
         }
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (true, None),
+        // A certificate the trust store rejects stays rejected, however often it is retried.
+        SdkError::DispatchFailure(_) if is_certificate_error(&err) => (false, None),
         SdkError::DispatchFailure(failure) => (!failure.is_user(), None),
         _ => (false, None),
     };
@@ -105,6 +118,15 @@ where
         is_retryable,
         detail,
     }
+}
+
+/// Returns true when a TLS certificate check failed somewhere in the error's sources.
+///
+/// The connector layers between the SDK and rustls box their causes, so rustls's error
+/// cannot be reached by downcasting. Its message is matched instead: rustls 0.23 prints
+/// `Error::InvalidCertificate` as "invalid peer certificate: REASON".
+fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    error_chain(err).contains("invalid peer certificate")
 }
 
 /// Returns true for a response that a later attempt may turn into a success: a server
@@ -131,22 +153,62 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Stored bytes of an object and the CRC32C the store keeps for it, if any.
+/// Stored bytes of an object, its ETag and the CRC32C the store keeps for it, if any.
 pub struct Fetched {
     pub bytes: Vec<u8>,
     /// Base64 of the big-endian CRC32C, as in the `x-amz-checksum-crc32c` header.
     pub crc32c: Option<String>,
+    /// ETag of the version downloaded, for a later `If-Match`.
+    pub etag: Option<String>,
 }
+
+/// Precondition sent with a PUT or DELETE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition<'a> {
+    /// No precondition.
+    Always,
+    /// Only when the key does not exist: `If-None-Match: *`.
+    Absent,
+    /// Only when the object there has this ETag: `If-Match`.
+    Matches(&'a str),
+}
+
+/// Outcome of [`Store::put_new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object is stored, by this call or by an earlier attempt whose response was lost.
+    Stored,
+    /// The key already contains an object with other content; nothing was stored.
+    Taken,
+}
+
+/// Store behavior toward preconditions and checksums, as measured by [`Store::probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A second PUT with `If-None-Match: *` to an existing key failed with 412.
+    pub conditional_writes: bool,
+    /// A PUT whose `x-amz-checksum-crc32c` did not match its body was rejected.
+    pub checksums_verified: bool,
+}
+
+/// Body of the probe objects.
+const PROBE_BODY: &[u8] = b"logmirror probe object; safe to delete\n";
 
 /// A bucket in an S3-compatible store.
 pub struct Store {
     runtime: tokio::runtime::Runtime,
     client: Client,
     bucket: String,
+    /// Endpoint the requests go to, as shown in messages.
+    endpoint: String,
+    /// Whether PUTs carry `If-None-Match` and `If-Match`. Cleared when the probe finds a
+    /// store that rejects requests with those headers.
+    sends_conditions: bool,
 }
 
 impl Store {
-    /// Builds a client for `bucket`. Makes no request.
+    /// Builds a client for `bucket` and checks the transport of its endpoint. Makes no
+    /// request.
     pub fn connect(options: &S3Options, bucket: &str) -> Result<Store, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -159,16 +221,28 @@ impl Store {
         if let Some(region) = &options.region {
             loader = loader.region(Region::new(region.clone()));
         }
-        if let Some(endpoint) = &options.endpoint {
-            loader = loader.endpoint_url(endpoint);
+        if let Some(path) = &options.ca_file {
+            loader = loader.http_client(https_client(path)?);
         }
         let shared = runtime.block_on(loader.load());
+
+        // The endpoint may come from the option, the environment or a profile file; the
+        // transport rule applies to whichever is used.
+        let endpoint = options
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+            .or_else(|| shared.endpoint_url().map(str::to_owned));
+        if let Some(url) = &endpoint {
+            crate::config::check_endpoint_transport(url, options.allow_http)
+                .map_err(|e| StoreError::local(e.to_string()))?;
+        }
 
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .build();
-        let config = aws_sdk_s3::config::Builder::from(&shared)
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(options.path_style.unwrap_or_else(|| has_endpoint(options)))
             // Retries happen in `Store::retrying`, which logs them and bounds the total.
             .retry_config(RetryConfig::disabled())
@@ -177,26 +251,53 @@ impl Store {
             // so that a mismatch names the object.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build())
-            .build();
+            .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build());
+        if let Some(url) = &endpoint {
+            config = config.endpoint_url(url);
+        }
+        let shown_endpoint = endpoint.unwrap_or_else(|| {
+            let region = shared.region().map_or("(no region)", |r| r.as_ref());
+            format!("AWS's endpoint for region {region}")
+        });
         Ok(Store {
             runtime,
-            client: Client::from_conf(config),
+            client: Client::from_conf(config.build()),
             bucket: bucket.to_string(),
+            endpoint: shown_endpoint,
+            sends_conditions: true,
         })
+    }
+
+    /// Returns the endpoint the requests go to, for messages and status.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// Lists every key below `prefix`, in the store's (ascending) order.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.list_after(prefix, None, None)
+    }
+
+    /// Lists the keys below `prefix` that sort after `start_after`, in ascending order,
+    /// stopping after `limit` keys when a limit is given.
+    pub fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<String>, StoreError> {
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
+            let page_size = limit.map(|n| i32::try_from(n - keys.len()).unwrap_or(i32::MAX));
             let page = self.retrying("list", prefix, || {
                 let request = self
                     .client
                     .list_objects_v2()
                     .bucket(&self.bucket)
                     .prefix(prefix)
+                    .set_start_after(start_after.map(str::to_owned))
+                    .set_max_keys(page_size)
                     .set_continuation_token(token.clone());
                 async move { request.send().await.map_err(store_error) }
             })?;
@@ -205,6 +306,10 @@ impl Store {
                     .iter()
                     .filter_map(|object| object.key().map(str::to_owned)),
             );
+            if limit.is_some_and(|n| keys.len() >= n) {
+                keys.truncate(limit.unwrap_or(keys.len()));
+                return Ok(keys);
+            }
             token = page.next_continuation_token().map(str::to_owned);
             if token.is_none() || page.is_truncated() != Some(true) {
                 return Ok(keys);
@@ -214,16 +319,37 @@ impl Store {
 
     /// Downloads a whole object.
     pub fn get(&self, key: &str) -> Result<Fetched, StoreError> {
-        let output = self.retrying("download", key, || {
-            let request = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .checksum_mode(ChecksumMode::Enabled);
+        self.get_object(key, None)
+    }
+
+    /// Downloads the first `len` bytes of an object (fewer when it is shorter).
+    pub fn get_start(&self, key: &str, len: usize) -> Result<Vec<u8>, StoreError> {
+        let range = format!("bytes=0-{}", len.saturating_sub(1));
+        Ok(self.get_object(key, Some(range))?.bytes)
+    }
+
+    /// Downloads an object, or `None` when the key does not exist. A missing bucket is an
+    /// error.
+    pub fn get_if_exists(&self, key: &str) -> Result<Option<Fetched>, StoreError> {
+        match self.get(key) {
+            Ok(fetched) => Ok(Some(fetched)),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn get_object(&self, key: &str, range: Option<String>) -> Result<Fetched, StoreError> {
+        self.retrying("download", key, || {
+            let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+            // A checksum covers the whole object, so a range is downloaded without one.
+            request = match &range {
+                Some(range) => request.range(range),
+                None => request.checksum_mode(ChecksumMode::Enabled),
+            };
             async move {
                 let output = request.send().await.map_err(store_error)?;
                 let crc32c = output.checksum_crc32_c().map(str::to_owned);
+                let etag = output.e_tag().map(str::to_owned);
                 let body = output.body.collect().await.map_err(|e| StoreError {
                     code: None,
                     status: None,
@@ -233,66 +359,145 @@ impl Store {
                 Ok(Fetched {
                     bytes: body.into_bytes().to_vec(),
                     crc32c,
+                    etag,
                 })
             }
-        })?;
-        Ok(output)
+        })
     }
 
-    /// Stores `body` under `key` unless the key exists, sending its CRC32C for the store to
-    /// check. A key that already contains exactly `body` (an earlier attempt whose response was
-    /// lost) counts as stored.
-    pub fn put_new(&self, key: &str, body: &[u8]) -> Result<(), StoreError> {
+    /// Stores `body` under `key` with its CRC32C and the precondition `condition`, which is
+    /// left out when the store rejects preconditions. Returns the new ETag, if the store
+    /// sent one. A precondition that fails is an error with status 412.
+    pub fn put(
+        &self,
+        key: &str,
+        body: &[u8],
+        condition: Condition<'_>,
+    ) -> Result<Option<String>, StoreError> {
         let crc = checksum_header(body);
-        let result = self.retrying("upload", key, || {
-            let request = self
+        self.put_with_checksum(key, body, &crc, condition)
+    }
+
+    fn put_with_checksum(
+        &self,
+        key: &str,
+        body: &[u8],
+        crc: &str,
+        condition: Condition<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        let condition = if self.sends_conditions {
+            condition
+        } else {
+            Condition::Always
+        };
+        let output = self.retrying("upload", key, || {
+            let mut request = self
                 .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
                 .body(ByteStream::from(body.to_vec()))
-                .checksum_crc32_c(&crc)
-                .if_none_match("*");
+                .checksum_crc32_c(crc);
+            request = match condition {
+                Condition::Always => request,
+                Condition::Absent => request.if_none_match("*"),
+                Condition::Matches(etag) => request.if_match(etag),
+            };
             async move { request.send().await.map_err(store_error) }
-        });
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.status == Some(412) => self.check_existing(key, body, &crc, e),
+        })?;
+        Ok(output.e_tag().map(str::to_owned))
+    }
+
+    /// Stores `body` under `key` unless the key exists, sending its CRC32C for the store to
+    /// check. A key that already contains exactly `body` (an earlier attempt whose response
+    /// was lost) counts as stored.
+    ///
+    /// `If-None-Match: *` makes a store that honors it refuse an existing key. On a store that
+    /// ignores it, the caller must check that the key is free before calling.
+    pub fn put_new(&self, key: &str, body: &[u8]) -> Result<PutOutcome, StoreError> {
+        match self.put(key, body, Condition::Absent) {
+            Ok(_) => Ok(PutOutcome::Stored),
+            Err(e) if e.status == Some(412) => {
+                let existing = self.get(key)?;
+                if existing.bytes == body {
+                    log::debug!(
+                        "object {key} already contained the uploaded bytes; counted as stored"
+                    );
+                    return Ok(PutOutcome::Stored);
+                }
+                Ok(PutOutcome::Taken)
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// Removes the object at `key`. Removing a key that does not exist succeeds, as S3's
-    /// DeleteObject does.
-    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.retrying("removal", key, || {
-            let request = self.client.delete_object().bucket(&self.bucket).key(key);
+    /// Deletes `key` under the precondition `condition` (left out when the store rejects
+    /// preconditions). A missing key counts as deleted.
+    pub fn delete(&self, key: &str, condition: Condition<'_>) -> Result<(), StoreError> {
+        let condition = if self.sends_conditions {
+            condition
+        } else {
+            Condition::Always
+        };
+        let result = self.retrying("delete", key, || {
+            let mut request = self.client.delete_object().bucket(&self.bucket).key(key);
+            if let Condition::Matches(etag) = condition {
+                request = request.if_match(etag);
+            }
             async move { request.send().await.map_err(store_error) }
-        })?;
-        Ok(())
+        });
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Decides whether an existing object at `key` is the one `put_new` meant to store.
-    fn check_existing(
-        &self,
-        key: &str,
-        body: &[u8],
-        crc: &str,
-        refused: StoreError,
-    ) -> Result<(), StoreError> {
-        let existing = self.get(key)?;
-        if existing.bytes == body {
-            log::debug!("object {key} already contained the uploaded bytes; counted as stored");
-            return Ok(());
-        }
-        Err(StoreError {
-            detail: format!(
-                "{refused}; the object there has other content (crc32c {}, ours {crc}); \
-                 is another host writing to this prefix?",
-                existing.crc32c.as_deref().unwrap_or("not stored")
-            ),
-            ..refused
+    /// Measures whether the store honors `If-None-Match: *` and checks `x-amz-checksum-crc32c`,
+    /// with two probe objects at `key` and `key` + `.crc`, which it removes again.
+    ///
+    /// A store that rejects a PUT with `If-None-Match` outright (HTTP 501) counts as without
+    /// conditional writes, and later PUTs leave the header out.
+    pub fn probe(&mut self, key: &str) -> Result<Capabilities, StoreError> {
+        let conditional_writes = self.probe_conditional(key);
+        let removed = self.delete(key, Condition::Always);
+        let conditional_writes = conditional_writes?;
+        removed?;
+
+        let crc_key = format!("{key}.crc");
+        let wrong_crc = checksum_header(b"not the probe body");
+        let checksums_verified =
+            match self.put_with_checksum(&crc_key, PROBE_BODY, &wrong_crc, Condition::Always) {
+                Ok(_) => {
+                    self.delete(&crc_key, Condition::Always)?;
+                    false
+                }
+                Err(e) if e.status == Some(400) => true,
+                Err(e) => return Err(e),
+            };
+        Ok(Capabilities {
+            conditional_writes,
+            checksums_verified,
         })
+    }
+
+    fn probe_conditional(&mut self, key: &str) -> Result<bool, StoreError> {
+        match self.put(key, PROBE_BODY, Condition::Absent) {
+            Ok(_) => {}
+            Err(e) if e.status == Some(501) || e.code.as_deref() == Some("NotImplemented") => {
+                log::debug!("the store rejects If-None-Match ({e}); PUTs leave it out");
+                self.sends_conditions = false;
+                self.put(key, PROBE_BODY, Condition::Always)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        match self.put(key, PROBE_BODY, Condition::Absent) {
+            Ok(_) => Ok(false),
+            // S3 returns 409 for a conditional PUT that races another one on the key.
+            Err(e) if e.status == Some(412) || e.status == Some(409) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `request` until it succeeds, fails with an error a retry cannot fix, or has made
@@ -312,8 +517,9 @@ impl Store {
                     if let Some(first) = first_error {
                         log::warn!(
                             "S3 {action} of {key} succeeded at attempt {attempt} after a \
-                             failure: {first} bucket={}",
-                            self.bucket
+                             failure: {first} bucket={} endpoint={}",
+                            self.bucket,
+                            self.endpoint
                         );
                     }
                     return Ok(value);
@@ -321,15 +527,16 @@ impl Store {
                 Err(e) => e,
             };
             if !error.is_retryable || attempt >= ATTEMPTS {
-                return Err(error.after_attempts(attempt));
+                return Err(error.finish(attempt, &self.endpoint));
             }
             // Debug only: the caller logs a request that fails for good, and the line above
             // one that succeeds after a retry.
             log::debug!(
                 "S3 {action} of {key} failed after {:.1?}: {error}; retrying in {backoff:?} \
-                 (attempt {attempt} of {ATTEMPTS}) bucket={}",
+                 (attempt {attempt} of {ATTEMPTS}) bucket={} endpoint={}",
                 started.elapsed(),
-                self.bucket
+                self.bucket,
+                self.endpoint
             );
             first_error.get_or_insert_with(|| error.to_string());
             // A plain sleep is the backoff: the caller is a worker thread with nothing else
@@ -339,6 +546,49 @@ impl Store {
             attempt += 1;
         }
     }
+}
+
+/// Returns true for a 404 about the key, not about the bucket.
+fn is_missing_key(error: &StoreError) -> bool {
+    error.status == Some(404) && matches!(error.code.as_deref(), None | Some("NoSuchKey"))
+}
+
+/// Builds an HTTPS client that trusts only the certificate authorities in the PEM file
+/// `path`.
+fn https_client(path: &Path) -> Result<SharedHttpClient, StoreError> {
+    let pem = read_ca_file(path).map_err(|reason| {
+        StoreError::local(format!("ca_file {path:?} cannot be used: {reason}"))
+    })?;
+    let trust = TrustStore::empty().with_pem_certificate(pem);
+    let context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| StoreError::local(format!("ca_file {path:?} cannot be used: {e}")))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
+}
+
+/// Reads a PEM file of CA certificates and checks that it contains at least one, and that each
+/// can serve as a trust anchor.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid PEM: {e}"))?;
+    if certificates.is_empty() {
+        return Err("no CERTIFICATE block found; give a PEM file of CA certificates".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, certificate) in certificates.into_iter().enumerate() {
+        roots
+            .add(certificate)
+            .map_err(|e| format!("certificate {} is not usable as a CA: {e}", index + 1))?;
+    }
+    Ok(pem)
 }
 
 /// Returns true when requests go to an endpoint other than AWS's, given as an option or in
@@ -404,6 +654,19 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    #[test]
+    fn certificate_errors_found_in_chain() {
+        let rejected = std::io::Error::other(Wrapper(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        )));
+        assert!(is_certificate_error(&rejected));
+        let refused = std::io::Error::other(Wrapper(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        )));
+        assert!(!is_certificate_error(&refused));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::journal::RelPath;
@@ -36,6 +36,11 @@ pub struct Inode {
     /// Serializes a change to this file's data with its journal append, so that the journal
     /// lists changes to one file in the order the backing file got them.
     pub data_lock: Mutex<()>,
+    /// Open handles that may write to the file.
+    pub writers: AtomicU64,
+    /// The file's content changed since the last `CloseWrite` record, so the release of
+    /// the last writer must journal one.
+    pub changed: AtomicBool,
 }
 
 impl Inode {
@@ -78,6 +83,8 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             links: Mutex::new(Vec::new()),
             data_lock: Mutex::new(()),
+            writers: AtomicU64::new(0),
+            changed: AtomicBool::new(false),
         });
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, root);
@@ -115,6 +122,8 @@ impl InodeTable {
                 lookups: AtomicU64::new(0),
                 links: Mutex::new(Vec::new()),
                 data_lock: Mutex::new(()),
+                writers: AtomicU64::new(0),
+                changed: AtomicBool::new(false),
             })
         });
         inode.lookups.fetch_add(1, Ordering::Relaxed);

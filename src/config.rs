@@ -10,12 +10,19 @@ use serde::Deserialize;
 /// Directory name, at the backing root, of the default state directory. The mount hides it.
 pub const STATE_DIR_NAME: &str = ".logmirror";
 
+/// Default of `materialize_interval`.
+pub const DEFAULT_MATERIALIZE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Allowed range of `materialize_interval`.
+const MATERIALIZE_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, segment_size, log_file, threads, \
-         endpoint, region, path_style"
+         endpoint, region, path_style, materialize_interval"
     )]
     UnknownKey { key: String },
     #[error(
@@ -331,12 +338,22 @@ pub struct MountConfig {
     pub threads: usize,
     /// Mount options handed to the kernel as they are (`nosuid`, `nodev`, `noexec`, `ro`).
     pub kernel_options: Vec<String>,
+    /// `materialize_interval=DURATION`: how long a changed file may wait, while it stays
+    /// open, before an S3 mirror updates its readable copy. From 1 s to 24 h, and `None`
+    /// when not given, which means [`DEFAULT_MATERIALIZE_INTERVAL`] (10 s).
+    pub materialize_interval: Option<Duration>,
 }
 
 impl MountConfig {
     /// Returns true when the state directory sits at the backing root and must be hidden.
     pub fn state_is_inside_backing(&self) -> bool {
         self.state_dir == self.backing.join(STATE_DIR_NAME)
+    }
+
+    /// Returns the interval of readable-copy updates of S3 mirrors.
+    pub fn materialize_interval(&self) -> Duration {
+        self.materialize_interval
+            .unwrap_or(DEFAULT_MATERIALIZE_INTERVAL)
     }
 
     /// Returns how many mirrors must confirm a sync-mode write.
@@ -368,6 +385,7 @@ struct FileOptions {
     endpoint: Option<String>,
     region: Option<String>,
     path_style: Option<FlagOrText>,
+    materialize_interval: Option<NumberOrText>,
 }
 
 /// A value a config file may give as a boolean or as text (`path_style = true` or
@@ -509,6 +527,9 @@ impl RawOptions {
         if let Some(v) = file.path_style {
             push("path_style", v.into_text());
         }
+        if let Some(v) = file.materialize_interval {
+            push("materialize_interval", v.into_text());
+        }
         Ok(())
     }
 }
@@ -589,6 +610,7 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         log_file: None,
         threads: 4,
         kernel_options: Vec::new(),
+        materialize_interval: None,
     };
     for flag in raw.flags {
         if KERNEL_FLAGS.contains(&flag.as_str()) {
@@ -628,6 +650,7 @@ fn is_known_key(key: &str) -> bool {
             | "endpoint"
             | "region"
             | "path_style"
+            | "materialize_interval"
     )
 }
 
@@ -703,6 +726,15 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 .ok_or_else(|| invalid("expected a duration, as in 30s, 500ms or 2m"))?
         }
         "log_file" => config.log_file = Some(absolute_path(key, value)?),
+        "materialize_interval" => {
+            config.materialize_interval = Some(
+                parse_duration(value)
+                    .filter(|d| MATERIALIZE_INTERVAL_RANGE.contains(d))
+                    .ok_or_else(|| {
+                        invalid("expected a duration from 1s to 24h, as in 10s, 1m or 1h")
+                    })?,
+            )
+        }
         "endpoint" | "region" | "path_style" => {
             config.s3.apply(key, value)?;
         }
@@ -753,6 +785,13 @@ fn check(config: &MountConfig) -> Result<(), Error> {
         return Err(Error::Conflict(
             "endpoint, region and path_style apply to s3:// mirrors, and no mirror is one; \
              remove them or add an s3://BUCKET/PREFIX mirror"
+                .into(),
+        ));
+    }
+    if config.materialize_interval.is_some() && !config.mirrors.iter().any(MirrorSpec::is_s3) {
+        return Err(Error::Conflict(
+            "materialize_interval applies to the readable copies of s3:// mirrors, and no \
+             mirror is one; remove it or add an s3://BUCKET/PREFIX mirror"
                 .into(),
         ));
     }
@@ -973,6 +1012,43 @@ mod tests {
             let message = build_args(options).unwrap_err().to_string();
             assert!(message.contains(needle), "{options:?}: {message}");
         }
+    }
+
+    #[test]
+    fn materialize_interval_option() {
+        let config = build_args(&["mirror=s3://logs/h"]).unwrap();
+        assert_eq!(config.materialize_interval(), Duration::from_secs(10));
+        let config = build_args(&["mirror=s3://logs/h,materialize_interval=2m"]).unwrap();
+        assert_eq!(config.materialize_interval(), Duration::from_secs(120));
+        let config = build_args(&["mirror=s3://logs/h,materialize_interval=1"]).unwrap();
+        assert_eq!(config.materialize_interval(), Duration::from_secs(1));
+
+        let cases: &[(&str, &str)] = &[
+            (
+                "materialize_interval=0s",
+                "invalid value \"0s\" for materialize_interval",
+            ),
+            ("materialize_interval=500ms", "invalid value \"500ms\""),
+            ("materialize_interval=25h", "invalid value \"25h\""),
+            ("materialize_interval=soon", "invalid value \"soon\""),
+            (
+                "materialize_interval",
+                "\"materialize_interval\" needs a value",
+            ),
+        ];
+        for (option, needle) in cases {
+            let options = format!("mirror=s3://logs/h,{option}");
+            let message = build_args(&[&options]).unwrap_err().to_string();
+            assert!(message.contains(needle), "{option}: {message}");
+            assert!(
+                message.contains("1s to 24h") || !option.contains('='),
+                "{message}"
+            );
+        }
+        let message = build_args(&["mirror=dir:/a,materialize_interval=5s"])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("no mirror is one"), "{message}");
     }
 
     #[test]

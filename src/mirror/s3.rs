@@ -8,6 +8,7 @@
 //! To list the tree (verify, resync) or to rebuild it (`logmirror restore`), the objects
 //! are downloaded in order, checked, and replayed through a [`DirMirror`] into a directory.
 
+pub mod key;
 mod object;
 mod store;
 

@@ -6,6 +6,9 @@
 //! is returned at once as a [`StoreError`] carrying the store's error code. Credentials come
 //! from the standard AWS chain and are never logged.
 
+mod requests;
+
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
@@ -18,6 +21,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 
 use crate::config::S3Options;
+
+pub use requests::{ByteRange, ObjectInfo};
 
 /// Attempts per request before the failure goes to the caller (whose own backoff follows).
 const ATTEMPTS: u32 = 4;
@@ -143,6 +148,8 @@ pub struct Store {
     runtime: tokio::runtime::Runtime,
     client: Client,
     bucket: String,
+    /// Bytes of request bodies sent, retries included.
+    bytes_uploaded: AtomicU64,
 }
 
 impl Store {
@@ -183,6 +190,7 @@ impl Store {
             runtime,
             client: Client::from_conf(config),
             bucket: bucket.to_string(),
+            bytes_uploaded: AtomicU64::new(0),
         })
     }
 
@@ -245,6 +253,7 @@ impl Store {
     pub fn put_new(&self, key: &str, body: &[u8]) -> Result<(), StoreError> {
         let crc = checksum_header(body);
         let result = self.retrying("upload", key, || {
+            self.count_upload(body.len());
             let request = self
                 .client
                 .put_object()

@@ -22,7 +22,7 @@ use crate::mirror::Mirror;
 use crate::mirror::acks::{AckPolicy, Acks};
 use crate::mirror::cursor;
 use crate::mirror::dir::DirMirror;
-use crate::mirror::s3::S3Mirror;
+use crate::mirror::s3::{CopySettings, S3Mirror};
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
 use crate::status::MountInfo;
 
@@ -466,7 +466,8 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     );
     let _ = std::fs::remove_file(&clean_marker);
 
-    let slots = open_mirrors(&config, &journal, was_clean)?;
+    let namespace = Arc::new(RwLock::new(()));
+    let slots = open_mirrors(&config, &journal, &namespace, was_clean)?;
     let confirmed = slots.iter().map(|s| s.progress().confirmed).collect();
     let acks = Arc::new(Acks::new(
         AckPolicy {
@@ -478,7 +479,6 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         },
         confirmed,
     ));
-    let namespace = Arc::new(RwLock::new(()));
     let ctx = Arc::new(Context {
         journal: journal.clone(),
         acks: acks.clone(),
@@ -554,7 +554,10 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         config.mountpoint,
         config.drain_timeout
     );
-    drain(&config, &ctx, &slots);
+    let deadline = drain(&config, &ctx, &slots);
+    for copies in slots.iter().filter_map(|slot| slot.copies.as_ref()) {
+        copies.shutdown(deadline);
+    }
     ctx.stop.set();
     let deadline = Instant::now() + Duration::from_secs(5);
     for worker in workers {
@@ -588,17 +591,13 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
 /// Opens each mirror and its cursor, deciding which mirrors must be resynced.
 fn open_mirrors(
     config: &MountConfig,
-    journal: &Journal,
+    journal: &Arc<Journal>,
+    namespace: &Arc<RwLock<()>>,
     was_clean: bool,
 ) -> Result<Vec<Arc<MirrorSlot>>, Error> {
     let mut slots = Vec::new();
     for (index, spec) in config.mirrors.iter().enumerate() {
         let name = spec.name();
-        let mirror =
-            open_mirror(config, spec, index, journal.id()).map_err(|source| Error::Mirror {
-                name: name.clone(),
-                source,
-            })?;
         let cursor = cursor::load(&config.state_dir, &name);
         let (head, _) = journal.head();
         let first = journal.first_seq();
@@ -626,21 +625,39 @@ fn open_mirrors(
             progress.needs_resync = true;
             progress.confirmed = (Seq(0), Position(0));
         }
+        let opened = OpenedJournal {
+            journal,
+            namespace,
+            progress: &progress,
+        };
+        let mirror = open_mirror(config, spec, index, &opened).map_err(|source| Error::Mirror {
+            name: name.clone(),
+            source,
+        })?;
+        let copies = mirror.copies();
         slots.push(Arc::new(MirrorSlot {
             index,
             name,
             mirror: Mutex::new(mirror),
             progress: Mutex::new(progress),
+            copies,
         }));
     }
     Ok(slots)
+}
+
+/// Journal, namespace lock and cursor progress that a mirror is opened against.
+struct OpenedJournal<'a> {
+    journal: &'a Arc<Journal>,
+    namespace: &'a Arc<RwLock<()>>,
+    progress: &'a Progress,
 }
 
 fn open_mirror(
     config: &MountConfig,
     spec: &MirrorSpec,
     index: usize,
-    journal_id: u64,
+    opened: &OpenedJournal,
 ) -> Result<Box<dyn Mirror>, crate::mirror::Error> {
     match spec {
         MirrorSpec::Dir(dir) => Ok(Box::new(DirMirror::open(dir)?)),
@@ -649,9 +666,18 @@ fn open_mirror(
                 .state_dir
                 .join("replay")
                 .join(format!("mirror-{index}"));
-            Ok(Box::new(S3Mirror::open(
-                bucket, prefix, &config.s3, journal_id, &scratch,
-            )?))
+            let journal_id = opened.journal.id();
+            let mut mirror = S3Mirror::open(bucket, prefix, &config.s3, journal_id, &scratch)?;
+            mirror.start_copies(CopySettings {
+                backing: config.backing.clone(),
+                interval: config.materialize_interval(),
+                namespace: opened.namespace.clone(),
+                journal: opened.journal.clone(),
+                state_dir: config.state_dir.clone(),
+                confirmed: opened.progress.confirmed.0,
+                resync_pending: opened.progress.needs_resync,
+            })?;
+            Ok(Box::new(mirror))
         }
     }
 }
@@ -798,19 +824,18 @@ fn spawn_housekeeping(
     }
 }
 
-/// Waits up to `drain_timeout` for every mirror to confirm the journal head.
-fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) {
+/// Waits up to `drain_timeout` for every mirror to confirm the journal head; returns the end
+/// of that time, which the readable copies get too.
+fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> Instant {
     let head = ctx.journal.head().0;
     let started = Instant::now();
-    if ctx
-        .acks
-        .wait_all_confirmed(head, started + config.drain_timeout)
-    {
+    let deadline = started + config.drain_timeout;
+    if ctx.acks.wait_all_confirmed(head, deadline) {
         log::info!(
             "mirrors drained up to seq {head} in {:.1?}",
             started.elapsed()
         );
-        return;
+        return deadline;
     }
     for slot in slots {
         let confirmed = slot.progress().confirmed.0;
@@ -822,4 +847,5 @@ fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) {
             );
         }
     }
+    deadline
 }

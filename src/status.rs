@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mirror::s3::CopiesStatus;
 use crate::mirror::worker::{Context, LastVerify, MirrorSlot};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,6 +38,13 @@ pub struct MirrorStatus {
     pub resync_pending: bool,
     /// Outcome of the latest `logmirror verify`, if one ran since the mount.
     pub last_verify: Option<LastVerify>,
+    /// S3 mirrors: bytes of request bodies sent to the store since the mount (journal
+    /// objects and readable copies, retries included).
+    #[serde(default)]
+    pub bytes_uploaded: Option<u64>,
+    /// S3 mirrors: progress of the readable copies.
+    #[serde(default)]
+    pub copies: Option<CopiesStatus>,
 }
 
 /// Paths and mode shown in status, fixed at mount time.
@@ -70,6 +78,8 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
                 failed_attempts: progress.failed_attempts,
                 resync_pending: progress.needs_resync,
                 last_verify: progress.last_verify,
+                bytes_uploaded: slot.copies.as_ref().map(|c| c.bytes_uploaded()),
+                copies: slot.copies.as_ref().map(|c| c.status()),
             }
         })
         .collect();
@@ -129,6 +139,24 @@ pub fn render(status: &Status) -> String {
         );
         if m.resync_pending {
             let _ = writeln!(out, "  resync from the backing tree pending");
+        }
+        if let Some(bytes) = m.bytes_uploaded {
+            let _ = writeln!(out, "  uploaded since the mount: {}", human_bytes(bytes));
+        }
+        if let Some(copies) = &m.copies {
+            let comparing = if copies.comparing {
+                ", comparison with the backing tree pending"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  readable copies: {} files pending, {} written, at seq {}{comparing}",
+                copies.files_pending, copies.copies_written, copies.position
+            );
+            if let Some(error) = &copies.last_error {
+                let _ = writeln!(out, "  readable copies, last error: {error}");
+            }
         }
         if let Some(error) = &m.last_error {
             let _ = writeln!(out, "  last error: {error}");

@@ -7,7 +7,11 @@
 //!
 //! To list the tree (verify, resync) or to rebuild it (`logmirror restore`), the objects
 //! are downloaded in order, checked, and replayed through a [`DirMirror`] into a directory.
+//!
+//! Each stored record also goes to the readable copies (`s3/copies.rs`), a plain object per
+//! file that a copier thread keeps up to date from the backing directory.
 
+mod copies;
 pub mod key;
 mod object;
 mod store;
@@ -16,6 +20,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, info, warn};
@@ -27,6 +32,7 @@ use super::dir::DirMirror;
 use super::manifest::{self, Manifest};
 use super::{Error, Mirror};
 
+pub use copies::{Copies, CopiesStatus, CopySettings};
 pub use object::{journal_prefix, object_key, parse_object_key};
 pub use store::{StoreError, checksum_header};
 
@@ -42,7 +48,7 @@ const MAX_OBJECT_BYTES: usize = 16 << 20;
 pub struct S3Mirror {
     name: String,
     prefix: String,
-    store: Store,
+    store: Arc<Store>,
     journal_id: u64,
     /// Number of the next object to store; one more than the highest in the bucket at open.
     next_number: u64,
@@ -50,6 +56,8 @@ pub struct S3Mirror {
     /// Directory for replaying the objects when a manifest is needed. It is emptied before
     /// and removed after each use.
     scratch: PathBuf,
+    /// The readable copies, once started.
+    copies: Option<Arc<Copies>>,
 }
 
 impl S3Mirror {
@@ -76,12 +84,21 @@ impl S3Mirror {
         Ok(S3Mirror {
             name,
             prefix: prefix.to_string(),
-            store,
+            store: Arc::new(store),
             journal_id,
             next_number,
             pending: PendingObject::default(),
             scratch: scratch.to_path_buf(),
+            copies: None,
         })
+    }
+
+    /// Starts the readable copies: from now on every record the mirror stores also updates
+    /// the copy of the file it changes.
+    pub fn start_copies(&mut self, settings: CopySettings) -> Result<(), Error> {
+        let copies = Copies::start(settings, self.store.clone(), &self.name, &self.prefix)?;
+        self.copies = Some(copies);
+        Ok(())
     }
 
     fn push(&mut self, record: &Record) -> Result<(), Error> {
@@ -156,7 +173,21 @@ impl Mirror for S3Mirror {
     }
 
     fn apply_record(&mut self, record: &Record) -> Result<(), Error> {
-        self.push(record)
+        self.push(record)?;
+        if let Some(copies) = &self.copies {
+            copies.record(record);
+        }
+        Ok(())
+    }
+
+    fn copies(&self) -> Option<Arc<Copies>> {
+        self.copies.clone()
+    }
+
+    fn resynced(&mut self, head: Seq) {
+        if let Some(copies) = &self.copies {
+            copies.resynced(head);
+        }
     }
 
     fn flush(&mut self) -> Result<(), Error> {

@@ -74,6 +74,8 @@ pub struct MirrorSlot {
     pub name: String,
     pub mirror: Mutex<Box<dyn Mirror>>,
     pub progress: Mutex<Progress>,
+    /// The mirror's readable copies, reachable without the mirror lock.
+    pub copies: Option<Arc<super::Copies>>,
 }
 
 impl MirrorSlot {
@@ -370,8 +372,11 @@ impl Worker {
             let (head, position) = self.ctx.journal.head();
             let skip = self.ctx.skip_at_root();
             let mut mirror = self.slot.mirror.lock().expect("mirror lock");
-            super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip)
-                .map(|stats| (head, position, stats))
+            let result = super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip);
+            if result.is_ok() {
+                mirror.resynced(head);
+            }
+            result.map(|stats| (head, position, stats))
         };
         self.slot.progress.lock().expect("progress lock").resyncing = false;
         let (head, position, stats) = result.map_err(|e| format!("resync: {}", error_chain(&e)))?;

@@ -52,11 +52,11 @@ fn object_key(number: u64) -> String {
     format!("{JOURNAL_PREFIX}{number:020}.lmj")
 }
 
-/// Asserts that the bucket contains journal objects 1, 2, ... under the test prefix and
-/// nothing else, and returns their keys.
+/// Asserts that the bucket contains journal objects 1, 2, ... under the test prefix's
+/// journal folder and nothing else, and returns their keys.
 fn assert_journal_keys(garage: &Garage) -> Vec<String> {
-    let keys = garage.client().list(&format!("{PREFIX}/"));
-    assert!(!keys.is_empty(), "no journal object under {PREFIX}/");
+    let keys = garage.client().list(JOURNAL_PREFIX);
+    assert!(!keys.is_empty(), "no journal object under {JOURNAL_PREFIX}");
     let expected: Vec<String> = (1..=keys.len() as u64).map(object_key).collect();
     assert_eq!(keys, expected, "keys under {PREFIX}/");
     keys

@@ -699,6 +699,7 @@ fn mount_session(
         FsOptions {
             hide_state_dir: true,
             when_full_blocks: config.when_full == WhenFull::Block,
+            journal_closes: config.mirrors.iter().any(MirrorSpec::is_s3),
         },
     )
     .map_err(io_error("open", &config.backing))?;

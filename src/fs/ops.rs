@@ -747,8 +747,8 @@ impl LogFs {
     }
 
     /// Drops a file handle. When it was the last one open for writing on a file whose
-    /// content changed, journals a `CloseWrite` record, so that the S3 mirror updates the
-    /// file's readable copy.
+    /// content changed, and an S3 mirror keeps readable copies, journals a `CloseWrite`
+    /// record so that the mirror updates the file's copy.
     pub fn release(&self, fh: u64) {
         let Some(handle) = self.handles.remove_file(fh) else {
             return;
@@ -758,6 +758,7 @@ impl LogFs {
         };
         if inode.writers.fetch_sub(1, Ordering::SeqCst) != 1
             || !inode.changed.swap(false, Ordering::SeqCst)
+            || !self.options.journal_closes
         {
             return;
         }

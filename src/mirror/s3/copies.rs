@@ -45,7 +45,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How often a file that waits for the journal position is tried again.
 const POSITION_RETRY: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Queued changes beyond which the queue is dropped and the copies are compared with the
 /// tree instead, so that a copier stuck on a failing store does not fill memory.
 const MAX_QUEUED: usize = 1 << 16;
@@ -68,7 +68,7 @@ pub enum CopyError {
         #[source]
         source: io::Error,
     },
-    #[error("backing file {path} changed while its copy was written; writing it again")]
+    #[error("backing file {path} changed while its copy was written")]
     Changed { path: RelPath },
     #[error("file {path} gets no copy")]
     NoKey {
@@ -581,7 +581,11 @@ impl Copier {
                     self.position = self.position.max(head);
                     self.compare_pending = true;
                 }
-                Item::Settle(settle) => self.settles.push(settle),
+                Item::Settle(settle) => {
+                    // A caller waits, so a failed request is tried again now.
+                    self.retry_at = None;
+                    self.settles.push(settle);
+                }
             }
         }
     }
@@ -678,6 +682,15 @@ impl Copier {
                 }
                 Err(e)
             }
+            Err(CopyError::Changed { .. }) => {
+                // Rewritten in place while it was read: try again after the interval.
+                log::debug!(
+                    "mirror {}: {path} changed while its copy was written",
+                    self.ctx.name
+                );
+                self.delay(path);
+                Ok(())
+            }
             Err(e) if e.is_retryable() => Err(e),
             Err(e) => self.postpone(path, e),
         }
@@ -692,13 +705,18 @@ impl Copier {
             self.interval
         );
         lock(&self.shared.status).last_error = Some(text);
+        self.delay(path);
+        Ok(())
+    }
+
+    /// Makes the file wait another interval before its next update.
+    fn delay(&mut self, path: &RelPath) {
         if let Some(entry) = self.tracker.get_mut(path) {
             entry.urgent = false;
             if let Some(dirty) = &mut entry.dirty {
                 dirty.since = Instant::now();
             }
         }
-        Ok(())
     }
 
     fn failed(&mut self, e: CopyError) {
@@ -716,7 +734,7 @@ impl Copier {
             );
         }
         lock(&self.shared.status).last_error = Some(text);
-        let wait = if e.is_source_changed() || matches!(e, CopyError::Changed { .. }) {
+        let wait = if e.is_source_changed() {
             Duration::ZERO
         } else {
             self.backoff

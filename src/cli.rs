@@ -27,6 +27,10 @@ Options (-o key=value,... or the same keys in the --config TOML file; -o values 
 file, and mirrors given with -o replace the file's list):
   mirror=dir:/path            directory mirror; a mirror is required, repeat for more
   mirror=s3://BUCKET/PREFIX   S3 mirror: journal objects under PREFIX/.logmirror/journal/
+                              and a readable copy of each file at PREFIX/PATH
+  materialize_interval=DURATION
+                              S3: longest wait before a changed file that stays open gets
+                              its copy updated (default 10s, 1s to 24h)
   endpoint=URL                S3 endpoint, as in http://127.0.0.1:3900 (default
                               AWS_ENDPOINT_URL, else AWS's endpoint for the region)
   region=NAME                 S3 region (default AWS_REGION or the AWS profile's region)

@@ -10,13 +10,20 @@ use serde::Deserialize;
 /// Directory name, at the backing root, of the default state directory. The mount hides it.
 pub const STATE_DIR_NAME: &str = ".logmirror";
 
+/// Default of `materialize_interval`.
+pub const DEFAULT_MATERIALIZE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Allowed range of `materialize_interval`.
+const MATERIALIZE_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
          threads, endpoint, region, path_style, ca_file, allow_http, takeover, retention, \
-         verify_interval, repair"
+         verify_interval, repair, materialize_interval"
     )]
     UnknownKey { key: String },
     #[error(
@@ -416,12 +423,22 @@ pub struct MountConfig {
     /// `takeover=true|false`: take the lease of every S3 mirror's prefix even when another
     /// daemon holds it, for a host that crashed or was replaced. Default false.
     pub takeover: bool,
+    /// `materialize_interval=DURATION`: how long a changed file may wait, while it stays
+    /// open, before an S3 mirror updates its readable copy. From 1 s to 24 h, and `None`
+    /// when not given, which means [`DEFAULT_MATERIALIZE_INTERVAL`] (10 s).
+    pub materialize_interval: Option<Duration>,
 }
 
 impl MountConfig {
     /// Returns true when the state directory sits at the backing root and must be hidden.
     pub fn state_is_inside_backing(&self) -> bool {
         self.state_dir == self.backing.join(STATE_DIR_NAME)
+    }
+
+    /// Returns the interval of readable-copy updates of S3 mirrors.
+    pub fn materialize_interval(&self) -> Duration {
+        self.materialize_interval
+            .unwrap_or(DEFAULT_MATERIALIZE_INTERVAL)
     }
 
     /// Returns how many mirrors must confirm a sync-mode write.
@@ -460,6 +477,7 @@ struct FileOptions {
     ca_file: Option<PathBuf>,
     allow_http: Option<FlagOrText>,
     takeover: Option<FlagOrText>,
+    materialize_interval: Option<NumberOrText>,
 }
 
 /// A value a config file may give as a boolean or as text (`path_style = true` or
@@ -640,6 +658,9 @@ impl RawOptions {
         if let Some(v) = file.takeover {
             push("takeover", v.into_text());
         }
+        if let Some(v) = file.materialize_interval {
+            push("materialize_interval", v.into_text());
+        }
         Ok(())
     }
 }
@@ -729,6 +750,7 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         verify_interval: Duration::from_secs(3600),
         repair: false,
         takeover: false,
+        materialize_interval: None,
     };
     for flag in raw.flags {
         if KERNEL_FLAGS.contains(&flag.as_str()) {
@@ -786,6 +808,7 @@ fn is_known_key(key: &str) -> bool {
             | "ca_file"
             | "allow_http"
             | "takeover"
+            | "materialize_interval"
     )
 }
 
@@ -866,6 +889,15 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 .ok_or_else(|| invalid("expected a duration up to 1m, as in 500ms or 2s"))?
         }
         "log_file" => config.log_file = Some(absolute_path(key, value)?),
+        "materialize_interval" => {
+            config.materialize_interval = Some(
+                parse_duration(value)
+                    .filter(|d| MATERIALIZE_INTERVAL_RANGE.contains(d))
+                    .ok_or_else(|| {
+                        invalid("expected a duration from 1s to 24h, as in 10s, 1m or 1h")
+                    })?,
+            )
+        }
         "retention" => {
             config.retention = Some(
                 parse_duration(value)
@@ -959,6 +991,13 @@ fn check(config: &MountConfig) -> Result<(), Error> {
         ));
     }
     config.s3.check_transport()?;
+    if config.materialize_interval.is_some() && !config.mirrors.iter().any(MirrorSpec::is_s3) {
+        return Err(Error::Conflict(
+            "materialize_interval applies to the readable copies of s3:// mirrors, and no \
+             mirror is one; remove it or add an s3://BUCKET/PREFIX mirror"
+                .into(),
+        ));
+    }
     if let Ack::Count(n) = config.ack
         && n > config.mirrors.len()
     {
@@ -1335,6 +1374,43 @@ mod tests {
             message.contains("\"takeover\" is not valid here"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn materialize_interval_option() {
+        let config = build_args(&["mirror=s3://logs/h"]).unwrap();
+        assert_eq!(config.materialize_interval(), Duration::from_secs(10));
+        let config = build_args(&["mirror=s3://logs/h,materialize_interval=2m"]).unwrap();
+        assert_eq!(config.materialize_interval(), Duration::from_secs(120));
+        let config = build_args(&["mirror=s3://logs/h,materialize_interval=1"]).unwrap();
+        assert_eq!(config.materialize_interval(), Duration::from_secs(1));
+
+        let cases: &[(&str, &str)] = &[
+            (
+                "materialize_interval=0s",
+                "invalid value \"0s\" for materialize_interval",
+            ),
+            ("materialize_interval=500ms", "invalid value \"500ms\""),
+            ("materialize_interval=25h", "invalid value \"25h\""),
+            ("materialize_interval=soon", "invalid value \"soon\""),
+            (
+                "materialize_interval",
+                "\"materialize_interval\" needs a value",
+            ),
+        ];
+        for (option, needle) in cases {
+            let options = format!("mirror=s3://logs/h,{option}");
+            let message = build_args(&[&options]).unwrap_err().to_string();
+            assert!(message.contains(needle), "{option}: {message}");
+            assert!(
+                message.contains("1s to 24h") || !option.contains('='),
+                "{message}"
+            );
+        }
+        let message = build_args(&["mirror=dir:/a,materialize_interval=5s"])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("no mirror is one"), "{message}");
     }
 
     #[test]

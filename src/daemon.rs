@@ -21,7 +21,7 @@ use crate::mirror::Mirror;
 use crate::mirror::acks::{AckPolicy, Acks};
 use crate::mirror::cursor::{self, Cursor};
 use crate::mirror::dir::DirMirror;
-use crate::mirror::s3::{Folder, LeaseOptions, S3Mirror, StoreReport};
+use crate::mirror::s3::{CopySettings, Folder, LeaseOptions, S3Mirror, StoreReport};
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
 use crate::periodic::{self, FoldTask, Schedule};
 use crate::status::MountInfo;
@@ -484,7 +484,8 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     let _ = std::fs::remove_file(&clean_marker);
     let records_lost = lost_at_recovery(&journal, &recovery, clean_head);
 
-    let (slots, folds) = open_mirrors(&config, &journal, was_clean, records_lost)?;
+    let namespace = Arc::new(RwLock::new(()));
+    let (slots, folds) = open_mirrors(&config, &journal, &namespace, was_clean, records_lost)?;
     let confirmed = slots.iter().map(|s| s.progress().confirmed).collect();
     let acks = Arc::new(Acks::new(
         AckPolicy {
@@ -497,7 +498,6 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         },
         confirmed,
     ));
-    let namespace = Arc::new(RwLock::new(()));
     let ctx = Arc::new(Context {
         journal: journal.clone(),
         acks: acks.clone(),
@@ -576,7 +576,10 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
         config.mountpoint,
         config.drain_timeout
     );
-    drain(&config, &ctx, &slots);
+    let deadline = drain(&config, &ctx, &slots);
+    for copies in slots.iter().filter_map(|slot| slot.copies.as_ref()) {
+        copies.shutdown(deadline);
+    }
     ctx.stop.set();
     let deadline = Instant::now() + Duration::from_secs(5);
     for worker in workers {
@@ -657,7 +660,8 @@ fn lost_at_recovery(
 /// slots and, with `retention=`, a fold task per S3 mirror.
 fn open_mirrors(
     config: &MountConfig,
-    journal: &Journal,
+    journal: &Arc<Journal>,
+    namespace: &Arc<RwLock<()>>,
     was_clean: bool,
     records_lost: bool,
 ) -> Result<(Vec<Arc<MirrorSlot>>, Vec<FoldTask>), Error> {
@@ -666,13 +670,6 @@ fn open_mirrors(
     for (index, spec) in config.mirrors.iter().enumerate() {
         let name = spec.name();
         let cursor = cursor::load(&config.state_dir, &name);
-        let opened =
-            open_mirror(config, spec, index, journal, cursor.as_ref()).map_err(|source| {
-                Error::Mirror {
-                    name: name.clone(),
-                    source,
-                }
-            })?;
         let (head, _) = journal.head();
         let first = journal.first_seq();
         let mut progress = Progress::default();
@@ -695,6 +692,16 @@ fn open_mirrors(
         if let Some(c) = &cursor {
             progress.confirmed = (Seq(c.seq), Position(c.position));
         }
+        let target = MirrorTarget {
+            journal,
+            namespace,
+            cursor: cursor.as_ref(),
+            resync_pending: reason.is_some(),
+        };
+        let opened = open_mirror(config, spec, index, &target).map_err(|source| Error::Mirror {
+            name: name.clone(),
+            source,
+        })?;
         let reason = match (reason, opened.resync_reason) {
             (Some(reason), _) => Some(reason.to_string()),
             (None, Some(store_reason)) => {
@@ -708,12 +715,14 @@ fn open_mirrors(
             progress.needs_resync = true;
             progress.confirmed = (Seq(0), Position(0));
         }
+        let copies = opened.mirror.copies();
         let slot = Arc::new(MirrorSlot {
             index,
             name,
             mirror: Mutex::new(opened.mirror),
             progress: Mutex::new(progress),
             store: opened.store,
+            copies,
         });
         if let Some(folder) = opened.folder {
             folds.push(FoldTask::new(slot.clone(), folder));
@@ -721,6 +730,15 @@ fn open_mirrors(
         slots.push(slot);
     }
     Ok((slots, folds))
+}
+
+/// Journal, namespace lock and cursor that a mirror is opened against.
+struct MirrorTarget<'a> {
+    journal: &'a Arc<Journal>,
+    namespace: &'a Arc<RwLock<()>>,
+    cursor: Option<&'a Cursor>,
+    /// The cursor alone already calls for a resync.
+    resync_pending: bool,
 }
 
 /// An opened mirror, with what an S3 mirror found in its store.
@@ -733,13 +751,13 @@ struct OpenedMirror {
     resync_reason: Option<String>,
 }
 
-/// Opens one mirror and, for an S3 mirror with `retention=`, the folder of its history.
+/// Opens one mirror and, for an S3 mirror, starts its readable copies and, with
+/// `retention=`, opens the folder of its history.
 fn open_mirror(
     config: &MountConfig,
     spec: &MirrorSpec,
     index: usize,
-    journal: &Journal,
-    cursor: Option<&Cursor>,
+    target: &MirrorTarget,
 ) -> Result<OpenedMirror, crate::mirror::Error> {
     match spec {
         MirrorSpec::Dir(dir) => Ok(OpenedMirror {
@@ -749,6 +767,7 @@ fn open_mirror(
             resync_reason: None,
         }),
         MirrorSpec::S3 { bucket, prefix } => {
+            let journal = target.journal;
             let replay_dir = config.state_dir.join("replay");
             let scratch = replay_dir.join(format!("mirror-{index}"));
             let lease = LeaseOptions {
@@ -758,7 +777,7 @@ fn open_mirror(
             let mut mirror =
                 S3Mirror::open(bucket, prefix, &config.s3, journal.id(), &scratch, &lease)?;
             let (head, _) = journal.head();
-            let resync_reason = match mirror.check_position(head, cursor, journal.dir()) {
+            let resync_reason = match mirror.check_position(head, target.cursor, journal.dir()) {
                 Ok(reason) => reason,
                 Err(e) => {
                     // The lease goes back, so that the remedy the error names (a new
@@ -769,6 +788,20 @@ fn open_mirror(
                     return Err(e);
                 }
             };
+            let resync_pending = target.resync_pending || resync_reason.is_some();
+            let confirmed = match (resync_pending, target.cursor) {
+                (false, Some(cursor)) => Seq(cursor.seq),
+                _ => Seq(0),
+            };
+            mirror.start_copies(CopySettings {
+                backing: config.backing.clone(),
+                interval: config.materialize_interval(),
+                namespace: target.namespace.clone(),
+                journal: journal.clone(),
+                state_dir: config.state_dir.clone(),
+                confirmed,
+                resync_pending,
+            })?;
             let folder = match config.retention {
                 Some(_) => Some(Folder::new(
                     bucket,
@@ -804,6 +837,7 @@ fn mount_session(
         FsOptions {
             hide_state_dir: true,
             when_full_blocks: config.when_full == WhenFull::Block,
+            journal_closes: config.mirrors.iter().any(MirrorSpec::is_s3),
         },
     )
     .map_err(io_error("open", &config.backing))?;
@@ -944,19 +978,18 @@ fn release_mirrors(slots: &[Arc<MirrorSlot>], head: Seq) {
     }
 }
 
-/// Waits up to `drain_timeout` for every mirror to confirm the journal head.
-fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) {
+/// Waits up to `drain_timeout` for every mirror to confirm the journal head; returns the end
+/// of that time, which the readable copies get too.
+fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> Instant {
     let head = ctx.journal.head().0;
     let started = Instant::now();
-    if ctx
-        .acks
-        .wait_all_confirmed(head, started + config.drain_timeout)
-    {
+    let deadline = started + config.drain_timeout;
+    if ctx.acks.wait_all_confirmed(head, deadline) {
         log::info!(
             "mirrors drained up to seq {head} in {:.1?}",
             started.elapsed()
         );
-        return;
+        return deadline;
     }
     for slot in slots {
         let confirmed = slot.progress().confirmed.0;
@@ -968,4 +1001,5 @@ fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) {
             );
         }
     }
+    deadline
 }

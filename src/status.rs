@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mirror::s3::StoreReport;
+use crate::mirror::s3::{CopiesStatus, StoreReport};
 use crate::mirror::worker::{Context, LastFold, LastVerify, MirrorSlot, VerifyTrigger, now_ns};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +56,13 @@ pub struct MirrorStatus {
     /// lease. Absent for other mirrors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreReport>,
+    /// S3 mirrors: bytes of request bodies sent to the store since the mount (journal
+    /// objects and readable copies, retries included).
+    #[serde(default)]
+    pub bytes_uploaded: Option<u64>,
+    /// S3 mirrors: progress of the readable copies.
+    #[serde(default)]
+    pub copies: Option<CopiesStatus>,
 }
 
 /// Paths and mode shown in status, fixed at mount time.
@@ -95,6 +102,8 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
                 last_verify: progress.last_verify,
                 last_fold: progress.last_fold,
                 store: slot.store.clone(),
+                bytes_uploaded: slot.copies.as_ref().map(|c| c.bytes_uploaded()),
+                copies: slot.copies.as_ref().map(|c| c.status()),
             }
         })
         .collect();
@@ -172,6 +181,24 @@ pub fn render(status: &Status) -> String {
         }
         if m.resync_pending {
             let _ = writeln!(out, "  resync from the backing tree pending");
+        }
+        if let Some(bytes) = m.bytes_uploaded {
+            let _ = writeln!(out, "  uploaded since the mount: {}", human_bytes(bytes));
+        }
+        if let Some(copies) = &m.copies {
+            let comparing = if copies.comparing {
+                ", comparison with the backing tree pending"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  readable copies: {} files pending, {} written, at seq {}{comparing}",
+                copies.files_pending, copies.copies_written, copies.position
+            );
+            if let Some(error) = &copies.last_error {
+                let _ = writeln!(out, "  readable copies, last error: {error}");
+            }
         }
         if let Some(error) = &m.last_error {
             let ago = m

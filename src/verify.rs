@@ -1,5 +1,7 @@
 //! Verify: compares each mirror with the backing tree (type, size, mode, symlink target,
-//! CRC32C of content) after the mirrors confirmed everything committed before the call.
+//! CRC32C of content) after the mirrors confirmed everything committed before the call. The
+//! readable copies of an S3 mirror are compared too, by size and the CRC32C in their
+//! metadata, once every file changed before the call has its copy written.
 //!
 //! A difference seen while writes continue may only be a change in flight, so a difference
 //! is reported only if it is still there after a second sync and a second comparison. Runs
@@ -170,9 +172,18 @@ fn compare(
         .expect("mirror lock")
         .manifest()
         .map_err(|e| format!("reading the mirror: {}", error_chain(&e)))?;
-    let lines = manifest::diff(&backing, &mirror)
+    let mut lines: Vec<String> = manifest::diff(&backing, &mirror)
         .iter()
         .map(|d| d.to_string())
         .collect();
+    if let Some(copies) = &slot.copies {
+        copies
+            .settle(deadline)
+            .map_err(|e| format!("readable copies did not catch up: {e}"))?;
+        let differences = copies
+            .compare(&backing)
+            .map_err(|e| format!("comparing the readable copies: {}", error_chain(&e)))?;
+        lines.extend(differences);
+    }
     Ok((backing.entries.len(), lines))
 }

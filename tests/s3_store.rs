@@ -144,11 +144,13 @@ fn s3_lease_second_daemon_and_takeover() {
         log.contains("WARN") && log.contains("falling back to a read-after-write lease"),
         "{log}"
     );
-    // The probe objects are gone again: only the lease and journal objects remain.
+    // The probe objects are gone again: only the lease, the journal objects and the
+    // readable copy of a.log remain.
     let keys = garage.client().list(&format!("{PREFIX}/"));
+    let copy_key = format!("{PREFIX}/a.log");
     assert!(
         keys.iter()
-            .all(|k| k == LEASE_KEY || k.starts_with(JOURNAL_PREFIX)),
+            .all(|k| k == LEASE_KEY || k.starts_with(JOURNAL_PREFIX) || *k == copy_key),
         "{keys:?}"
     );
     let held = lease(&garage).expect("lease object while mounted");
@@ -685,9 +687,22 @@ fn s3_access_denied_at_run_time() {
             other => Err(format!("failed_attempts {other:?}")),
         }
     });
+    // The journal worker and the readable copies each warn once.
     let log = mount.log_tail(usize::MAX);
-    let warnings = log.lines().filter(|l| l.contains("AccessDenied")).count();
-    assert_eq!(warnings, 1, "AccessDenied logged per attempt:\n{log}");
+    let denied = |module: &str| {
+        log.lines()
+            .filter(|l| l.contains("AccessDenied") && l.contains(module))
+            .count()
+    };
+    assert_eq!(
+        denied("logmirror::mirror::worker"),
+        1,
+        "AccessDenied logged per attempt:\n{log}"
+    );
+    assert!(
+        denied("logmirror::mirror::s3::copies") <= 1,
+        "AccessDenied logged per copy attempt:\n{log}"
+    );
 
     garage.cli(&[
         "bucket",

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::inodes::Inode;
 use super::sys::DirStream;
 
 /// An open regular file.
@@ -14,6 +15,8 @@ pub struct FileHandle {
     pub fd: OwnedFd,
     /// Opened with O_SYNC or O_DSYNC: each write is made durable before its reply.
     pub sync_writes: bool,
+    /// The inode, when the handle was opened for writing; counted in its `writers`.
+    pub writes_to: Option<Arc<Inode>>,
 }
 
 impl FileHandle {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::journal::RelPath;
@@ -39,6 +39,11 @@ pub struct Inode {
     /// Path found by searching the backing tree when no known name leads to the inode;
     /// checked again before each use (see `find.rs`).
     pub found_path: Mutex<Option<RelPath>>,
+    /// Open handles that may write to the file.
+    pub writers: AtomicU64,
+    /// The file's content changed since the last `CloseWrite` record, so the release of
+    /// the last writer must journal one.
+    pub changed: AtomicBool,
 }
 
 impl Inode {
@@ -82,6 +87,8 @@ impl InodeTable {
             links: Mutex::new(Vec::new()),
             data_lock: Mutex::new(()),
             found_path: Mutex::new(None),
+            writers: AtomicU64::new(0),
+            changed: AtomicBool::new(false),
         });
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, root);
@@ -120,6 +127,8 @@ impl InodeTable {
                 links: Mutex::new(Vec::new()),
                 data_lock: Mutex::new(()),
                 found_path: Mutex::new(None),
+                writers: AtomicU64::new(0),
+                changed: AtomicBool::new(false),
             })
         });
         inode.lookups.fetch_add(1, Ordering::Relaxed);

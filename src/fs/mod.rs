@@ -49,6 +49,9 @@ pub struct FsOptions {
     pub hide_state_dir: bool,
     /// Async writers wait for room when the backlog is full (otherwise they get ENOSPC).
     pub when_full_blocks: bool,
+    /// Journal a `CloseWrite` record when the last writer of a changed file closes it. Only
+    /// the readable copies of S3 mirrors use them.
+    pub journal_closes: bool,
 }
 
 /// The mounted filesystem. Handlers take `&self` and run on several FUSE threads at once.

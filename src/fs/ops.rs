@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, TimeOrNow};
@@ -95,6 +96,17 @@ fn dirent_type(d_type: u8) -> FileType {
         libc::DT_BLK => FileType::BlockDevice,
         _ => FileType::RegularFile,
     }
+}
+
+/// Returns true when open flags allow writing.
+fn is_writable(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+/// Counts one more writer on `inode` and returns it, for a handle's `writes_to`.
+fn count_writer(inode: Arc<Inode>) -> Arc<Inode> {
+    inode.writers.fetch_add(1, Ordering::SeqCst);
+    inode
 }
 
 fn timestamp(time: TimeOrNow) -> Timestamp {
@@ -326,9 +338,14 @@ impl LogFs {
             sys::ftruncate(fd.as_fd(), 0).map_err(backing("truncate"))?;
             seq = self.journal("truncate", path.map(|path| Op::Truncate { path, size: 0 }))?;
         }
+        let inode = self.inode(attr.ino.0)?;
+        if created || flags & libc::O_TRUNC != 0 {
+            inode.changed.store(true, Ordering::SeqCst);
+        }
         let fh = self.handles.insert_file(FileHandle {
             fd,
             sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
+            writes_to: is_writable(flags).then(|| count_writer(inode)),
         });
         Ok((attr, fh, seq))
     }
@@ -544,6 +561,7 @@ impl LogFs {
             self.truncate(&inode, change.fh, size)?;
             let op = path.clone().map(|path| Op::Truncate { path, size });
             seq = self.journal_data_change("truncate", &inode, op)?.or(seq);
+            inode.changed.store(true, Ordering::SeqCst);
         }
         if change.atime.is_some() || change.mtime.is_some() {
             let atime = change.atime.map(timestamp);
@@ -576,6 +594,7 @@ impl LogFs {
         Ok(self.handles.insert_file(FileHandle {
             fd,
             sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
+            writes_to: is_writable(flags).then(|| count_writer(inode)),
         }))
     }
 
@@ -620,6 +639,7 @@ impl LogFs {
                 data: data[..written].to_vec(),
             });
             let seq = self.journal_data_change("write", &inode, op)?;
+            inode.changed.store(true, Ordering::SeqCst);
             if written < data.len() {
                 log::warn!(
                     "short write on the backing file: {written} of {} bytes, ino={ino}",
@@ -727,8 +747,32 @@ impl LogFs {
         })
     }
 
+    /// Drops a file handle. When it was the last one open for writing on a file whose
+    /// content changed, and an S3 mirror keeps readable copies, journals a `CloseWrite`
+    /// record so that the mirror updates the file's copy.
     pub fn release(&self, fh: u64) {
-        self.handles.remove_file(fh);
+        let Some(handle) = self.handles.remove_file(fh) else {
+            return;
+        };
+        let Some(inode) = &handle.writes_to else {
+            return;
+        };
+        if inode.writers.fetch_sub(1, Ordering::SeqCst) != 1
+            || !inode.changed.swap(false, Ordering::SeqCst)
+            || !self.options.journal_closes
+        {
+            return;
+        }
+        let _names = self.namespace.read().expect("namespace lock");
+        let _data = inode.data_lock.lock().expect("data lock");
+        // An unlinked file has no path and needs no record. A failed append is only logged,
+        // because the S3 mirror's periodic update then writes the copy instead.
+        let Some(path) = self.inodes.path_of(inode) else {
+            return;
+        };
+        if let Err(e) = self.journal.append(&Op::CloseWrite { path }) {
+            log::warn!("failed to journal the close of ino={}: {e}", inode.ino);
+        }
     }
 
     pub fn fallocate(
@@ -750,7 +794,9 @@ impl LogFs {
             offset,
             length,
         });
-        self.journal_data_change("fallocate", &inode, op)
+        let seq = self.journal_data_change("fallocate", &inode, op)?;
+        inode.changed.store(true, Ordering::SeqCst);
+        Ok(seq)
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, Error> {

@@ -50,6 +50,7 @@
 //! | 14  | Fallocate   | path, mode i32, offset u64, length u64                  |
 //! | 15  | SetXattr    | path, name bytes, value bytes, flags i32                |
 //! | 16  | RemoveXattr | path, name bytes                                        |
+//! | 17  | CloseWrite  | path                                                    |
 
 use super::Position;
 use super::record::{Op, Record, RelPath, Seq, Timestamp};
@@ -226,7 +227,7 @@ pub(super) fn payload_len(op: &Op) -> usize {
             path: p, target, ..
         } => path(p) + bytes(target) + 8,
         Op::Link { existing, path: p } => path(existing) + path(p),
-        Op::Unlink { path: p } | Op::Rmdir { path: p } => path(p),
+        Op::Unlink { path: p } | Op::Rmdir { path: p } | Op::CloseWrite { path: p } => path(p),
         Op::Rename { from, to, .. } => path(from) + path(to) + 4,
         Op::Truncate { path: p, .. } => path(p) + 8,
         Op::SetMode { path: p, .. } => path(p) + 4,
@@ -447,6 +448,10 @@ fn encode_op(op: &Op, buf: &mut Vec<u8>) {
             out.path(path);
             out.bytes(name);
         }
+        Op::CloseWrite { path } => {
+            out.u8(17);
+            out.path(path);
+        }
     }
 }
 
@@ -531,6 +536,9 @@ fn decode_op(payload: &[u8]) -> Result<Op, FormatError> {
         16 => Op::RemoveXattr {
             path: input.path()?,
             name: input.bytes()?,
+        },
+        17 => Op::CloseWrite {
+            path: input.path()?,
         },
         tag => return Err(FormatError::UnknownTag(tag)),
     };
@@ -744,7 +752,7 @@ mod tests {
         assert_eq!(
             tags,
             [
-                1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12, 13, 13, 14, 15, 16
+                1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12, 13, 13, 14, 15, 16, 17
             ]
         );
     }
@@ -930,7 +938,7 @@ mod tests {
     #[test]
     fn payload_rejects_invalid_ops() {
         assert_eq!(decode_op(&[0]), Err(FormatError::UnknownTag(0)));
-        assert_eq!(decode_op(&[17]), Err(FormatError::UnknownTag(17)));
+        assert_eq!(decode_op(&[18]), Err(FormatError::UnknownTag(18)));
         // Unlink of "a" with one byte too many, then one too few.
         assert_eq!(
             decode_op(&[7, 1, 0, 0, 0, b'a', 0]),

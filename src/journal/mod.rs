@@ -18,6 +18,7 @@ pub use format::FormatError;
 pub use reader::Reader;
 pub use record::{Op, Record, RelPath, Seq, Timestamp};
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -78,11 +79,24 @@ impl Error {
     }
 }
 
+/// Name-changing records the journal keeps in memory; older ones are forgotten.
+const NAME_CHANGES_KEPT: usize = 4096;
+
 /// The journal. Shared between FUSE threads (append, sync) and mirror workers (read) behind
 /// an `Arc`.
 pub struct Journal {
     dir: PathBuf,
     inner: Arc<Inner>,
+    names: Mutex<NameChanges>,
+}
+
+/// The most recent records that changed names, for [`Journal::names_changed_after`].
+struct NameChanges {
+    /// Seq and changed paths of each name-changing record, oldest first.
+    recent: VecDeque<(Seq, Vec<RelPath>)>,
+    /// Newest seq whose name changes are no longer listed. Records from before `open` are
+    /// not listed, nor those dropped to keep the list at [`NAME_CHANGES_KEPT`].
+    forgotten_up_to: Seq,
 }
 
 /// State shared by the journal and its readers.
@@ -219,6 +233,10 @@ impl Journal {
         let journal = Journal {
             dir: dir.to_path_buf(),
             inner: Arc::new(inner),
+            names: Mutex::new(NameChanges {
+                recent: VecDeque::new(),
+                forgotten_up_to: found.head,
+            }),
         };
         Ok((journal, recovery))
     }
@@ -227,7 +245,40 @@ impl Journal {
     /// position. The record survives a crash of the daemon once this returns, and a crash
     /// of the machine once `sync_to` covers it.
     pub fn append(&self, op: &Op) -> Result<(Seq, Position), Error> {
-        lock(&self.inner.writer).append(op, &self.inner.state, &self.inner.head_changed)
+        let appended =
+            lock(&self.inner.writer).append(op, &self.inner.state, &self.inner.head_changed)?;
+        let changed = op.changed_names();
+        if !changed.is_empty() {
+            let mut names = lock(&self.names);
+            if names.recent.len() >= NAME_CHANGES_KEPT
+                && let Some((seq, _)) = names.recent.pop_front()
+            {
+                names.forgotten_up_to = seq;
+            }
+            let paths = changed.into_iter().cloned().collect();
+            names.recent.push_back((appended.0, paths));
+        }
+        Ok(appended)
+    }
+
+    /// Returns every path that a record after `after` created, removed or renamed (see
+    /// [`Op::changed_names`]), or `None` when such records may exist that the journal no
+    /// longer lists.
+    ///
+    /// The fs appends a name-changing record while it holds its namespace lock exclusively,
+    /// so a caller that holds that lock shared gets the complete list up to the head.
+    pub fn names_changed_after(&self, after: Seq) -> Option<Vec<RelPath>> {
+        let names = lock(&self.names);
+        if names.forgotten_up_to > after {
+            return None;
+        }
+        let paths = names
+            .recent
+            .iter()
+            .filter(|(seq, _)| *seq > after)
+            .flat_map(|(_, paths)| paths.iter().cloned())
+            .collect();
+        Some(paths)
     }
 
     /// Makes every record up to `seq` durable (fdatasync); concurrent callers share one
@@ -466,6 +517,9 @@ mod testing {
                 path: path("x"),
                 name: b"user.tag".to_vec(),
             },
+            Op::CloseWrite {
+                path: path("a/b.log"),
+            },
         ]
     }
 
@@ -586,6 +640,7 @@ mod testing {
                 }
             ),
             (arb_path(), arb_bytes()).prop_map(|(path, name)| Op::RemoveXattr { path, name }),
+            arb_path().prop_map(|path| Op::CloseWrite { path }),
         ]
     }
 }
@@ -657,6 +712,50 @@ mod tests {
         assert_eq!(records[1].0.op, op2);
         assert_eq!(records[1].0.seq, Seq(2));
         assert_eq!(journal.append(&op1).unwrap().0, Seq(3));
+    }
+
+    #[test]
+    fn names_changed_after_lists_name_ops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        let p = super::testing::path;
+        journal.append(&write_op(1, 10)).unwrap();
+        let create = Op::Create {
+            path: p("a.log"),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        assert_eq!(journal.append(&create).unwrap().0, Seq(2));
+        journal.append(&write_op(3, 10)).unwrap();
+        let rename = Op::Rename {
+            from: p("a.log"),
+            to: p("b/a.log"),
+            flags: 0,
+        };
+        assert_eq!(journal.append(&rename).unwrap().0, Seq(4));
+        assert_eq!(
+            journal.names_changed_after(Seq(0)),
+            Some(vec![p("a.log"), p("a.log"), p("b/a.log")])
+        );
+        assert_eq!(
+            journal.names_changed_after(Seq(2)),
+            Some(vec![p("a.log"), p("b/a.log")])
+        );
+        assert_eq!(journal.names_changed_after(Seq(4)), Some(Vec::new()));
+        drop(journal);
+
+        // Records from before the open are not listed, so only later seqs are known.
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        assert_eq!(journal.names_changed_after(Seq(3)), None);
+        assert_eq!(journal.names_changed_after(Seq(4)), Some(Vec::new()));
+        for _ in 0..NAME_CHANGES_KEPT + 1 {
+            journal.append(&Op::Unlink { path: p("x") }).unwrap();
+        }
+        let kept = |after| journal.names_changed_after(Seq(after)).map(|v| v.len());
+        assert_eq!(kept(4), None);
+        assert_eq!(kept(5), Some(NAME_CHANGES_KEPT));
+        assert_eq!(kept(6), Some(NAME_CHANGES_KEPT - 1));
     }
 
     #[test]

@@ -215,6 +215,9 @@ pub enum Op {
     },
     /// Removes an extended attribute.
     RemoveXattr { path: RelPath, name: Vec<u8> },
+    /// The last handle open for writing on a regular file was released, after the file
+    /// changed. Nothing changes on a mirror; the S3 mirror updates the file's readable copy.
+    CloseWrite { path: RelPath },
 }
 
 impl Op {
@@ -237,6 +240,7 @@ impl Op {
             Op::Fallocate { .. } => "fallocate",
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
+            Op::CloseWrite { .. } => "close",
         }
     }
 
@@ -256,9 +260,37 @@ impl Op {
             | Op::SetTimes { path, .. }
             | Op::Fallocate { path, .. }
             | Op::SetXattr { path, .. }
-            | Op::RemoveXattr { path, .. } => path,
+            | Op::RemoveXattr { path, .. }
+            | Op::CloseWrite { path } => path,
             Op::Link { existing, .. } => existing,
             Op::Rename { from, .. } => from,
+        }
+    }
+}
+
+impl Op {
+    /// Returns the paths whose entry the operation adds, removes or replaces: every path of
+    /// a create, link, unlink, rename and the like, and none for a change of data or
+    /// attributes.
+    pub fn changed_names(&self) -> Vec<&RelPath> {
+        match self {
+            Op::Create { path, .. }
+            | Op::Mknod { path, .. }
+            | Op::Mkdir { path, .. }
+            | Op::Symlink { path, .. }
+            | Op::Link { path, .. }
+            | Op::Unlink { path }
+            | Op::Rmdir { path } => vec![path],
+            Op::Rename { from, to, .. } => vec![from, to],
+            Op::Write { .. }
+            | Op::Truncate { .. }
+            | Op::SetMode { .. }
+            | Op::SetOwner { .. }
+            | Op::SetTimes { .. }
+            | Op::Fallocate { .. }
+            | Op::SetXattr { .. }
+            | Op::RemoveXattr { .. }
+            | Op::CloseWrite { .. } => Vec::new(),
         }
     }
 }

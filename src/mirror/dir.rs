@@ -235,6 +235,7 @@ impl DirMirror {
                 path, name, value, ..
             } => self.set_xattr(path, name, value),
             Op::RemoveXattr { path, name } => self.remove_xattr(path, name),
+            Op::CloseWrite { .. } => Ok(()),
         }
     }
 

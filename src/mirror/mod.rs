@@ -13,12 +13,13 @@ pub mod s3;
 pub mod worker;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::journal::{Op, Record, RelPath, Seq};
 
 pub use dir::DirMirror;
 pub use manifest::{Entry, EntryKind, Manifest};
-pub use s3::S3Mirror;
+pub use s3::{Copies, S3Mirror};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -128,4 +129,13 @@ pub trait Mirror: Send {
     fn release(&mut self) -> Result<(), Error> {
         Ok(())
     }
+
+    /// Returns the readable copies the mirror keeps of the files, if any (S3 mirrors do).
+    fn copies(&self) -> Option<Arc<Copies>> {
+        None
+    }
+
+    /// Tells the mirror that a resync made it equal to the backing tree as of journal seq
+    /// `head`; records after it follow.
+    fn resynced(&mut self, _head: Seq) {}
 }

@@ -9,8 +9,13 @@
 //! snapshot and the objects after it are downloaded in order, checked, and replayed through
 //! a [`DirMirror`] into a directory (`s3/replay.rs`). With `retention=`, old objects are
 //! folded into a snapshot (`s3/fold.rs`, layout in `s3/snapshot.rs`).
+//!
+//! Each stored record also goes to the readable copies (`s3/copies.rs`), a plain object per
+//! file that a copier thread keeps up to date from the backing directory.
 
+mod copies;
 mod fold;
+pub mod key;
 mod lease;
 mod object;
 mod position;
@@ -35,6 +40,7 @@ use super::dir::DirMirror;
 use super::manifest::{self, Manifest};
 use super::{Error, Mirror};
 
+pub use copies::{Copies, CopiesStatus, CopySettings};
 pub use fold::{FoldStats, Folder};
 pub use lease::lease_key;
 pub use object::{journal_prefix, object_key, parse_object_key};
@@ -85,7 +91,7 @@ pub struct LeaseOptions<'a> {
 pub struct S3Mirror {
     name: String,
     prefix: String,
-    store: Store,
+    store: Arc<Store>,
     journal_id: u64,
     /// Number of the next object to store; one more than the highest in the bucket at open.
     next_number: u64,
@@ -100,6 +106,8 @@ pub struct S3Mirror {
     capabilities: Capabilities,
     /// Header of the highest-numbered journal object at open, if it could be read.
     newest: Option<ObjectHeader>,
+    /// The readable copies, once started.
+    copies: Option<Arc<Copies>>,
 }
 
 impl S3Mirror {
@@ -158,7 +166,7 @@ impl S3Mirror {
         Ok(S3Mirror {
             name,
             prefix: prefix.to_string(),
-            store,
+            store: Arc::new(store),
             journal_id,
             next_number,
             pending: PendingObject::default(),
@@ -167,6 +175,7 @@ impl S3Mirror {
             lease,
             capabilities,
             newest,
+            copies: None,
         })
     }
 
@@ -215,6 +224,14 @@ impl S3Mirror {
                 journal_dir: journal_dir.to_path_buf(),
             }),
         }
+    }
+
+    /// Starts the readable copies: from now on every record the mirror stores also updates
+    /// the copy of the file it changes.
+    pub fn start_copies(&mut self, settings: CopySettings) -> Result<(), Error> {
+        let copies = Copies::start(settings, self.store.clone(), &self.name, &self.prefix)?;
+        self.copies = Some(copies);
+        Ok(())
     }
 
     fn push(&mut self, record: &Record) -> Result<(), Error> {
@@ -359,7 +376,21 @@ impl Mirror for S3Mirror {
     }
 
     fn apply_record(&mut self, record: &Record) -> Result<(), Error> {
-        self.push(record)
+        self.push(record)?;
+        if let Some(copies) = &self.copies {
+            copies.record(record);
+        }
+        Ok(())
+    }
+
+    fn copies(&self) -> Option<Arc<Copies>> {
+        self.copies.clone()
+    }
+
+    fn resynced(&mut self, head: Seq) {
+        if let Some(copies) = &self.copies {
+            copies.resynced(head);
+        }
     }
 
     fn release(&mut self) -> Result<(), Error> {

@@ -110,6 +110,8 @@ pub struct MirrorSlot {
     pub progress: Mutex<Progress>,
     /// What an S3 mirror found out about its store at open; `None` for other mirrors.
     pub store: Option<super::s3::StoreReport>,
+    /// The mirror's readable copies, reachable without the mirror lock.
+    pub copies: Option<Arc<super::Copies>>,
 }
 
 impl MirrorSlot {
@@ -503,8 +505,11 @@ impl Worker {
             let (head, position) = self.ctx.journal.head();
             let skip = self.ctx.skip_at_root();
             let mut mirror = self.slot.mirror.lock().expect("mirror lock");
-            super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip)
-                .map(|stats| (ticket, head, position, stats))
+            let result = super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip);
+            if result.is_ok() {
+                mirror.resynced(head);
+            }
+            result.map(|stats| (ticket, head, position, stats))
         };
         self.slot.progress.lock().expect("progress lock").resyncing = false;
         let (ticket, head, position, stats) =

@@ -309,6 +309,52 @@ impl TestClient {
             .unwrap_or_else(|e| panic!("delete {key}: {e:?}"));
     }
 
+    /// Downloads a whole object; `None` when there is no object at `key`.
+    pub fn try_get(&self, key: &str) -> Option<Vec<u8>> {
+        let request = self.client.get_object().bucket(&self.bucket).key(key);
+        self.runtime.block_on(async {
+            let output = match request.send().await {
+                Ok(output) => output,
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                    return None;
+                }
+                Err(e) => panic!("get {key}: {e:?}"),
+            };
+            let body = output
+                .body
+                .collect()
+                .await
+                .unwrap_or_else(|e| panic!("read body of {key}: {e:?}"));
+            Some(body.into_bytes().to_vec())
+        })
+    }
+
+    /// Returns the size of the object at `key`, or `None` when there is none.
+    pub fn size(&self, key: &str) -> Option<u64> {
+        let request = self.client.head_object().bucket(&self.bucket).key(key);
+        match self.runtime.block_on(request.send()) {
+            Ok(output) => Some(output.content_length().unwrap_or(0) as u64),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => None,
+            Err(e) => panic!("head {key}: {e:?}"),
+        }
+    }
+
+    /// Stores `body` under `key` with user metadata `metadata`, replacing any object there.
+    pub fn put_with_metadata(&self, key: &str, body: Vec<u8>, metadata: &[(&str, &str)]) {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        for (name, value) in metadata {
+            request = request.metadata(*name, *value);
+        }
+        self.runtime
+            .block_on(request.send())
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
     /// Stores `body` under `key`, replacing any object there.
     pub fn put(&self, key: &str, body: Vec<u8>) {
         let request = self

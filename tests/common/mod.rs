@@ -348,6 +348,9 @@ pub struct MirrorStatus {
     pub last_error: Option<String>,
     pub last_error_at_ns: Option<u64>,
     pub last_verify: Option<LastVerify>,
+    /// S3 mirrors: request body bytes sent to the store since the mount.
+    #[serde(default)]
+    pub bytes_uploaded: Option<u64>,
 }
 
 /// The `last_verify` object of a mirror in `status --json`.

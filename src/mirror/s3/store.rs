@@ -7,7 +7,10 @@
 //! from the standard AWS chain and are never logged. Plain http goes only to a loopback
 //! host unless `allow_http=true`, and https is checked against `ca_file` or the system roots.
 
+mod requests;
+
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
@@ -23,6 +26,8 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::S3Options;
+
+pub use requests::{ByteRange, ObjectInfo};
 
 /// Attempts per request before the failure goes to the caller (whose own backoff follows).
 const ATTEMPTS: u32 = 4;
@@ -204,6 +209,8 @@ pub struct Store {
     /// Whether PUTs carry `If-None-Match` and `If-Match`. Cleared when the probe finds a
     /// store that rejects requests with those headers.
     sends_conditions: bool,
+    /// Bytes of request bodies sent, retries included.
+    bytes_uploaded: AtomicU64,
 }
 
 impl Store {
@@ -265,6 +272,7 @@ impl Store {
             bucket: bucket.to_string(),
             endpoint: shown_endpoint,
             sends_conditions: true,
+            bytes_uploaded: AtomicU64::new(0),
         })
     }
 
@@ -391,6 +399,7 @@ impl Store {
             Condition::Always
         };
         let output = self.retrying("upload", key, || {
+            self.count_upload(body.len());
             let mut request = self
                 .client
                 .put_object()

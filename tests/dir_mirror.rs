@@ -1219,6 +1219,42 @@ fn read_only_bind_mount_until_removed() {
     assert_eq!(fs::read(s.root.join("f")).expect("read"), b"abcabc");
 }
 
+#[test]
+fn unmounted_mirror_disk_fails_ops() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("mirror");
+    fs::create_dir(&root).expect("create mirror root");
+    // A bind mount stands in for a mirror disk mounted at the mirror path.
+    let guard = match bind_read_only(&root) {
+        Ok(guard) => guard,
+        Err(e) if !is_root_user() => {
+            eprintln!("skipping: bind mounts need root here: {e}");
+            return;
+        }
+        Err(e) => panic!("bind mount as root failed: {e}"),
+    };
+    let mut mirror = DirMirror::open(&root).expect("open mirror");
+    drop(guard);
+
+    let mkdir = Op::Mkdir {
+        path: rel("d"),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+    // The first op may still reach the detached mount; every op after it looks at the
+    // path again and finds the directory beneath the mount.
+    let _ = mirror.apply(&mkdir);
+    for _ in 0..2 {
+        let err = mirror
+            .apply(&mkdir)
+            .expect_err("mkdir on an unmounted mirror disk");
+        let text = format!("{err:#?}");
+        assert!(text.contains("no longer a mount point"), "error: {text}");
+    }
+    assert!(!root.join("d").exists());
+}
+
 /// Builds a backing tree with every entry kind and awkward names.
 fn build_backing(root: &Path) -> u64 {
     fs::create_dir_all(root.join("logs/nested/deeper")).expect("mkdir");

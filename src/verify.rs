@@ -95,7 +95,11 @@ pub fn run(
         };
         {
             let mut progress = slot.progress.lock().expect("progress lock");
-            if repair && !mirror_report.differences.is_empty() {
+            // A mirror that failed the comparison, because it did not confirm in time or
+            // could not be listed, is resynced too: that is the repair it can still get.
+            let is_repairable =
+                !mirror_report.differences.is_empty() || mirror_report.error.is_some();
+            if repair && is_repairable {
                 progress.needs_resync = true;
                 mirror_report.resync_scheduled = true;
             }

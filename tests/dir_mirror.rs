@@ -1,6 +1,8 @@
 //! Directory mirror: each op applied to a real directory, repeats of every op, confinement
 //! against planted symbolic links, root changes, and resync against a backing tree.
 
+mod common;
+
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
@@ -8,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use common::{get_xattr, set_xattr};
 use logmirror::journal::{Op, RelPath, Timestamp};
 use logmirror::mirror::manifest::{self, Difference, diff, resync, scan_tree};
 use logmirror::mirror::{DirMirror, EntryKind, Error, Mirror};
@@ -52,45 +55,6 @@ fn errno_of(error: &Error) -> Option<i32> {
 fn is_root_user() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-fn get_xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
-    let path = CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
-    let name = CString::new(name).expect("no NUL in name");
-    let mut buf = vec![0u8; 256];
-    // SAFETY: path and name are NUL-terminated and buf is writable for its length.
-    let len = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if len < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(len as usize);
-    Ok(buf)
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let path = CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
-    let name = CString::new(name).expect("no NUL in name");
-    // SAFETY: path and name are NUL-terminated and value is readable for its length.
-    let ret = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn make_fifo(path: &Path, mode: u32) {
@@ -1217,6 +1181,42 @@ fn read_only_bind_mount_until_removed() {
     apply(&mut s.mirror, write(3));
     s.mirror.flush().expect("flush");
     assert_eq!(fs::read(s.root.join("f")).expect("read"), b"abcabc");
+}
+
+#[test]
+fn unmounted_mirror_disk_fails_ops() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("mirror");
+    fs::create_dir(&root).expect("create mirror root");
+    // A bind mount stands in for a mirror disk mounted at the mirror path.
+    let guard = match bind_read_only(&root) {
+        Ok(guard) => guard,
+        Err(e) if !is_root_user() => {
+            eprintln!("skipping: bind mounts need root here: {e}");
+            return;
+        }
+        Err(e) => panic!("bind mount as root failed: {e}"),
+    };
+    let mut mirror = DirMirror::open(&root).expect("open mirror");
+    drop(guard);
+
+    let mkdir = Op::Mkdir {
+        path: rel("d"),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+    // The first op may still reach the detached mount; every op after it looks at the
+    // path again and finds the directory beneath the mount.
+    let _ = mirror.apply(&mkdir);
+    for _ in 0..2 {
+        let err = mirror
+            .apply(&mkdir)
+            .expect_err("mkdir on an unmounted mirror disk");
+        let text = format!("{err:#?}");
+        assert!(text.contains("no longer a mount point"), "error: {text}");
+    }
+    assert!(!root.join("d").exists());
 }
 
 /// Builds a backing tree with every entry kind and awkward names.

@@ -5,6 +5,7 @@
 //! symbolic link planted inside a mirror or the backing directory never leads an access
 //! outside that tree. Only the root itself is opened by path.
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::mem::MaybeUninit;
@@ -461,6 +462,72 @@ pub(crate) fn remove_xattr(target: &XattrTarget, name: &CStr) -> io::Result<()> 
         },
     };
     check(ret)
+}
+
+/// Prefix of the extended attributes that manifests list, verify compares and a resync
+/// copies.
+// NOTE: `security.`, `trusted.` and `system.` attributes (labels, capabilities, ACLs) are
+// left out of manifests, so verify and resync do not see them differ.
+pub(crate) const USER_XATTR_PREFIX: &[u8] = b"user.";
+
+/// Fills a buffer by calling `read` with a larger one while it fails with ERANGE, which a
+/// value or list that grew between the size probe and the read gives.
+fn read_sized(mut read: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
+    loop {
+        let size = read(&mut []);
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let len = read(&mut buf);
+        if len >= 0 {
+            buf.truncate(len as usize);
+            return Ok(buf);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+    }
+}
+
+/// Returns the names and the CRC32C of the values of the `user.` extended attributes of the
+/// open file or directory `fd`, or `None` when its filesystem has no extended attributes.
+pub(crate) fn user_xattrs(fd: BorrowedFd) -> io::Result<Option<BTreeMap<Vec<u8>, u32>>> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: the descriptor is open and the buffer pointer and length describe `buf`.
+    let list =
+        read_sized(|buf| unsafe { libc::flistxattr(raw, buf.as_mut_ptr().cast(), buf.len()) });
+    let list = match list {
+        Ok(list) => list,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut xattrs = BTreeMap::new();
+    for name in list.split(|&b| b == 0) {
+        if !name.starts_with(USER_XATTR_PREFIX) {
+            continue;
+        }
+        let c_name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let value = match fd_xattr(fd, &c_name) {
+            Ok(value) => value,
+            // Removed since the listing.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        xattrs.insert(name.to_vec(), crc32c::crc32c(&value));
+    }
+    Ok(Some(xattrs))
+}
+
+/// Returns the value of extended attribute `name` of the open file or directory `fd`.
+pub(crate) fn fd_xattr(fd: BorrowedFd, name: &CStr) -> io::Result<Vec<u8>> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: the descriptor is open, `name` is NUL-terminated, and the buffer pointer and
+    // length describe `buf`.
+    read_sized(|buf| unsafe {
+        libc::fgetxattr(raw, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })
 }
 
 /// Returns the effective user and group ids of this process.

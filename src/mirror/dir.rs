@@ -89,6 +89,9 @@ pub struct DirMirror {
     /// Set by `flush` and by a failed op: the next op opens the root path again and
     /// switches to it if it is another directory or mount now.
     recheck_root: bool,
+    /// The root was the root of a mount at open (a mirror disk mounted at the path), so a
+    /// root that no longer is one means the disk was unmounted, not replaced.
+    is_mount_root: bool,
     files: HashMap<RelPath, CachedFile>,
     dirty: HashMap<FileId, Dirty>,
     /// Effective user and group ids. Owners are set only when the user id is 0.
@@ -129,6 +132,7 @@ impl DirMirror {
             |e: io::Error| unusable(format!("it cannot be opened ({e}); check its permissions"));
         let fd = at::open_root(root).map_err(open_error)?;
         let root_id = RootId::of(fd.as_fd()).map_err(open_error)?;
+        let is_mount_root = is_mount_root(fd.as_fd(), root);
 
         Ok(DirMirror {
             name,
@@ -136,6 +140,7 @@ impl DirMirror {
             root: Some(fd),
             root_id,
             recheck_root: false,
+            is_mount_root,
             files: HashMap::new(),
             dirty: HashMap::new(),
             ids: at::effective_ids(),
@@ -152,6 +157,15 @@ impl DirMirror {
         }
         let fd = at::open_root(&self.root_path)?;
         let id = RootId::of(fd.as_fd())?;
+        // A file deleted on the mirror by hand must fail its next write instead of taking it
+        // into an inode that no name leads to.
+        self.files
+            .retain(|_, cached| at::fstat(cached.file.as_fd()).is_ok_and(|st| st.st_nlink > 0));
+        if id != self.root_id && self.is_mount_root && !is_mount_root(fd.as_fd(), &self.root_path) {
+            return Err(io::Error::other(
+                "the mirror directory is no longer a mount point; mount the mirror filesystem again",
+            ));
+        }
         if id != self.root_id {
             info!(
                 "mirror {}: root directory changed (remounted or replaced); using the new one",
@@ -801,6 +815,21 @@ impl Mirror for DirMirror {
 
 /// Opens an existing name for a repeated create, which empties it. Only a regular file
 /// qualifies, and anything else keeps the `EEXIST` of the first attempt.
+/// Returns whether `fd`, the directory at `path`, is the root of a mount: its mount id
+/// differs from its parent's. Returns false when a mount id cannot be read.
+fn is_mount_root(fd: BorrowedFd, path: &Path) -> bool {
+    let Some(parent) = path.parent() else {
+        return true;
+    };
+    let Ok(parent_fd) = at::open_root(parent) else {
+        return false;
+    };
+    match (at::mount_id(fd), at::mount_id(parent_fd.as_fd())) {
+        (Some(mount), Some(parent_mount)) => mount != parent_mount,
+        _ => false,
+    }
+}
+
 fn reopen_for_create(dir: BorrowedFd, name: &CStr, exists: io::Error) -> io::Result<File> {
     let st = at::stat_at(dir, name)?;
     if at::file_type(&st) != libc::S_IFREG {

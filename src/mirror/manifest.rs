@@ -95,6 +95,10 @@ pub struct Entry {
     /// `(st_dev, st_ino)` of a regular file with more than one hard link, so that a resync
     /// can recreate the links.
     pub hard_link: Option<(u64, u64)>,
+    /// Names of the `user.` extended attributes of a regular file or directory, with the
+    /// CRC32C of each value. `None` for other kinds, and where the filesystem has no
+    /// extended attributes.
+    pub xattrs: Option<BTreeMap<Vec<u8>, u32>>,
 }
 
 /// A tree listing keyed by path relative to the tree's root (the root itself excluded).
@@ -199,12 +203,14 @@ impl Scan<'_> {
             crc32c: None,
             target: None,
             hard_link: None,
+            xattrs: None,
         };
         match kind {
             EntryKind::File => self.file(dir, name, &mut entry)?,
             EntryKind::Symlink => entry.target = Some(at::read_link_at(dir, name)?),
             EntryKind::Dir => {
                 let child = at::open_dir_at(dir, name)?;
+                entry.xattrs = at::user_xattrs(child.as_fd())?;
                 self.manifest.entries.insert(path.clone(), entry);
                 self.dir(child.as_fd(), path).map_err(EntryError::Below)?;
                 return Ok(());
@@ -243,6 +249,7 @@ impl Scan<'_> {
         entry.size = size;
         entry.crc32c = Some(crc);
         entry.hard_link = (st.st_nlink > 1).then_some(at::file_id(&st));
+        entry.xattrs = at::user_xattrs(file.as_fd())?;
         Ok(())
     }
 }
@@ -303,6 +310,14 @@ pub enum Difference {
         backing: Option<RelPath>,
         mirror: Option<RelPath>,
     },
+    /// A `user.` extended attribute differs: each side gives the CRC32C of its value, or
+    /// `None` where the attribute is missing.
+    Xattr {
+        path: RelPath,
+        name: Vec<u8>,
+        backing: Option<u32>,
+        mirror: Option<u32>,
+    },
 }
 
 impl Difference {
@@ -316,7 +331,8 @@ impl Difference {
             | Difference::Mode { path, .. }
             | Difference::Content { path, .. }
             | Difference::Target { path, .. }
-            | Difference::Link { path, .. } => path,
+            | Difference::Link { path, .. }
+            | Difference::Xattr { path, .. } => path,
         }
     }
 }
@@ -394,6 +410,30 @@ impl fmt::Display for Difference {
                 LinkedTo(backing.as_ref()),
                 LinkedTo(mirror.as_ref())
             ),
+            Difference::Xattr {
+                path,
+                name,
+                backing,
+                mirror,
+            } => write!(
+                f,
+                "xattr differs: {} ({}: backing {}, mirror {})",
+                Escaped(path.as_bytes()),
+                Escaped(name),
+                XattrValue(*backing),
+                XattrValue(*mirror)
+            ),
+        }
+    }
+}
+
+struct XattrValue(Option<u32>);
+
+impl fmt::Display for XattrValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(crc) => write!(f, "crc32c {crc:#010x}"),
+            None => f.write_str("missing"),
         }
     }
 }
@@ -527,11 +567,39 @@ fn compare_entry(
     }
     if leaders.0 != leaders.1 {
         out.push(Difference::Link {
-            path,
+            path: path.clone(),
             backing: leaders.0.cloned(),
             mirror: leaders.1.cloned(),
         });
     }
+    for (name, backing_crc, mirror_crc) in xattr_differences(backing, mirror) {
+        out.push(Difference::Xattr {
+            path: path.clone(),
+            name: name.to_vec(),
+            backing: backing_crc,
+            mirror: mirror_crc,
+        });
+    }
+}
+
+/// Returns each `user.` extended attribute whose value differs between two entries, with
+/// the CRC32C on each side (`None` where it is missing). Entries of which one side has no
+/// listing (a filesystem without extended attributes) give none.
+pub(crate) fn xattr_differences<'a>(
+    backing: &'a Entry,
+    mirror: &'a Entry,
+) -> Vec<(&'a [u8], Option<u32>, Option<u32>)> {
+    let (Some(wanted), Some(current)) = (&backing.xattrs, &mirror.xattrs) else {
+        return Vec::new();
+    };
+    let names: std::collections::BTreeSet<&Vec<u8>> = wanted.keys().chain(current.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (b, m) = (wanted.get(name).copied(), current.get(name).copied());
+            (b != m).then_some((name.as_slice(), b, m))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -546,6 +614,7 @@ mod tests {
             crc32c: Some(crc),
             target: None,
             hard_link: None,
+            xattrs: None,
         }
     }
 
@@ -616,6 +685,7 @@ mod tests {
             crc32c: None,
             target: Some(b"t".to_vec()),
             hard_link: None,
+            xattrs: None,
         };
         let mut backing = Manifest::default();
         backing.entries.insert(path.clone(), link(0o777));

@@ -14,7 +14,7 @@ use super::acks::Acks;
 use super::cursor::{self, Cursor};
 use crate::config::Mode;
 use crate::config::STATE_DIR_NAME;
-use crate::journal::{self, Journal, Position, Reader, Record, Seq};
+use crate::journal::{self, Journal, Position, Reader, Record, RelPath, Seq};
 
 /// Records applied before a flush; many sync-mode writers share one flush (group commit).
 const BATCH_MAX_RECORDS: usize = 4096;
@@ -27,6 +27,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often a worker rewrites its cursor file while records flow.
 const CURSOR_INTERVAL: Duration = Duration::from_secs(1);
+/// Failed attempts at one record, because a path it needs is missing on the mirror, after
+/// which the mirror is resynced instead. The mirror lost content that the record relies on
+/// (a directory deleted by hand, a replaced disk), so retrying cannot succeed.
+const MISSING_PATH_ATTEMPTS: u32 = 3;
 /// How often a failing mirror is logged again at warn.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -236,6 +240,8 @@ struct Worker {
     /// Records of `batch` already applied, so a retry resumes after them.
     applied: usize,
     backoff: Duration,
+    /// Seq of the record whose latest attempts failed on a missing path, and their count.
+    missing_path_failures: Option<(Seq, u32)>,
     last_cursor_write: Instant,
     last_failure_log: Option<Instant>,
     /// Records applied to the mirror since its last flush (async mode).
@@ -261,6 +267,7 @@ impl Worker {
             batch: Vec::new(),
             applied: 0,
             backoff: BACKOFF_MIN,
+            missing_path_failures: None,
             last_cursor_write: Instant::now(),
             last_failure_log: None,
             unflushed: None,
@@ -464,15 +471,44 @@ impl Worker {
     }
 
     fn apply_batch(&mut self) -> Result<(), String> {
-        let mut mirror = self.slot.mirror.lock().expect("mirror lock");
+        let slot = self.slot.clone();
+        let mut mirror = slot.mirror.lock().expect("mirror lock");
         while self.applied < self.batch.len() {
             let (record, _) = &self.batch[self.applied];
-            mirror
-                .apply_record(record)
-                .map_err(|e| format!("seq {}: {}", record.seq, error_chain(&e)))?;
+            let seq = record.seq;
+            if let Err(e) = mirror.apply_record(record) {
+                if let Some(path) = missing_path(&e) {
+                    self.count_missing_path(seq, path);
+                }
+                return Err(format!("seq {seq}: {}", error_chain(&e)));
+            }
             self.applied += 1;
         }
         Ok(())
+    }
+
+    /// Counts a failure of record `seq` on a path missing on the mirror, and marks the
+    /// mirror for a resync once the same record failed so `MISSING_PATH_ATTEMPTS` times.
+    fn count_missing_path(&mut self, seq: Seq, path: &RelPath) {
+        let attempts = match self.missing_path_failures {
+            Some((failed, attempts)) if failed == seq => attempts + 1,
+            _ => 1,
+        };
+        self.missing_path_failures = Some((seq, attempts));
+        if attempts < MISSING_PATH_ATTEMPTS {
+            return;
+        }
+        log::warn!(
+            "mirror {}: {path} is missing on the mirror after {attempts} attempts at seq {seq}; \
+             resyncing the mirror from the backing tree",
+            self.slot.name
+        );
+        self.missing_path_failures = None;
+        self.slot
+            .progress
+            .lock()
+            .expect("progress lock")
+            .needs_resync = true;
     }
 
     fn confirm(&mut self, seq: Seq, position: Position) {
@@ -482,6 +518,7 @@ impl Worker {
             progress.oldest_unconfirmed_ns = None;
         }
         self.ctx.acks.confirm(self.slot.index, seq, position);
+        self.missing_path_failures = None;
         self.recovered();
         if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {
             self.ctx.store_cursor(&self.slot);
@@ -581,6 +618,19 @@ impl Worker {
             );
             progress.failed_attempts = 0;
         }
+    }
+}
+
+/// Returns the path of an op that failed because a name it needs does not exist on the
+/// mirror (ENOENT, or ENOTDIR where a directory was expected).
+fn missing_path(error: &super::Error) -> Option<&RelPath> {
+    match error {
+        super::Error::Io { path, source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+        {
+            Some(path)
+        }
+        _ => None,
     }
 }
 

@@ -860,6 +860,60 @@ pub fn expected_lines(to: usize) -> String {
     (0..to).map(|i| format!("line {i:06}\n")).collect()
 }
 
+/// Returns the value of extended attribute `name` of `path` (a symlink itself, not its
+/// target); values longer than 256 bytes fail with ERANGE.
+pub fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    let name = std::ffi::CString::new(name).expect("no NUL in name");
+    let mut buf = vec![0u8; 256];
+    // SAFETY: path and name are NUL-terminated and buf is writable for its length.
+    let len = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+/// Sets extended attribute `name` of `path` (a symlink itself, not its target) to `value`.
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    let name = std::ffi::CString::new(name).expect("no NUL in name");
+    // SAFETY: path and name are NUL-terminated and value is readable for its length.
+    let ret = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes extended attribute `name` of `path` (a symlink itself, not its target).
+pub fn remove_xattr(path: &Path, name: &str) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    let name = std::ffi::CString::new(name).expect("no NUL in name");
+    // SAFETY: path and name are NUL-terminated.
+    let ret = unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Reads a file as UTF-8, panicking with the path on failure.
 pub fn read_text(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path:?}: {e}"))

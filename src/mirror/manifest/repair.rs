@@ -5,11 +5,12 @@
 //! `Write` op, so a large file is never held in memory. Backing reads resolve every path
 //! through directory descriptors with `O_NOFOLLOW`, as scans do.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use log::info;
@@ -47,6 +48,7 @@ enum Step<'a> {
     Copy {
         path: &'a RelPath,
         mode: u32,
+        xattrs: Option<&'a BTreeMap<Vec<u8>, u32>>,
     },
     Link {
         existing: &'a RelPath,
@@ -64,14 +66,26 @@ enum Step<'a> {
         path: &'a RelPath,
         mode: u32,
     },
+    /// Copies the value of a `user.` extended attribute from the backing entry.
+    SetXattr {
+        path: &'a RelPath,
+        name: &'a [u8],
+    },
+    RemoveXattr {
+        path: &'a RelPath,
+        name: &'a [u8],
+    },
 }
 
-/// A backing file being copied, one chunk per `Write` op.
+/// A backing file being copied: its extended attributes first, then one chunk per `Write`
+/// op, then its mode.
 struct FileCopy {
     path: RelPath,
     file: File,
     offset: u64,
     mode: u32,
+    /// Names of the `user.` extended attributes still to copy.
+    xattrs: VecDeque<Vec<u8>>,
 }
 
 /// The ops that make a mirror equal to the backing tree, returned by [`repair_ops`].
@@ -79,7 +93,7 @@ struct FileCopy {
 /// The ops come in three groups. First the entries to remove, deepest first. Then the entries
 /// to create or change, in path order, so a directory comes before its contents. Last the
 /// modes of directories, deepest first, so that a read-only directory is filled before it
-/// becomes read-only.
+/// becomes read-only. Extended attributes are set before the final mode of their entry.
 pub struct RepairOps<'a> {
     backing_root: OwnedFd,
     steps: std::vec::IntoIter<Step<'a>>,
@@ -138,6 +152,8 @@ fn plan<'a>(backing: &'a Manifest, mirror: &'a Manifest) -> Vec<Step<'a>> {
                 backing_leaders.get(path).copied(),
             ));
             if wanted.kind == EntryKind::Dir {
+                let names = wanted.xattrs.iter().flat_map(|x| x.keys());
+                steps.extend(names.map(|name| Step::SetXattr { path, name }));
                 dir_modes.push(Step::SetMode {
                     path,
                     mode: wanted.mode,
@@ -145,6 +161,12 @@ fn plan<'a>(backing: &'a Manifest, mirror: &'a Manifest) -> Vec<Step<'a>> {
             }
             continue;
         };
+        for (name, backing_crc, _) in super::xattr_differences(wanted, current) {
+            steps.push(match backing_crc {
+                Some(_) => Step::SetXattr { path, name },
+                None => Step::RemoveXattr { path, name },
+            });
+        }
         if wanted.kind == EntryKind::Symlink || current.mode == wanted.mode {
             continue;
         }
@@ -189,6 +211,7 @@ fn create_step<'a>(path: &'a RelPath, wanted: &'a Entry, leader: Option<&'a RelP
             None => Step::Copy {
                 path,
                 mode: wanted.mode,
+                xattrs: wanted.xattrs.as_ref(),
             },
         },
         EntryKind::Symlink => Step::Symlink {
@@ -244,7 +267,7 @@ impl RepairOps<'_> {
                     gid: st.st_gid,
                 }
             }
-            Step::Copy { path, mode } => {
+            Step::Copy { path, mode, xattrs } => {
                 let (file, st) = self
                     .open_backing_file(path)
                     .map_err(|source| Self::backing_error(path, source))?;
@@ -253,6 +276,7 @@ impl RepairOps<'_> {
                     file,
                     offset: 0,
                     mode,
+                    xattrs: xattrs.iter().flat_map(|x| x.keys().cloned()).collect(),
                 });
                 // Owner-only access until the content is in place; the final mode follows
                 // the last chunk.
@@ -290,13 +314,62 @@ impl RepairOps<'_> {
                 path: path.clone(),
                 mode,
             },
+            Step::SetXattr { path, name } => Op::SetXattr {
+                path: path.clone(),
+                name: name.to_vec(),
+                value: self.backing_xattr(path, name)?,
+                flags: 0,
+            },
+            Step::RemoveXattr { path, name } => Op::RemoveXattr {
+                path: path.clone(),
+                name: name.to_vec(),
+            },
         };
         Ok(op)
     }
 
-    /// Returns the next `Write` of the file being copied, or its `SetMode` at the end.
+    /// Reads the value of extended attribute `name` of the backing file or directory `path`.
+    fn backing_xattr(&self, path: &RelPath, name: &[u8]) -> Result<Vec<u8>, Error> {
+        let result =
+            at::walk_parent(self.backing_root.as_fd(), path).and_then(|(dir, file_name)| {
+                // O_NONBLOCK keeps the open from waiting if the name was swapped for a FIFO.
+                let fd = at::open_at(
+                    dir.as_fd(),
+                    &file_name,
+                    libc::O_RDONLY | libc::O_NONBLOCK,
+                    0,
+                )?;
+                at::fd_xattr(fd.as_fd(), &at::c_name(OsStr::from_bytes(name))?)
+            });
+        result.map_err(|source| Self::backing_error(path, source))
+    }
+
+    /// Returns the `SetXattr` op of the next extended attribute of the file being copied.
+    fn next_copy_xattr(copy: &mut FileCopy) -> Option<Result<Op, Error>> {
+        let name = copy.xattrs.pop_front()?;
+        let value = at::c_name(OsStr::from_bytes(&name))
+            .and_then(|c_name| at::fd_xattr(copy.file.as_fd(), &c_name));
+        Some(match value {
+            Ok(value) => Ok(Op::SetXattr {
+                path: copy.path.clone(),
+                name,
+                value,
+                flags: 0,
+            }),
+            Err(source) => Err(Self::backing_error(&copy.path, source)),
+        })
+    }
+
+    /// Returns the next op of the file being copied: a `SetXattr`, a `Write`, or its
+    /// `SetMode` at the end.
     fn next_chunk(&mut self) -> Option<Result<Op, Error>> {
         let copy = self.copy.as_mut()?;
+        if let Some(op) = Self::next_copy_xattr(copy) {
+            if op.is_err() {
+                self.copy = None;
+            }
+            return Some(op);
+        }
         let mut data = Vec::with_capacity(CHUNK_BYTES);
         let result = (&mut copy.file)
             .take(CHUNK_BYTES as u64)

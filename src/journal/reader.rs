@@ -1158,7 +1158,14 @@ mod tests {
 
             match open(tmp.path(), 1 << 20) {
                 Ok((journal, recovery)) => {
-                    let whole = ends.iter().filter(|end| **end <= kept as u64).count();
+                    // Garbage that happens to repeat the cut bytes makes their records whole
+                    // again, so count the records within the bytes both files share.
+                    let shared = bytes
+                        .iter()
+                        .zip(&damaged)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    let whole = ends.iter().filter(|end| **end <= shared as u64).count();
                     prop_assert_eq!(recovery.head, Seq(whole as u64));
                     let read: Vec<Op> =
                         read_all(&journal, Seq(0)).into_iter().map(|(r, _)| r.op).collect();

@@ -1,0 +1,204 @@
+//! Open files whose names change: unlink while open, rename over an open file,
+//! RENAME_NOREPLACE and RENAME_EXCHANGE, through the mount and on a plain directory.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use common::semantics::{errno_of, lstat, names_of, renameat2, with_case};
+use common::Mode;
+
+both_modes!(
+    unlink_while_open,
+    rename_over_open_file,
+    rename_noreplace,
+    rename_exchange
+);
+
+/// What an open descriptor of an unlinked file shows: link count, size, content, and
+/// whether the name still resolves.
+#[derive(Debug, PartialEq, Eq)]
+struct Unlinked {
+    nlink: u64,
+    size: u64,
+    content: Vec<u8>,
+    lookup_errno: i32,
+    names: Vec<Vec<u8>>,
+}
+
+fn unlink_open(root: &Path) -> (fs::File, Unlinked) {
+    let path = root.join("doomed.log");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("create");
+    file.write_all(b"before unlink\n").expect("write");
+    fs::remove_file(&path).expect("unlink while open");
+    file.write_all(b"after unlink\n").expect("write after unlink");
+    file.seek(SeekFrom::Start(0)).expect("seek");
+    let mut content = Vec::new();
+    file.read_to_end(&mut content).expect("read after unlink");
+    let meta = file.metadata().expect("fstat after unlink");
+    let state = Unlinked {
+        nlink: meta.nlink(),
+        size: meta.size(),
+        content,
+        lookup_errno: errno_of(&fs::symlink_metadata(&path)),
+        names: names_of(root),
+    };
+    (file, state)
+}
+
+fn unlink_while_open(mode: Mode) {
+    with_case(mode, |case| {
+        let ((open_in_mount, mounted), (_open_in_plain, plain)) = case.on_both(unlink_open);
+        let expected = Unlinked {
+            nlink: 0,
+            size: 27,
+            content: b"before unlink\nafter unlink\n".to_vec(),
+            lookup_errno: libc::ENOENT,
+            names: Vec::new(),
+        };
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
+        assert_eq!(
+            errno_of(&fs::symlink_metadata(case.in_backing("doomed.log"))),
+            libc::ENOENT
+        );
+
+        // The name is gone from the mirror while the file is still open and written.
+        open_in_mount
+            .write_all_at(b"more\n", 27)
+            .expect("write after the sync");
+        case.sync();
+        assert_eq!(
+            errno_of(&fs::symlink_metadata(case.in_mirror("doomed.log"))),
+            libc::ENOENT
+        );
+        let mut tail = [0u8; 5];
+        open_in_mount.read_exact_at(&mut tail, 27).expect("read");
+        assert_eq!(&tail, b"more\n");
+        drop(open_in_mount);
+    });
+}
+
+/// Opens `b.log`, renames `a.log` over it, and writes to the open descriptor. Returns what
+/// the descriptor reads, its link count, and what the name `b.log` reads afterwards.
+fn rename_over_open(root: &Path) -> (Vec<u8>, u64, Vec<u8>) {
+    fs::write(root.join("a.log"), b"new content\n").expect("create a.log");
+    fs::write(root.join("b.log"), b"old content\n").expect("create b.log");
+    let mut open = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(root.join("b.log"))
+        .expect("open b.log");
+    fs::rename(root.join("a.log"), root.join("b.log")).expect("rename over the open file");
+    open.write_all(b"written to the old file\n").expect("write");
+    open.seek(SeekFrom::Start(0)).expect("seek");
+    let mut seen = Vec::new();
+    open.read_to_end(&mut seen).expect("read the old file");
+    let nlink = open.metadata().expect("fstat").nlink();
+    let by_name = fs::read(root.join("b.log")).expect("read b.log");
+    (seen, nlink, by_name)
+}
+
+fn rename_over_open_file(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(rename_over_open);
+        let expected = (
+            b"old content\nwritten to the old file\n".to_vec(),
+            0,
+            b"new content\n".to_vec(),
+        );
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
+        assert_eq!(names_of(case.mnt()), [b"b.log".to_vec()]);
+    });
+}
+
+fn noreplace(root: &Path) -> (i32, i32, Vec<u8>, Vec<u8>, Vec<Vec<u8>>) {
+    fs::write(root.join("a.log"), b"a\n").expect("create a.log");
+    fs::write(root.join("b.log"), b"b\n").expect("create b.log");
+    let flags = libc::RENAME_NOREPLACE;
+    let refused = errno_of(&renameat2(&root.join("a.log"), &root.join("b.log"), flags));
+    let moved = errno_of(&renameat2(&root.join("a.log"), &root.join("c.log"), flags));
+    let b = fs::read(root.join("b.log")).expect("read b.log");
+    let c = fs::read(root.join("c.log")).expect("read c.log");
+    (refused, moved, b, c, names_of(root))
+}
+
+fn rename_noreplace(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(noreplace);
+        let expected = (
+            libc::EEXIST,
+            0,
+            b"b\n".to_vec(),
+            b"a\n".to_vec(),
+            vec![b"b.log".to_vec(), b"c.log".to_vec()],
+        );
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
+    });
+}
+
+/// Swaps two files, then a file and a directory, then tries a missing name. Returns the
+/// errnos, the contents and inodes after the first swap, and what each name is at the end.
+fn exchange(root: &Path) -> (Vec<i32>, Vec<u8>, Vec<u8>, bool, Vec<Vec<u8>>) {
+    fs::write(root.join("a.log"), b"content of a\n").expect("create a.log");
+    fs::write(root.join("b.log"), b"content of b\n").expect("create b.log");
+    fs::create_dir(root.join("dir")).expect("mkdir");
+    fs::write(root.join("dir/inner.log"), b"inner\n").expect("create dir/inner.log");
+    let ino_a = lstat(&root.join("a.log")).ino();
+    let ino_b = lstat(&root.join("b.log")).ino();
+    let flags = libc::RENAME_EXCHANGE;
+
+    let mut errnos = vec![errno_of(&renameat2(
+        &root.join("a.log"),
+        &root.join("b.log"),
+        flags,
+    ))];
+    let a = fs::read(root.join("a.log")).expect("read a.log");
+    let b = fs::read(root.join("b.log")).expect("read b.log");
+    let inodes_swapped =
+        lstat(&root.join("a.log")).ino() == ino_b && lstat(&root.join("b.log")).ino() == ino_a;
+
+    errnos.push(errno_of(&renameat2(
+        &root.join("a.log"),
+        &root.join("dir"),
+        flags,
+    )));
+    errnos.push(errno_of(&renameat2(
+        &root.join("b.log"),
+        &root.join("missing"),
+        flags,
+    )));
+    let inner = fs::read(root.join("a.log/inner.log")).expect("read through the swapped dir");
+    assert_eq!(inner, b"inner\n");
+    let mut kinds = names_of(root);
+    for name in kinds.iter_mut() {
+        let is_dir = root.join(common::semantics::os(name)).is_dir();
+        name.extend_from_slice(if is_dir { b"/" } else { b"" });
+    }
+    (errnos, a, b, inodes_swapped, kinds)
+}
+
+fn rename_exchange(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(exchange);
+        let expected = (
+            vec![0, 0, libc::ENOENT],
+            b"content of b\n".to_vec(),
+            b"content of a\n".to_vec(),
+            true,
+            vec![b"a.log/".to_vec(), b"b.log".to_vec(), b"dir".to_vec()],
+        );
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
+    });
+}

@@ -108,15 +108,15 @@ fn timestamp(time: TimeOrNow) -> Timestamp {
             secs: d.as_secs() as i64,
             nanos: d.subsec_nanos(),
         },
+        // fuser 0.18 turns the kernel's (tv_sec < 0, tv_nsec) into UNIX_EPOCH minus
+        // (-tv_sec seconds + tv_nsec), which is early by 2 * tv_nsec. Inverting that exact
+        // conversion recovers the kernel's pair.
         Err(e) => {
             let before = e.duration();
-            let mut secs = -(before.as_secs() as i64);
-            let mut nanos = 0;
-            if before.subsec_nanos() > 0 {
-                secs -= 1;
-                nanos = 1_000_000_000 - before.subsec_nanos();
+            Timestamp {
+                secs: -(before.as_secs() as i64),
+                nanos: before.subsec_nanos(),
             }
-            Timestamp { secs, nanos }
         }
     }
 }
@@ -873,5 +873,30 @@ impl LogFs {
             name: name.as_bytes().to_vec(),
         });
         self.journal_data_change("removexattr", &inode, op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    /// Builds a time before 1970 the way fuser 0.18 decodes a setattr request.
+    fn as_fuser_decodes(secs: i64, nanos: u32) -> TimeOrNow {
+        TimeOrNow::SpecificTime(UNIX_EPOCH - Duration::new(secs.unsigned_abs(), nanos))
+    }
+
+    #[test]
+    fn timestamp_before_1970_keeps_kernel_pair() {
+        for (secs, nanos) in [
+            (-1, 500_000_000),
+            (-2, 1),
+            (-1, 0),
+            (-31_536_001, 999_999_999),
+        ] {
+            let got = timestamp(as_fuser_decodes(secs, nanos));
+            assert_eq!((got.secs, got.nanos), (secs, nanos));
+        }
     }
 }

@@ -43,7 +43,10 @@ fn expected_line(writer: usize, i: usize) -> String {
     let head = format!("w={writer} i={i} ");
     let size = 40 + (i * 37) % 3000;
     let letter = (b'a' + writer as u8) as char;
-    format!("{head}{}\n", letter.to_string().repeat(size - head.len() - 1))
+    format!(
+        "{head}{}\n",
+        letter.to_string().repeat(size - head.len() - 1)
+    )
 }
 
 fn append_many_processes(mode: Mode) {
@@ -78,7 +81,11 @@ fn append_many_processes(mode: Mode) {
                 .and_then(|rest| rest.split(' ').next())
                 .and_then(|w| w.parse().ok())
                 .unwrap_or_else(|| panic!("torn line: {line:?}"));
-            assert_eq!(line, expected_line(writer, next[writer]), "line of writer {writer}");
+            assert_eq!(
+                line,
+                expected_line(writer, next[writer]),
+                "line of writer {writer}"
+            );
             next[writer] += 1;
         }
         assert_eq!(next, [LINES_PER_WRITER; WRITERS]);
@@ -102,8 +109,12 @@ fn truncate_under_appender(root: &Path) -> Vec<Vec<u8>> {
         .expect("open O_WRONLY");
     let mut steps = Vec::new();
 
-    appender.write_all(&b"first line\n".repeat(10)).expect("append");
-    positioned.write_all(&[b'p'; 120]).expect("write at own offset");
+    appender
+        .write_all(&b"first line\n".repeat(10))
+        .expect("append");
+    positioned
+        .write_all(&[b'p'; 120])
+        .expect("write at own offset");
     steps.push(fs::read(&path).expect("read"));
 
     // open(O_TRUNC) by another process-like handle, as logrotate copytruncate does.
@@ -120,7 +131,9 @@ fn truncate_under_appender(root: &Path) -> Vec<Vec<u8>> {
     steps.push(fs::read(&path).expect("read"));
 
     // The positioned handle still writes at offset 120, leaving a hole.
-    positioned.write_all(b"late\n").expect("write at own offset");
+    positioned
+        .write_all(b"late\n")
+        .expect("write at own offset");
     steps.push(fs::read(&path).expect("read"));
 
     truncator.set_len(200).expect("extend to 200");
@@ -169,9 +182,17 @@ fn write_past_eof_hole(mode: Mode) {
             case.on_both(|root| write_with_hole(&root.join("holes.log"), OFFSET, b"tail\n"));
         assert_eq!(mounted.size(), OFFSET + 5);
         assert_eq!(plain.size(), OFFSET + 5);
-        assert_eq!(mounted.blocks(), plain.blocks(), "st_blocks, mount and plain");
+        assert_eq!(
+            mounted.blocks(),
+            plain.blocks(),
+            "st_blocks, mount and plain"
+        );
         let backing = lstat(&case.in_backing("holes.log"));
-        assert_eq!(backing.blocks(), plain.blocks(), "st_blocks, backing and plain");
+        assert_eq!(
+            backing.blocks(),
+            plain.blocks(),
+            "st_blocks, backing and plain"
+        );
 
         let data = fs::read(case.in_mount("holes.log")).expect("read through the mount");
         let mut expected = vec![0u8; OFFSET as usize + 5];
@@ -182,7 +203,11 @@ fn write_past_eof_hole(mode: Mode) {
         case.sync();
         let mirrored = lstat(&case.in_mirror("holes.log"));
         assert_eq!(mirrored.size(), OFFSET + 5);
-        assert_eq!(mirrored.blocks(), plain.blocks(), "st_blocks, mirror and plain");
+        assert_eq!(
+            mirrored.blocks(),
+            plain.blocks(),
+            "st_blocks, mirror and plain"
+        );
         assert!(fs::read(case.in_mirror("holes.log")).expect("read mirror") == expected);
     });
 }
@@ -195,11 +220,19 @@ fn write_beyond_4gib(mode: Mode) {
             case.on_both(|root| write_with_hole(&root.join("big.log"), OFFSET, &tail));
         assert_eq!(mounted.size(), OFFSET + 4096);
         assert_eq!(plain.size(), OFFSET + 4096);
-        assert_eq!(mounted.blocks(), plain.blocks(), "st_blocks, mount and plain");
+        assert_eq!(
+            mounted.blocks(),
+            plain.blocks(),
+            "st_blocks, mount and plain"
+        );
         // One block at 0 and two for the unaligned tail, plus extent tree blocks at most.
         assert!(plain.blocks() <= 64, "plain st_blocks {}", plain.blocks());
         let backing = lstat(&case.in_backing("big.log"));
-        assert_eq!(backing.blocks(), plain.blocks(), "st_blocks, backing and plain");
+        assert_eq!(
+            backing.blocks(),
+            plain.blocks(),
+            "st_blocks, backing and plain"
+        );
 
         // An O_APPEND write lands at the end, beyond 4 GiB.
         let (appended, _) = case.on_both(|root| {
@@ -218,8 +251,12 @@ fn write_beyond_4gib(mode: Mode) {
         assert_eq!(&buf[..4096], &tail[..]);
         assert_eq!(&buf[4096..], b"appended\n");
         let mut hole = vec![1u8; 8192];
-        file.read_exact_at(&mut hole, 1 << 32).expect("read the hole at 4 GiB");
-        assert!(hole.iter().all(|&b| b == 0), "the hole at 4 GiB reads as zeros");
+        file.read_exact_at(&mut hole, 1 << 32)
+            .expect("read the hole at 4 GiB");
+        assert!(
+            hole.iter().all(|&b| b == 0),
+            "the hole at 4 GiB reads as zeros"
+        );
 
         case.sync();
         let mirrored = lstat(&case.in_mirror("big.log"));
@@ -232,7 +269,8 @@ fn write_beyond_4gib(mode: Mode) {
         );
         let copy = fs::File::open(case.in_mirror("big.log")).expect("open mirror copy");
         let mut buf = vec![1u8; 4096 + 9];
-        copy.read_exact_at(&mut buf, OFFSET).expect("read the mirror's tail");
+        copy.read_exact_at(&mut buf, OFFSET)
+            .expect("read the mirror's tail");
         assert_eq!(&buf[..4096], &tail[..]);
         assert_eq!(&buf[4096..], b"appended\n");
     });

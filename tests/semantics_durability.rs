@@ -17,13 +17,7 @@ use common::{Helper, Mode, path_str};
 both_modes!(durability_calls, fsynced_file_left_open);
 
 /// Each way a program asks for durability, applied after writing its own file.
-const CALLS: [&str; 5] = [
-    "fsync",
-    "fdatasync",
-    "o_sync",
-    "o_dsync",
-    "sync_file_range",
-];
+const CALLS: [&str; 5] = ["fsync", "fdatasync", "o_sync", "o_dsync", "sync_file_range"];
 
 /// Writes `name.log` with the durability call `name` and returns the call's errno.
 fn write_durably(root: &Path, name: &str) -> i32 {
@@ -61,7 +55,9 @@ fn write_durably(root: &Path, name: &str) -> i32 {
 }
 
 fn content(name: &str) -> String {
-    (0..200).map(|i| format!("{name} record {i:04}\n")).collect()
+    (0..200)
+        .map(|i| format!("{name} record {i:04}\n"))
+        .collect()
 }
 
 fn durability_calls(mode: Mode) {

@@ -8,8 +8,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use common::semantics::{errno_of, lstat, names_of, renameat2, with_case};
 use common::Mode;
+use common::semantics::{errno_of, lstat, names_of, renameat2, with_case};
 
 both_modes!(
     unlink_while_open,
@@ -39,7 +39,8 @@ fn unlink_open(root: &Path) -> (fs::File, Unlinked) {
         .expect("create");
     file.write_all(b"before unlink\n").expect("write");
     fs::remove_file(&path).expect("unlink while open");
-    file.write_all(b"after unlink\n").expect("write after unlink");
+    file.write_all(b"after unlink\n")
+        .expect("write after unlink");
     file.seek(SeekFrom::Start(0)).expect("seek");
     let mut content = Vec::new();
     file.read_to_end(&mut content).expect("read after unlink");
@@ -147,9 +148,12 @@ fn rename_noreplace(mode: Mode) {
     });
 }
 
-/// Swaps two files, then a file and a directory, then tries a missing name. Returns the
-/// errnos, the contents and inodes after the first swap, and what each name is at the end.
-fn exchange(root: &Path) -> (Vec<i32>, Vec<u8>, Vec<u8>, bool, Vec<Vec<u8>>) {
+/// Errnos of the exchanges, contents of `a.log` and `b.log` and whether their inodes
+/// swapped after the first one, and the names at the end (`/` marks a directory).
+type ExchangeOutcome = (Vec<i32>, Vec<u8>, Vec<u8>, bool, Vec<Vec<u8>>);
+
+/// Swaps two files, then a file and a directory, then tries a missing name.
+fn exchange(root: &Path) -> ExchangeOutcome {
     fs::write(root.join("a.log"), b"content of a\n").expect("create a.log");
     fs::write(root.join("b.log"), b"content of b\n").expect("create b.log");
     fs::create_dir(root.join("dir")).expect("mkdir");

@@ -61,8 +61,7 @@ fn rename_open_file(mode: Mode) {
     with_case(mode, |case| {
         let (mounted, plain) = case.on_both(rotate_open);
         let expected_old = numbered("before", 0..100) + &numbered("after", 0..50);
-        for (label, (before, rotated, open, old, new)) in [("mount", mounted), ("plain", plain)]
-        {
+        for (label, (before, rotated, open, old, new)) in [("mount", mounted), ("plain", plain)] {
             assert_eq!(rotated, before, "{label}: inode of app.log.1");
             assert_eq!(open, before, "{label}: inode of the open descriptor");
             assert_eq!(old, expected_old.as_bytes(), "{label}: app.log.1");
@@ -222,7 +221,10 @@ fn follower_across_rotation(mode: Mode) {
 
 /// Returns the inode of every entry named in `names`, through `root`.
 fn inodes(root: &Path, names: &[&str]) -> Vec<u64> {
-    names.iter().map(|name| lstat(&root.join(name)).ino()).collect()
+    names
+        .iter()
+        .map(|name| lstat(&root.join(name)).ino())
+        .collect()
 }
 
 fn inode_numbers_stable(mode: Mode) {
@@ -235,7 +237,11 @@ fn inode_numbers_stable(mode: Mode) {
         fs::hard_link(case.in_mount("a.log"), case.in_mount("hard.log")).expect("link");
 
         let backing = inodes(case.backing(), &names);
-        assert_eq!(inodes(case.mnt(), &names), backing, "stat through the mount");
+        assert_eq!(
+            inodes(case.mnt(), &names),
+            backing,
+            "stat through the mount"
+        );
         assert_eq!(backing[4], backing[0], "a hard link shares the inode");
 
         // readdir reports the same numbers as stat.
@@ -262,6 +268,10 @@ fn inode_numbers_stable(mode: Mode) {
         case.remount();
         let moved = ["dir/moved.log", "dir", "dir/b.log", "link", "hard.log"];
         assert_eq!(inodes(case.mnt(), &moved), backing, "after the remount");
-        assert_eq!(inodes(case.backing(), &moved), backing, "backing after the remount");
+        assert_eq!(
+            inodes(case.backing(), &moved),
+            backing,
+            "backing after the remount"
+        );
     });
 }

@@ -175,12 +175,7 @@ pub fn exact_tree(dir: &Path, skip_at_root: &[&str]) -> ExactTree {
     }
 }
 
-fn walk_exact(
-    dir: &Path,
-    prefix: &[u8],
-    skip: &[&str],
-    entries: &mut BTreeMap<Vec<u8>, String>,
-) {
+fn walk_exact(dir: &Path, prefix: &[u8], skip: &[&str], entries: &mut BTreeMap<Vec<u8>, String>) {
     let listing = fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {dir:?}: {e}"));
     for entry in listing {
         let entry = entry.unwrap_or_else(|e| panic!("read_dir {dir:?}: {e}"));
@@ -208,7 +203,10 @@ fn walk_exact(
             ));
         } else if kind == libc::S_IFLNK {
             let target = fs::read_link(&path).unwrap_or_else(|e| panic!("readlink {path:?}: {e}"));
-            value.push_str(&format!(" target={}", escape(target.as_os_str().as_bytes())));
+            value.push_str(&format!(
+                " target={}",
+                escape(target.as_os_str().as_bytes())
+            ));
         } else if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
             value.push_str(&format!(" rdev={}", meta.rdev()));
         }
@@ -273,7 +271,7 @@ fn user_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-/// Shows bytes as text, with `\xNN` for anything outside printable ASCII and for `\`.
+/// Formats bytes as text, with `\xNN` for anything outside printable ASCII and for `\`.
 pub fn escape(bytes: &[u8]) -> String {
     let mut out = String::new();
     for &b in bytes {
@@ -372,8 +370,8 @@ pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     })
 }
 
-/// Sets access and modification time of `path` (not following a symlink); each is
-/// `(seconds, nanoseconds)` or a `UTIME_NOW`/`UTIME_OMIT` in the nanoseconds.
+/// Sets access and modification time of `path` without following a symlink. Each time is
+/// `(seconds, nanoseconds)`, and the nanoseconds may be `UTIME_NOW` or `UTIME_OMIT`.
 pub fn utimensat(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
     let path = cpath(path);
     let times = [

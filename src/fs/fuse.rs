@@ -331,6 +331,7 @@ impl Filesystem for LogFs {
         reply.ok();
     }
 
+    // NOTE: sync_file_range and syncfs never reach this handler, so they commit nothing.
     fn fsync(
         &self,
         _req: &Request,
@@ -453,6 +454,7 @@ impl Filesystem for LogFs {
         self.reply_empty("removexattr", LogFs::removexattr(self, ino.0, name), reply);
     }
 
+    // NOTE: O_TMPFILE opens fail with EOPNOTSUPP: fuser 0.18 answers FUSE_TMPFILE itself.
     fn create(
         &self,
         req: &Request,
@@ -508,6 +510,7 @@ impl Filesystem for LogFs {
     ) {
         // Programs probe files with ioctls such as TCGETS (isatty); ENOTTY is what a regular
         // file on a local filesystem returns for them.
+        // NOTE: inode flags (lsattr, chattr +a) and FICLONE get ENOTTY here too.
         reply.error(Errno::ENOTTY);
     }
 

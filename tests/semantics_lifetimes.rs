@@ -15,7 +15,9 @@ both_modes!(
     unlink_while_open,
     rename_over_open_file,
     rename_noreplace,
-    rename_exchange
+    rename_exchange,
+    rename_parent_of_open_file,
+    unlink_one_of_two_links
 );
 
 /// What an open descriptor of an unlinked file shows: link count, size, content, and
@@ -204,5 +206,65 @@ fn rename_exchange(mode: Mode) {
         );
         assert_eq!(plain, expected, "plain directory");
         assert_eq!(mounted, expected, "mount");
+    });
+}
+
+/// Keeps `logs/app.log` open while its directory is renamed twice and written between the
+/// renames. Returns what the final name reads.
+fn write_across_parent_renames(root: &Path) -> Vec<u8> {
+    fs::create_dir(root.join("logs")).expect("mkdir");
+    let mut open = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(root.join("logs/app.log"))
+        .expect("create");
+    open.write_all(b"in logs\n").expect("write");
+    fs::rename(root.join("logs"), root.join("logs.old")).expect("rename the directory");
+    open.write_all(b"in logs.old\n").expect("write");
+    fs::create_dir(root.join("archive")).expect("mkdir");
+    fs::rename(root.join("logs.old"), root.join("archive/2024")).expect("move the directory");
+    open.write_all(b"in archive/2024\n").expect("write");
+    drop(open);
+    fs::read(root.join("archive/2024/app.log")).expect("read")
+}
+
+fn rename_parent_of_open_file(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(write_across_parent_renames);
+        let expected = b"in logs\nin logs.old\nin archive/2024\n".to_vec();
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
+        case.sync();
+        let copy = fs::read(case.in_mirror("archive/2024/app.log")).expect("read mirror");
+        assert_eq!(copy, expected);
+    });
+}
+
+/// Writes through an open descriptor after one of the file's two names is unlinked.
+/// Returns the remaining name's content and link count.
+fn write_after_unlinking_a_link(root: &Path) -> (Vec<u8>, u64) {
+    let mut open = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(root.join("first.log"))
+        .expect("create");
+    open.write_all(b"one\n").expect("write");
+    fs::hard_link(root.join("first.log"), root.join("second.log")).expect("link");
+    fs::remove_file(root.join("first.log")).expect("unlink the opened name");
+    open.write_all(b"two\n").expect("write after unlink");
+    drop(open);
+    let content = fs::read(root.join("second.log")).expect("read");
+    (content, lstat(&root.join("second.log")).nlink())
+}
+
+fn unlink_one_of_two_links(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(write_after_unlinking_a_link);
+        let expected = (b"one\ntwo\n".to_vec(), 1);
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
+        case.sync();
+        let copy = fs::read(case.in_mirror("second.log")).expect("read mirror");
+        assert_eq!(copy, expected.0);
     });
 }

@@ -25,7 +25,8 @@ both_modes!(
     directory_5000_entries,
     deep_tree_100_levels,
     refused_changes_errnos,
-    inode_flags_ioctl
+    inode_flags_ioctl,
+    state_dir_name_reserved
 );
 
 /// Creates entries with the given modes (umask does not apply to chmod) and changes owners;
@@ -515,5 +516,43 @@ fn inode_flags_ioctl(mode: Mode) {
         let (mounted, plain) = case.on_both(get_inode_flags);
         assert_eq!(plain, 0, "plain directory");
         assert_eq!(mounted, libc::ENOTTY, "mount");
+    });
+}
+
+/// Errnos of using the name `.logmirror` at the root and in a subdirectory, and whether a
+/// listing of the root shows it.
+fn use_state_dir_name(root: &Path) -> (Vec<i32>, bool) {
+    let name = root.join(".logmirror");
+    fs::create_dir(root.join("sub")).expect("mkdir");
+    fs::write(root.join("file.log"), b"x").expect("create");
+    let errnos = vec![
+        errno_of(&fs::create_dir(root.join("sub/.logmirror"))),
+        errno_of(&fs::create_dir(&name)),
+        errno_of(&fs::write(&name, b"x")),
+        errno_of(&symlink("sub", &name)),
+        errno_of(&fs::rename(root.join("file.log"), &name)),
+    ];
+    let listed = names_of(root).contains(&b".logmirror".to_vec());
+    (errnos, listed)
+}
+
+/// The mount reserves `.logmirror` at its root for the state directory, which sits in the
+/// backing directory by default: a lookup there finds nothing and creating it gets EPERM.
+fn state_dir_name_reserved(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(use_state_dir_name);
+        let expected_plain = vec![0, 0, libc::EISDIR, libc::EEXIST, libc::EISDIR];
+        assert_eq!(plain, (expected_plain, true), "plain directory");
+        let eperm = libc::EPERM;
+        assert_eq!(
+            mounted,
+            (vec![0, eperm, eperm, eperm, eperm], false),
+            "mount"
+        );
+        assert_eq!(
+            errno_of(&fs::symlink_metadata(case.in_mount(".logmirror"))),
+            libc::ENOENT
+        );
+        assert!(case.in_backing(".logmirror/journal").is_dir());
     });
 }

@@ -443,8 +443,14 @@ impl Filesystem for LogFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            match LogFs::listxattr_size(self, ino.0) {
+                Ok(n) => reply.size(n as u32),
+                Err(e) => reply.error(errno("listxattr", e)),
+            }
+            return;
+        }
         match LogFs::listxattr(self, ino.0, size) {
-            Ok(names) if size == 0 => reply.size(names.len() as u32),
             Ok(names) => reply.data(&names),
             Err(e) => reply.error(errno("listxattr", e)),
         }

@@ -835,6 +835,12 @@ impl LogFs {
         sys::getxattr(inode.fd(), name, &mut []).map_err(backing("getxattr"))
     }
 
+    /// Returns the size of the xattr name list, for a size probe.
+    pub fn listxattr_size(&self, ino: u64) -> Result<usize, Error> {
+        let inode = self.inode(ino)?;
+        sys::listxattr(inode.fd(), &mut []).map_err(backing("listxattr"))
+    }
+
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<Vec<u8>, Error> {
         let inode = self.inode(ino)?;
         let mut buf = vec![0u8; size as usize];

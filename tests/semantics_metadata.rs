@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::semantics::{
     errno_of, get_xattr, list_xattrs, lstat, names_of, remove_xattr, set_xattr, statfs_type,
-    statvfs, utimensat, with_case,
+    statvfs, utimensat, with_case, xattr_probe_sizes,
 };
 use common::{Mode, wait_until};
 
@@ -26,7 +26,8 @@ both_modes!(
     deep_tree_100_levels,
     refused_changes_errnos,
     inode_flags_ioctl,
-    state_dir_name_reserved
+    state_dir_name_reserved,
+    xattr_size_probe
 );
 
 /// Creates entries with the given modes (umask does not apply to chmod) and changes owners;
@@ -554,5 +555,43 @@ fn state_dir_name_reserved(mode: Mode) {
             libc::ENOENT
         );
         assert!(case.in_backing(".logmirror/journal").is_dir());
+    });
+}
+
+/// Sets two xattrs on a file and a directory, then returns the size probes of each and what
+/// `getfattr -d` prints (paths relative to `root`).
+fn probe_xattr_sizes(root: &Path) -> (Vec<(isize, isize)>, String) {
+    fs::write(root.join("probed.log"), b"x\n").expect("create");
+    fs::create_dir(root.join("probed.dir")).expect("mkdir");
+    let mut sizes = Vec::new();
+    for name in ["probed.log", "probed.dir"] {
+        let path = root.join(name);
+        set_xattr(&path, b"user.first", b"1", 0).expect("setxattr");
+        set_xattr(&path, b"user.second", b"twenty-two bytes value", 0).expect("setxattr");
+        sizes.push(xattr_probe_sizes(&path, b"user.second"));
+    }
+    let out = common::run(
+        std::process::Command::new("getfattr")
+            .args(["-d", "probed.log", "probed.dir"])
+            .current_dir(root),
+        common::COMMAND_TIMEOUT,
+    );
+    out.assert_success("getfattr -d");
+    (sizes, out.stdout)
+}
+
+fn xattr_size_probe(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(probe_xattr_sizes);
+        // "user.first\0user.second\0" is 23 bytes.
+        let expected_sizes = vec![(23, 22), (23, 22)];
+        let expected_listing = "# file: probed.log\nuser.first=\"1\"\n\
+                                user.second=\"twenty-two bytes value\"\n\n\
+                                # file: probed.dir\nuser.first=\"1\"\n\
+                                user.second=\"twenty-two bytes value\"\n\n";
+        assert_eq!(plain.0, expected_sizes, "plain directory");
+        assert_eq!(plain.1, expected_listing, "getfattr on the plain directory");
+        assert_eq!(mounted.0, expected_sizes, "mount");
+        assert_eq!(mounted.1, expected_listing, "getfattr through the mount");
     });
 }

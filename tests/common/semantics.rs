@@ -452,6 +452,17 @@ pub fn remove_xattr(path: &Path, name: &[u8]) -> io::Result<()> {
     check(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) })
 }
 
+/// Returns the sizes that `llistxattr` and `lgetxattr` report for a size probe (a zero-length
+/// buffer), the way `getfattr`, `cp --preserve=xattr` and `rsync -X` ask first.
+pub fn xattr_probe_sizes(path: &Path, name: &[u8]) -> (isize, isize) {
+    let (path, name) = (cpath(path), CString::new(name).expect("no NUL in name"));
+    // SAFETY: NUL-terminated strings; a null buffer with size 0 asks for the size only.
+    let list = unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
+    // SAFETY: as above.
+    let value = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    (list, value)
+}
+
 /// Returns the extended attribute names of `path` in the order the filesystem lists them.
 pub fn list_xattrs(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     let path = cpath(path);

@@ -460,7 +460,7 @@ impl Filesystem for LogFs {
         self.reply_empty("removexattr", LogFs::removexattr(self, ino.0, name), reply);
     }
 
-    // NOTE: O_TMPFILE opens fail with EOPNOTSUPP: fuser 0.18 answers FUSE_TMPFILE itself.
+    // NOTE: O_TMPFILE opens get EOPNOTSUPP, because fuser 0.18 replies ENOSYS to FUSE_TMPFILE.
     fn create(
         &self,
         req: &Request,

@@ -16,6 +16,7 @@ use common::{Mode, path_str};
 
 both_modes!(
     append_many_processes,
+    append_large_records,
     append_after_truncate,
     write_past_eof_hole,
     write_beyond_4gib
@@ -90,6 +91,58 @@ fn append_many_processes(mode: Mode) {
         }
         assert_eq!(next, [LINES_PER_WRITER; WRITERS]);
         assert_eq!(lstat(&path).size(), expected_bytes as u64);
+    });
+}
+
+/// Appends `count` records of `size` bytes, each one write(2) of the writer's digit, through
+/// an O_APPEND descriptor. A record larger than the 1 MiB max_write reaches the daemon as
+/// several requests.
+const LARGE_APPENDER: &str = r#"
+import os, sys
+path, writer, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+for i in range(count):
+    record = (b"%d" % writer) * size
+    assert os.write(fd, record) == len(record)
+os.close(fd)
+"#;
+
+fn append_large_records(mode: Mode) {
+    const LARGE_WRITERS: usize = 4;
+    const RECORDS: usize = 4;
+    const RECORD_BYTES: usize = 2_500_000;
+    with_case(mode, |case| {
+        let path = case.in_mount("large.log");
+        thread::scope(|scope| {
+            for writer in 1..=LARGE_WRITERS {
+                let path = &path;
+                scope.spawn(move || {
+                    let out = common::python(
+                        LARGE_APPENDER,
+                        &[
+                            path_str(path),
+                            &writer.to_string(),
+                            &RECORDS.to_string(),
+                            &RECORD_BYTES.to_string(),
+                        ],
+                    );
+                    out.assert_success("large appender");
+                });
+            }
+        });
+
+        let data = fs::read(&path).expect("read through the mount");
+        assert_eq!(data.len(), LARGE_WRITERS * RECORDS * RECORD_BYTES);
+        let mut records = [0usize; LARGE_WRITERS];
+        for record in data.chunks(RECORD_BYTES) {
+            let digit = record[0];
+            assert!(
+                record.iter().all(|&b| b == digit),
+                "a record at its place holds bytes of two writers"
+            );
+            records[usize::from(digit - b'1')] += 1;
+        }
+        assert_eq!(records, [RECORDS; LARGE_WRITERS]);
     });
 }
 

@@ -9,10 +9,12 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::Mode;
-use common::semantics::{NOBODY, lstat, python_as_nobody, with_case};
+use std::time::Duration;
 
-both_modes!(unprivileged_writer);
+use common::semantics::{NOBODY, lstat, python_as_nobody, set_xattr, with_case};
+use common::{Mode, wait_until};
+
+both_modes!(unprivileged_writer, acl_not_enforced);
 
 /// Runs as nobody in the directory given as argv[1] and prints `name errno` per attempt,
 /// errno 0 for success.
@@ -142,6 +144,71 @@ fn unprivileged_writer(mode: Mode) {
         assert_eq!(
             fs::read(case.in_mirror("pub/renamed.log")).expect("read mirror"),
             b"hello from nobody\n"
+        );
+    });
+}
+
+/// A POSIX access ACL in the kernel's xattr format (version 2): owner rw, user 65534 r,
+/// group none, mask r, other none.
+fn acl_granting_nobody_read() -> Vec<u8> {
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    let entries: [(u16, u16, u32); 5] = [
+        (0x01, 6, u32::MAX),
+        (0x02, 4, NOBODY),
+        (0x04, 0, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ];
+    for (tag, perm, id) in entries {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    acl
+}
+
+const READ_AS_NOBODY: &str = r#"
+import errno, os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_RDONLY))
+    print(0)
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"#;
+
+/// An ACL that lets nobody read a 0600 file is stored through the mount, but the kernel
+/// checks only the mode bits there, so nobody still gets EACCES.
+fn acl_not_enforced(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(|root| {
+            let path = root.join("acl.log");
+            fs::write(&path, b"x\n").expect("create");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+            set_xattr(
+                &path,
+                b"system.posix_acl_access",
+                &acl_granting_nobody_read(),
+                0,
+            )
+            .expect("set the ACL");
+            let out = python_as_nobody(READ_AS_NOBODY, &[common::path_str(&path)]);
+            out.assert_success("read as nobody");
+            out.stdout
+        });
+        assert_eq!(plain, "0\n", "plain directory");
+        assert_eq!(mounted, "EACCES\n", "mount");
+
+        // Setting the ACL changed the group bits to the mask on the backing file. The
+        // kernel shows it through the mount once its cached attributes expire.
+        let backing_mode = lstat(&case.in_backing("acl.log")).mode();
+        assert_eq!(backing_mode, 0o100640);
+        wait_until(
+            Duration::from_secs(10),
+            "the new mode through the mount",
+            || match lstat(&case.in_mount("acl.log")).mode() {
+                0o100640 => Ok(()),
+                other => Err(format!("mode {other:o}")),
+            },
         );
     });
 }

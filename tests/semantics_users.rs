@@ -101,7 +101,7 @@ fn prepare(root: &Path) {
     mode(&root.join("secret.log"), 0o600);
 }
 
-/// Returns `(path, mode, uid, gid)` of what nobody created.
+/// Returns `(path, mode, uid, gid)` of what `nobody` created.
 fn created(root: &Path) -> Vec<(&'static str, u32, u32, u32)> {
     [
         "pub/renamed.log",
@@ -148,8 +148,8 @@ fn unprivileged_writer(mode: Mode) {
     });
 }
 
-/// A POSIX access ACL in the kernel's xattr format (version 2): owner rw, user 65534 r,
-/// group none, mask r, other none.
+/// Returns a POSIX access ACL in the kernel's xattr format (version 2). It grants the owner
+/// rw, user 65534 r, the group nothing, mask r and others nothing.
 fn acl_granting_nobody_read() -> Vec<u8> {
     let mut acl = 2u32.to_le_bytes().to_vec();
     let entries: [(u16, u16, u32); 5] = [
@@ -176,8 +176,8 @@ except OSError as e:
     print(errno.errorcode[e.errno])
 "#;
 
-/// An ACL that lets nobody read a 0600 file is stored through the mount, but the kernel
-/// checks only the mode bits there, so nobody still gets EACCES.
+/// An ACL that lets `nobody` read a 0600 file is stored through the mount, but the kernel
+/// checks only the mode bits there, so `nobody` still gets EACCES.
 fn acl_not_enforced(mode: Mode) {
     with_case(mode, |case| {
         let (mounted, plain) = case.on_both(|root| {

@@ -17,7 +17,8 @@ both_modes!(
     rename_noreplace,
     rename_exchange,
     rename_parent_of_open_file,
-    unlink_one_of_two_links
+    unlink_one_of_two_links,
+    exchange_directories_open_files
 );
 
 /// What an open descriptor of an unlinked file shows: link count, size, content, and
@@ -266,5 +267,47 @@ fn unlink_one_of_two_links(mode: Mode) {
         case.sync();
         let copy = fs::read(case.in_mirror("second.log")).expect("read mirror");
         assert_eq!(copy, expected.0);
+    });
+}
+
+/// Keeps one file open in each of two directories, swaps the directories with
+/// RENAME_EXCHANGE, and writes through both descriptors. Returns what each path reads.
+fn write_after_directory_exchange(root: &Path) -> (Vec<u8>, Vec<u8>) {
+    fs::create_dir(root.join("current")).expect("mkdir");
+    fs::create_dir(root.join("previous")).expect("mkdir");
+    let open = |name: &str| {
+        OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(root.join(name))
+            .expect("create")
+    };
+    let mut in_current = open("current/app.log");
+    let mut in_previous = open("previous/app.log");
+    in_current.write_all(b"current before\n").expect("write");
+    in_previous.write_all(b"previous before\n").expect("write");
+    let flags = libc::RENAME_EXCHANGE;
+    renameat2(&root.join("current"), &root.join("previous"), flags).expect("exchange");
+    in_current.write_all(b"current after\n").expect("write");
+    in_previous.write_all(b"previous after\n").expect("write");
+    drop((in_current, in_previous));
+    let current = fs::read(root.join("current/app.log")).expect("read");
+    let previous = fs::read(root.join("previous/app.log")).expect("read");
+    (current, previous)
+}
+
+fn exchange_directories_open_files(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(write_after_directory_exchange);
+        // The directory now named `current` is the one that was `previous`.
+        let expected = (
+            b"previous before\nprevious after\n".to_vec(),
+            b"current before\ncurrent after\n".to_vec(),
+        );
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
+        case.sync();
+        let current = fs::read(case.in_mirror("current/app.log")).expect("read mirror");
+        assert_eq!(current, expected.0);
     });
 }

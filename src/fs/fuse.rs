@@ -356,6 +356,7 @@ impl Filesystem for LogFs {
         reply.ok();
     }
 
+    // NOTE: sync_file_range and syncfs never reach this handler, so they commit nothing.
     fn fsync(
         &self,
         _req: &Request,
@@ -467,8 +468,14 @@ impl Filesystem for LogFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            match LogFs::listxattr_size(self, ino.0) {
+                Ok(n) => reply.size(n as u32),
+                Err(e) => reply.error(errno("listxattr", e)),
+            }
+            return;
+        }
         match LogFs::listxattr(self, ino.0, size) {
-            Ok(names) if size == 0 => reply.size(names.len() as u32),
             Ok(names) => reply.data(&names),
             Err(e) => reply.error(errno("listxattr", e)),
         }
@@ -478,6 +485,7 @@ impl Filesystem for LogFs {
         self.reply_empty("removexattr", LogFs::removexattr(self, ino.0, name), reply);
     }
 
+    // NOTE: O_TMPFILE opens get EOPNOTSUPP, because fuser 0.18 replies ENOSYS to FUSE_TMPFILE.
     fn create(
         &self,
         req: &Request,
@@ -533,6 +541,7 @@ impl Filesystem for LogFs {
     ) {
         // Programs probe files with ioctls such as TCGETS (isatty); ENOTTY is what a regular
         // file on a local filesystem returns for them.
+        // NOTE: inode flags (lsattr, chattr +a) and FICLONE get ENOTTY here too.
         reply.error(Errno::ENOTTY);
     }
 

@@ -40,6 +40,7 @@ pub fn mount_kernel(
             _ => {}
         }
     }
+    // NOTE: POSIX ACLs are stored but not enforced, because default_permissions checks modes only.
     let data = format!(
         "fd={},rootmode={root_mode:o},user_id=0,group_id=0,default_permissions,allow_other",
         device.as_raw_fd()

@@ -119,15 +119,15 @@ fn timestamp(time: TimeOrNow) -> Timestamp {
             secs: d.as_secs() as i64,
             nanos: d.subsec_nanos(),
         },
+        // fuser 0.18 turns the kernel's (tv_sec < 0, tv_nsec) into UNIX_EPOCH minus
+        // (-tv_sec seconds + tv_nsec), which is early by 2 * tv_nsec. Inverting that exact
+        // conversion recovers the kernel's pair.
         Err(e) => {
             let before = e.duration();
-            let mut secs = -(before.as_secs() as i64);
-            let mut nanos = 0;
-            if before.subsec_nanos() > 0 {
-                secs -= 1;
-                nanos = 1_000_000_000 - before.subsec_nanos();
+            Timestamp {
+                secs: -(before.as_secs() as i64),
+                nanos: before.subsec_nanos(),
             }
-            Timestamp { secs, nanos }
         }
     }
 }
@@ -881,6 +881,12 @@ impl LogFs {
         sys::getxattr(inode.fd(), name, &mut []).map_err(backing("getxattr"))
     }
 
+    /// Returns the size of the xattr name list, for a size probe.
+    pub fn listxattr_size(&self, ino: u64) -> Result<usize, Error> {
+        let inode = self.inode(ino)?;
+        sys::listxattr(inode.fd(), &mut []).map_err(backing("listxattr"))
+    }
+
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<Vec<u8>, Error> {
         let inode = self.inode(ino)?;
         let mut buf = vec![0u8; size as usize];
@@ -937,4 +943,29 @@ fn sync_file_and_journal(
             .map_err(|source| Error::Journal { op, source })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    /// Builds a time before 1970 the way fuser 0.18 decodes a setattr request.
+    fn as_fuser_decodes(secs: i64, nanos: u32) -> TimeOrNow {
+        TimeOrNow::SpecificTime(UNIX_EPOCH - Duration::new(secs.unsigned_abs(), nanos))
+    }
+
+    #[test]
+    fn timestamp_before_1970_keeps_kernel_pair() {
+        for (secs, nanos) in [
+            (-1, 500_000_000),
+            (-2, 1),
+            (-1, 0),
+            (-31_536_001, 999_999_999),
+        ] {
+            let got = timestamp(as_fuser_decodes(secs, nanos));
+            assert_eq!((got.secs, got.nanos), (secs, nanos));
+        }
+    }
 }

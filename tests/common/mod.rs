@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub mod semantics;
+
 /// Exit code the CLI returns for a usage or configuration error (unknown key, bad value,
 /// an option combination that cannot work, a backing directory or mount point that is
 /// missing or not a directory).

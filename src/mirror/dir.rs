@@ -779,6 +779,13 @@ impl Mirror for DirMirror {
         })
     }
 
+    /// Looks at the root and the cached files again at the next op, so that a file deleted
+    /// on the mirror by hand fails its next write instead of taking it into an inode that no
+    /// name leads to.
+    fn end_batch(&mut self) {
+        self.recheck_root = true;
+    }
+
     fn flush(&mut self) -> Result<(), Error> {
         self.recheck_root = true;
         self.sync_dirty().map_err(|(path, source)| {

@@ -118,6 +118,10 @@ pub trait Mirror: Send {
         self.apply(&record.op)
     }
 
+    /// Marks the end of a batch of applied records. Async mode flushes only every few
+    /// batches, so a mirror re-checks here what it cached during the batch.
+    fn end_batch(&mut self) {}
+
     /// Makes every op applied so far durable on the mirror.
     fn flush(&mut self) -> Result<(), Error>;
 

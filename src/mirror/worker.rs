@@ -484,6 +484,7 @@ impl Worker {
             }
             self.applied += 1;
         }
+        mirror.end_batch();
         Ok(())
     }
 

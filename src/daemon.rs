@@ -23,6 +23,7 @@ use crate::mirror::cursor;
 use crate::mirror::dir::DirMirror;
 use crate::mirror::s3::{Folder, S3Mirror};
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
+use crate::notify;
 use crate::periodic::{self, FoldTask, Schedule};
 use crate::status::MountInfo;
 
@@ -568,9 +569,20 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     if let Some(mut notify) = notify.take() {
         let _ = writeln!(notify, "ready");
     }
+    let systemd = notify::Notifier::from_env().map(Arc::new);
+    let watchdog_stop = Arc::new(Stop::default());
+    if let Some(systemd) = &systemd {
+        systemd.send("READY=1\nSTATUS=serving");
+        if let Some(interval) = notify::watchdog_interval() {
+            notify::spawn_watchdog(systemd.clone(), interval, watchdog_stop.clone());
+        }
+    }
     spawn_signal_thread(signals, config.mountpoint.clone());
 
     let _ = session_done.recv();
+    if let Some(systemd) = &systemd {
+        systemd.send("STOPPING=1\nSTATUS=unmounted; draining mirrors");
+    }
     log::info!(
         "{:?} unmounted; draining mirrors (drain_timeout={:?})",
         config.mountpoint,
@@ -578,6 +590,7 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     );
     drain(&config, &ctx, &slots);
     ctx.stop.set();
+    watchdog_stop.set();
     let deadline = Instant::now() + Duration::from_secs(5);
     for worker in workers {
         while !worker.is_finished() && Instant::now() < deadline {

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod fs;
 pub mod journal;
 pub mod mirror;
+pub mod notify;
 pub mod periodic;
 pub mod restore;
 pub mod status;

@@ -60,10 +60,10 @@ impl Notifier {
 /// recommends. Returns `None` when the variable is unset or invalid, or when `$WATCHDOG_PID`
 /// names another process.
 pub fn watchdog_interval() -> Option<Duration> {
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if usec == 0 {

@@ -57,10 +57,10 @@ impl InstalledLink {
 
 impl Drop for InstalledLink {
     fn drop(&mut self) {
-        if fs::read_link(&self.path).is_ok_and(|t| t == self.target) {
-            if let Err(e) = fs::remove_file(&self.path) {
-                eprintln!("cannot remove {:?}: {e}", self.path);
-            }
+        if fs::read_link(&self.path).is_ok_and(|t| t == self.target)
+            && let Err(e) = fs::remove_file(&self.path)
+        {
+            eprintln!("cannot remove {:?}: {e}", self.path);
         }
     }
 }

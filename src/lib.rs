@@ -20,6 +20,7 @@ pub mod journal;
 pub mod mirror;
 pub mod notify;
 pub mod periodic;
+pub mod reload;
 pub mod restore;
 pub mod status;
 pub mod verify;

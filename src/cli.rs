@@ -258,7 +258,13 @@ fn mount(
     config_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let config = config::build(&backing, &mountpoint, config_file.as_deref(), &options)?;
-    daemon::mount(config, foreground)
+    // Absolute, so that SIGHUP finds the file whatever the daemon's working directory.
+    let config_file = config_file.map(|path| std::path::absolute(&path).unwrap_or(path));
+    let source = logmirror::reload::Source {
+        config_file,
+        options,
+    };
+    daemon::mount(config, foreground, source)
         .with_context(|| format!("mount {backing:?} on {mountpoint:?}"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -23,7 +23,9 @@ use crate::mirror::cursor::{self, Cursor};
 use crate::mirror::dir::DirMirror;
 use crate::mirror::s3::{CopySettings, Folder, LeaseOptions, S3Mirror, StoreReport};
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
+use crate::notify;
 use crate::periodic::{self, FoldTask, Schedule};
+use crate::reload;
 use crate::status::MountInfo;
 
 /// Magic number of FUSE in `statfs(2)`'s f_type.
@@ -62,10 +64,20 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Er
 
 /// Checks paths, then runs the daemon: in this process with `foreground`, otherwise in a
 /// detached child while this process waits until the mount serves.
-pub fn mount(mut config: MountConfig, foreground: bool) -> Result<(), Error> {
+///
+/// `source` is where the configuration came from; SIGHUP builds it again from there.
+pub fn mount(
+    mut config: MountConfig,
+    foreground: bool,
+    source: reload::Source,
+) -> Result<(), Error> {
+    let reloader = Reloader {
+        as_given: config.clone(),
+        source,
+    };
     check_paths(&mut config)?;
     if foreground {
-        return run(config, &mut None);
+        return run(config, &mut None, reloader);
     }
     let (read_end, write_end) = pipe()?;
     // SAFETY: no thread has been started yet, so the child may run anything after fork.
@@ -82,7 +94,7 @@ pub fn mount(mut config: MountConfig, foreground: bool) -> Result<(), Error> {
     drop(read_end);
     detach(&config);
     let mut notify = Some(File::from(write_end));
-    match run(config, &mut notify) {
+    match run(config, &mut notify, reloader) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             let message = crate::mirror::worker::error_chain(&e);
@@ -452,7 +464,7 @@ fn block_signals() -> libc::sigset_t {
 ///
 /// `notify` is the pipe to the waiting `logmirror mount`; it is closed once the mount serves
 /// so that the waiting process returns.
-fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
+fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Result<(), Error> {
     let signals = block_signals();
     raise_open_file_limit();
     // SAFETY: umask has no preconditions. Modes come from the requests, already masked.
@@ -568,19 +580,32 @@ fn run(config: MountConfig, notify: &mut Option<File>) -> Result<(), Error> {
     if let Some(mut notify) = notify.take() {
         let _ = writeln!(notify, "ready");
     }
-    spawn_signal_thread(signals, config.mountpoint.clone());
+    let systemd = notify::Notifier::from_env().map(Arc::new);
+    let watchdog_stop = Arc::new(Stop::default());
+    if let Some(systemd) = &systemd {
+        systemd.send("READY=1\nSTATUS=serving");
+        if let Some(interval) = notify::watchdog_interval() {
+            notify::spawn_watchdog(systemd.clone(), interval, watchdog_stop.clone());
+        }
+    }
+    let live = Arc::new(reload::Live::new(&config));
+    spawn_signal_thread(signals, config.mountpoint.clone(), reloader, live.clone());
 
     let _ = session_done.recv();
+    if let Some(systemd) = &systemd {
+        systemd.send("STOPPING=1\nSTATUS=unmounted; draining mirrors");
+    }
     log::info!(
         "{:?} unmounted; draining mirrors (drain_timeout={:?})",
         config.mountpoint,
-        config.drain_timeout
+        live.drain_timeout()
     );
-    let deadline = drain(&config, &ctx, &slots);
+    let deadline = drain(live.drain_timeout(), &ctx, &slots);
     for copies in slots.iter().filter_map(|slot| slot.copies.as_ref()) {
         copies.shutdown(deadline);
     }
     ctx.stop.set();
+    watchdog_stop.set();
     let deadline = Instant::now() + Duration::from_secs(5);
     for worker in workers {
         while !worker.is_finished() && Instant::now() < deadline {
@@ -906,30 +931,48 @@ fn wait_until_serving(mountpoint: &Path) -> Result<(), Error> {
     }
 }
 
+/// The configuration as `logmirror mount` built it, before paths were resolved, and where it
+/// came from: the base that SIGHUP compares a rebuilt configuration with.
+struct Reloader {
+    as_given: MountConfig,
+    source: reload::Source,
+}
+
 /// Unmounts on SIGTERM or SIGINT (lazily, so programs with open files finish while the
-/// daemon keeps serving them); SIGHUP is logged.
-fn spawn_signal_thread(signals: libc::sigset_t, mountpoint: PathBuf) {
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let mut signal = 0;
-        // SAFETY: `signals` is a valid set blocked in every thread; `signal` is writable.
-        if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
-            continue;
-        }
-        if signal == libc::SIGHUP {
-            log::warn!("SIGHUP received: reloading the configuration is not supported; remount to change it");
-            continue;
-        }
-        log::info!("signal {signal} received: unmounting {mountpoint:?}");
-        let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) else { return };
-        // SAFETY: `path` is a valid NUL-terminated string.
-        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&mountpoint)
-                .status();
-        }
-    });
+/// daemon keeps serving them); SIGHUP reloads the configuration.
+fn spawn_signal_thread(
+    signals: libc::sigset_t,
+    mountpoint: PathBuf,
+    mut reloader: Reloader,
+    live: Arc<reload::Live>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut signal = 0;
+                // SAFETY: `signals` is a valid set blocked in every thread; `signal` is writable.
+                if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
+                    continue;
+                }
+                if signal == libc::SIGHUP {
+                    reloader.as_given = reload::reload(&reloader.as_given, &reloader.source, &live);
+                    continue;
+                }
+                log::info!("signal {signal} received: unmounting {mountpoint:?}");
+                let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+                    return;
+                };
+                // SAFETY: `path` is a valid NUL-terminated string.
+                if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    let _ = std::process::Command::new("fusermount3")
+                        .arg("-u")
+                        .arg("-z")
+                        .arg(&mountpoint)
+                        .status();
+                }
+            }
+        });
     if let Err(e) = spawned {
         log::error!("cannot start the signal thread: {e}; stop the daemon with fusermount3 -u");
     }
@@ -980,10 +1023,10 @@ fn release_mirrors(slots: &[Arc<MirrorSlot>], head: Seq) {
 
 /// Waits up to `drain_timeout` for every mirror to confirm the journal head; returns the end
 /// of that time, which the readable copies get too.
-fn drain(config: &MountConfig, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> Instant {
+fn drain(drain_timeout: Duration, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> Instant {
     let head = ctx.journal.head().0;
     let started = Instant::now();
-    let deadline = started + config.drain_timeout;
+    let deadline = started + drain_timeout;
     if ctx.acks.wait_all_confirmed(head, deadline) {
         log::info!(
             "mirrors drained up to seq {head} in {:.1?}",

@@ -3,7 +3,10 @@
 //!
 //! `fuse.rs` adapts fuser callbacks, `ops.rs` does the work against the backing directory,
 //! `inodes.rs` and `handles.rs` keep the descriptors, `sys.rs` wraps the libc calls.
+//! `find.rs` searches the backing tree for an inode without a known name, and `deferred.rs`
+//! runs writes that wait for room in the async backlog.
 
+mod deferred;
 mod error;
 mod find;
 mod fuse;
@@ -25,6 +28,7 @@ use crate::config::STATE_DIR_NAME;
 use crate::journal::Journal;
 use crate::mirror::acks::Acks;
 
+use deferred::DeferredWrites;
 use handles::HandleTable;
 use inodes::InodeTable;
 
@@ -37,6 +41,7 @@ const TTL: Duration = Duration::from_secs(1);
 pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 
 /// Settings of the filesystem that come from the mount configuration.
+#[derive(Clone)]
 pub struct FsOptions {
     /// Hide `.logmirror` at the root, because the state directory lives there.
     pub hide_state_dir: bool,
@@ -45,9 +50,13 @@ pub struct FsOptions {
 }
 
 /// The mounted filesystem. Handlers take `&self` and run on several FUSE threads at once.
+/// A clone shares every table, so a request can finish on another thread (`deferred.rs`).
+#[derive(Clone)]
 pub struct LogFs {
-    inodes: InodeTable,
-    handles: HandleTable,
+    inodes: Arc<InodeTable>,
+    handles: Arc<HandleTable>,
+    /// Writes waiting for room in the async backlog, off the FUSE threads.
+    deferred: Arc<DeferredWrites>,
     journal: Arc<Journal>,
     acks: Arc<Acks>,
     /// Taken shared by every change while it reaches the backing directory and the journal.
@@ -79,8 +88,9 @@ impl LogFs {
     ) -> std::io::Result<LogFs> {
         let st = sys::fstat(std::os::fd::AsFd::as_fd(&root_fd))?;
         Ok(LogFs {
-            inodes: InodeTable::new(root_fd, st.st_ino),
-            handles: HandleTable::default(),
+            inodes: Arc::new(InodeTable::new(root_fd, st.st_ino)),
+            handles: Arc::new(HandleTable::default()),
+            deferred: DeferredWrites::start()?,
             journal,
             acks,
             namespace,

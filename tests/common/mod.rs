@@ -17,6 +17,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod crash_writer;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 

@@ -14,9 +14,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::crash_writer;
 use common::{
-    COMMAND_TIMEOUT, EXIT_RUNTIME, EXIT_USAGE, Helper, Mode, Mount, STATE_DIR, TestDirs,
-    assert_same_tree, logmirror_env, path_str, tree_sha256,
+    COMMAND_TIMEOUT, EXIT_RUNTIME, EXIT_USAGE, Mode, Mount, STATE_DIR, TestDirs, assert_same_tree,
+    logmirror_env, path_str, tree_sha256,
 };
 use garage::Garage;
 
@@ -543,41 +544,7 @@ fn s3_mount_wrong_credentials() {
     );
 }
 
-const FILES: u64 = 4;
-const RECORD_BYTES: usize = 64;
-/// Bytes of a record covered by its checksum; the checksum (16 hex digits) and a newline
-/// follow them.
-const BODY_BYTES: usize = RECORD_BYTES - 17;
 const ACKS_BEFORE_KILL: u64 = 300;
-const RECORD_LIMIT: u64 = 1_000_000;
-
-/// Appends records round-robin to `data0.log`... and, after each `write(2)` that returned
-/// the full length, appends the record id to the acknowledgement list outside the mount.
-/// On the first failed write it prints `stopped ID ERRNO_NAME` and exits 0.
-const CRASH_WRITER: &str = r#"
-import errno, hashlib, os, sys
-directory, acked_path, files, limit, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-fds = [os.open(os.path.join(directory, "data%d.log" % k), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-       for k in range(files)]
-acked = open(acked_path, "a")
-for i in range(limit):
-    k = i % files
-    head = "rec %08d file %d " % (i, k)
-    body = head + "z" * (width - 17 - len(head))
-    record = (body + hashlib.sha256(body.encode()).hexdigest()[:16] + "\n").encode()
-    try:
-        written = os.write(fds[k], record)
-    except OSError as e:
-        print("stopped %d %s" % (i, errno.errorcode.get(e.errno, str(e.errno))))
-        sys.exit(0)
-    if written != len(record):
-        print("short write of record %d: %d bytes" % (i, written))
-        sys.exit(4)
-    acked.write("%d\n" % i)
-    acked.flush()
-print("never stopped after %d records" % limit)
-sys.exit(5)
-"#;
 
 #[test]
 fn s3_kill_sync_then_restore() {
@@ -592,33 +559,11 @@ fn s3_kill_sync_then_restore() {
     let mut first = Mount::with_env(&dirs, &options, &garage.env());
     let acked_path = dirs.root.join("acked.txt");
 
-    let writer = Helper::python(
-        CRASH_WRITER,
-        &[
-            path_str(&dirs.mnt),
-            path_str(&acked_path),
-            &FILES.to_string(),
-            &RECORD_LIMIT.to_string(),
-            &RECORD_BYTES.to_string(),
-        ],
-    );
-    common::wait_until(
-        Duration::from_secs(120),
-        "acknowledged records before the kill",
-        || match read_acked(&acked_path) {
-            n if n >= ACKS_BEFORE_KILL => Ok(()),
-            n => Err(format!("{n} acknowledged")),
-        },
-    );
+    let writer = crash_writer::start(&dirs.mnt, &acked_path);
+    crash_writer::wait_for_acks(&acked_path, ACKS_BEFORE_KILL, Duration::from_secs(120));
     first.kill_daemon();
-    let stop = writer.read_line(Duration::from_secs(60));
-    let (status, rest) = writer.finish(Duration::from_secs(60));
-    assert!(
-        status.success(),
-        "writer: {status}, output {stop:?} {rest:?}"
-    );
+    let (stop, acked) = crash_writer::finish(writer, &acked_path);
     assert!(stop.starts_with("stopped "), "writer output {stop:?}");
-    let acked = read_acked(&acked_path);
     assert!(acked >= ACKS_BEFORE_KILL);
 
     // A sync-mode write returned only after its record was in the bucket, so the bucket
@@ -626,14 +571,14 @@ fn s3_kill_sync_then_restore() {
     let restored = dirs.root.join("restored");
     let out = restore(&garage, &restored, &[]);
     assert_eq!(out.code(), 0, "restore after kill -9: {out}");
-    assert_acked_records(&restored, acked, "restore after kill -9");
+    crash_writer::assert_acked_records(&restored, acked, "restore after kill -9");
 
     // The next mount resyncs the mirror (the daemon did not stop cleanly); then the bucket
     // rebuilds exactly the backing tree.
     first.clear_dead();
     drop(first);
     let second = Mount::with_env(&dirs, &options, &garage.env());
-    assert_acked_records(&dirs.backing, acked, "backing after the remount");
+    crash_writer::assert_acked_records(&dirs.backing, acked, "backing after the remount");
     second
         .sync(common::SYNC_TIMEOUT_SECS)
         .assert_success("logmirror sync");
@@ -646,83 +591,4 @@ fn s3_kill_sync_then_restore() {
     let out = restore(&garage, &again, &[]);
     assert_eq!(out.code(), 0, "restore after the resync: {out}");
     assert_same_tree("backing", &backing, "restored", &tree_sha256(&again, &[]));
-}
-
-/// Returns the number of complete lines in the acknowledgement list, after checking that
-/// they are the ids 0, 1, 2, ... in order.
-fn read_acked(path: &Path) -> u64 {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
-        Err(e) => panic!("read {path:?}: {e}"),
-    };
-    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-    let mut count = 0;
-    for line in complete.lines() {
-        assert_eq!(
-            line,
-            count.to_string(),
-            "acknowledgement list out of sequence"
-        );
-        count += 1;
-    }
-    count
-}
-
-/// Asserts that each `dataK.log` in `dir` contains only whole, valid records and exactly the
-/// acknowledged ids for that file in order, plus at most the one record whose write was in
-/// flight at the kill (id `acked`).
-fn assert_acked_records(dir: &Path, acked: u64, label: &str) {
-    for k in 0..FILES {
-        let path = dir.join(format!("data{k}.log"));
-        let content = fs::read(&path).unwrap_or_else(|e| panic!("{label}: read {path:?}: {e}"));
-        assert_eq!(
-            content.len() % RECORD_BYTES,
-            0,
-            "{label}: {path:?} ends in a partial record"
-        );
-        let ids: Vec<u64> = content
-            .chunks(RECORD_BYTES)
-            .enumerate()
-            .map(|(n, record)| {
-                parse_record(record, k)
-                    .unwrap_or_else(|e| panic!("{label}: {path:?} record {n}: {e}"))
-            })
-            .collect();
-        let expected: Vec<u64> = (k..acked).step_by(FILES as usize).collect();
-        let mut with_in_flight = expected.clone();
-        if acked % FILES == k {
-            with_in_flight.push(acked);
-        }
-        assert!(
-            ids == expected || ids == with_in_flight,
-            "{label}: {path:?} holds {} records, expected the {} acknowledged ones for this \
-             file in order (first mismatch at index {:?})",
-            ids.len(),
-            expected.len(),
-            ids.iter().zip(&expected).position(|(a, b)| a != b)
-        );
-    }
-}
-
-/// Checks one record's layout and checksum and returns its id.
-fn parse_record(record: &[u8], file: u64) -> Result<u64, String> {
-    let shown = String::from_utf8_lossy(record);
-    let (body, tail) = record.split_at(BODY_BYTES);
-    if tail.last() != Some(&b'\n') {
-        return Err(format!("no newline: {shown:?}"));
-    }
-    let expected = &common::sha256_hex(body)[..16];
-    if &tail[..16] != expected.as_bytes() {
-        return Err(format!("checksum mismatch: {shown:?}"));
-    }
-    let body = std::str::from_utf8(body).map_err(|_| format!("not UTF-8: {shown:?}"))?;
-    let fields: Vec<&str> = body.split(' ').collect();
-    let ["rec", id, "file", k, _] = fields.as_slice() else {
-        return Err(format!("bad layout: {shown:?}"));
-    };
-    if *k != file.to_string() {
-        return Err(format!("record for file {k} in file {file}: {shown:?}"));
-    }
-    id.parse().map_err(|_| format!("bad id: {shown:?}"))
 }

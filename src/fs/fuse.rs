@@ -103,7 +103,7 @@ impl LogFs {
     }
 
     /// Replies with a byte count, once the record of the write is acknowledged.
-    fn reply_written(
+    pub(super) fn reply_written(
         &self,
         op: &str,
         result: Result<(u32, Option<Seq>), Error>,
@@ -324,9 +324,12 @@ impl Filesystem for LogFs {
         reply: ReplyWrite,
     ) {
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        if self.options.when_full_blocks {
+            return self.write_or_defer((ino.0, fh.0, offset), data, kill_suidgid, reply);
+        }
         self.reply_written(
             "write",
-            LogFs::write(self, ino.0, fh.0, offset, data, kill_suidgid),
+            LogFs::write(self, ino.0, fh.0, offset, data, kill_suidgid, false),
             reply,
         );
     }
@@ -573,17 +576,17 @@ impl Filesystem for LogFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match LogFs::copy_file_range(
-            self,
-            (fh_in.0, offset_in),
-            (ino_out.0, fh_out.0, offset_out),
-            len,
-        ) {
-            Ok((written, seq)) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.written(written),
-                Err(e) => reply.error(e),
-            }),
-            Err(e) => reply.error(errno("copy_file_range", e)),
+        let source = (fh_in.0, offset_in);
+        let target = (ino_out.0, fh_out.0, offset_out);
+        let blocks = self.options.when_full_blocks;
+        if !(blocks && self.deferred.has_waiting(ino_out.0)) {
+            match LogFs::copy_file_range(self, source, target, len, false) {
+                Err(Error::BacklogFull) if blocks => {}
+                result => return self.reply_written("copy_file_range", result, reply),
+            }
         }
+        self.defer(ino_out.0, "copy_file_range", reply, move |fs| {
+            LogFs::copy_file_range(fs, source, target, len, true)
+        });
     }
 }

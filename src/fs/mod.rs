@@ -2,10 +2,13 @@
 //! journal record, and the reply waits for whatever the mode promises (see `mirror::acks`).
 //!
 //! `fuse.rs` adapts fuser callbacks, `ops.rs` does the work against the backing directory,
-//! `inodes.rs` and `handles.rs` keep the descriptors, `sys.rs` wraps the libc calls, and
-//! `background.rs` runs fsync requests off the FUSE threads.
+//! `inodes.rs` and `handles.rs` keep the descriptors, `sys.rs` wraps the libc calls.
+//! `find.rs` searches the backing tree for an inode without a known name, `deferred.rs`
+//! runs writes that wait for room in the async backlog, and `background.rs` runs fsync
+//! requests off the FUSE threads.
 
 mod background;
+mod deferred;
 mod error;
 mod find;
 mod fuse;
@@ -28,6 +31,7 @@ use crate::journal::Journal;
 use crate::mirror::acks::Acks;
 
 use background::Background;
+use deferred::DeferredWrites;
 use handles::HandleTable;
 use inodes::InodeTable;
 
@@ -44,6 +48,7 @@ pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 const FSYNC_THREADS: usize = 4;
 
 /// Settings of the filesystem that come from the mount configuration.
+#[derive(Clone)]
 pub struct FsOptions {
     /// Hide `.logmirror` at the root, because the state directory lives there.
     pub hide_state_dir: bool,
@@ -55,9 +60,13 @@ pub struct FsOptions {
 }
 
 /// The mounted filesystem. Handlers take `&self` and run on several FUSE threads at once.
+/// A clone shares every table, so a request can finish on another thread (`deferred.rs`).
+#[derive(Clone)]
 pub struct LogFs {
-    inodes: InodeTable,
-    handles: HandleTable,
+    inodes: Arc<InodeTable>,
+    handles: Arc<HandleTable>,
+    /// Writes waiting for room in the async backlog, off the FUSE threads.
+    deferred: Arc<DeferredWrites>,
     journal: Arc<Journal>,
     acks: Arc<Acks>,
     /// Taken shared by every change while it reaches the backing directory and the journal.
@@ -66,7 +75,7 @@ pub struct LogFs {
     namespace: Arc<RwLock<()>>,
     options: FsOptions,
     /// Threads that run fsync requests, so that FUSE threads do not wait on the disk.
-    background: Background,
+    background: Arc<Background>,
     /// The daemon runs as root, so new entries must be given to the caller.
     is_root: bool,
 }
@@ -91,13 +100,14 @@ impl LogFs {
     ) -> std::io::Result<LogFs> {
         let st = sys::fstat(std::os::fd::AsFd::as_fd(&root_fd))?;
         Ok(LogFs {
-            inodes: InodeTable::new(root_fd, st.st_ino),
-            handles: HandleTable::default(),
+            inodes: Arc::new(InodeTable::new(root_fd, st.st_ino)),
+            handles: Arc::new(HandleTable::default()),
+            deferred: DeferredWrites::start()?,
             journal,
             acks,
             namespace,
             options,
-            background: Background::start(FSYNC_THREADS)?,
+            background: Arc::new(Background::start(FSYNC_THREADS)?),
             // SAFETY: geteuid has no preconditions.
             is_root: unsafe { libc::geteuid() } == 0,
         })

@@ -608,7 +608,8 @@ impl LogFs {
 
     /// Writes to an open file. `kill_suidgid` is set by the kernel for writers without
     /// CAP_FSETID: the write must clear setuid, setgid and file capabilities first, as a
-    /// local filesystem would.
+    /// local filesystem would. With `waits_for_room` false, a full async backlog fails the
+    /// write with `BacklogFull` before anything is written.
     pub fn write(
         &self,
         ino: u64,
@@ -616,12 +617,10 @@ impl LogFs {
         offset: u64,
         data: &[u8],
         kill_suidgid: bool,
+        waits_for_room: bool,
     ) -> Result<(u32, Option<Seq>), Error> {
         let journal = &self.journal;
-        if !self
-            .acks
-            .wait_for_room(self.options.when_full_blocks, || journal.head().1)
-        {
+        if !self.acks.wait_for_room(waits_for_room, || journal.head().1) {
             return Err(Error::BacklogFull);
         }
         let handle = self.file_handle(fh)?;
@@ -805,19 +804,20 @@ impl LogFs {
     }
 
     /// Copies a range between two open files through this process, so the copy is journaled
-    /// like a write.
+    /// like a write (`waits_for_room` as there).
     pub fn copy_file_range(
         &self,
         (fh_in, offset_in): (u64, u64),
         (ino_out, fh_out, offset_out): (u64, u64, u64),
         length: u64,
+        waits_for_room: bool,
     ) -> Result<(u32, Option<Seq>), Error> {
         let length = length.min(MAX_WRITE_BYTES as u64 * 16) as u32;
         let data = self.read(fh_in, offset_in, length)?;
         if data.is_empty() {
             return Ok((0, None));
         }
-        self.write(ino_out, fh_out, offset_out, &data, false)
+        self.write(ino_out, fh_out, offset_out, &data, false, waits_for_room)
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64, Error> {

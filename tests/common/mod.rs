@@ -17,6 +17,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod crash_writer;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -588,26 +590,38 @@ impl ReadOnlyBind {
         bind
     }
 
-    /// Unmounts the bind, asserting success.
+    /// Unmounts the bind, lazily when the mirror still has files open in it. It calls
+    /// umount2 directly, because umount(8) looks at other mounts and would wait on a FUSE
+    /// mount whose daemon is stuck.
     pub fn remove(&mut self) {
-        let out = run(Command::new("umount").arg(&self.path), COMMAND_TIMEOUT);
-        out.assert_success("umount of the mirror bind");
+        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
+            .expect("no NUL in path");
+        // SAFETY: the path is NUL-terminated; the mount is one this test made.
+        let mut rc = unsafe { libc::umount2(path.as_ptr(), 0) };
+        if rc != 0 {
+            // SAFETY: as above.
+            rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
         self.is_active = false;
+        assert_eq!(
+            rc,
+            0,
+            "umount of the mirror bind {:?}: {}",
+            self.path,
+            std::io::Error::last_os_error()
+        );
     }
 }
 
 impl Drop for ReadOnlyBind {
     fn drop(&mut self) {
-        if !self.is_active {
-            return;
-        }
-        let out = run(Command::new("umount").arg(&self.path), COMMAND_TIMEOUT);
-        if !out.status.success() {
-            eprintln!("umount {:?} failed, detaching lazily: {out}", self.path);
-            let _ = run(
-                Command::new("umount").arg("-l").arg(&self.path),
-                COMMAND_TIMEOUT,
-            );
+        if self.is_active && !thread::panicking() {
+            self.remove();
+        } else if self.is_active {
+            let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
+                .expect("no NUL in path");
+            // SAFETY: the path is NUL-terminated; the mount is one this test made.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
         }
     }
 }

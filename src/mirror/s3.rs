@@ -207,7 +207,7 @@ impl S3Mirror {
     ///
     /// # Errors
     ///
-    /// [`Error::StoreAhead`] when the store holds records of this journal beyond `head`.
+    /// [`Error::StoreAhead`] when the store contains records of this journal beyond `head`.
     pub fn check_position(
         &self,
         head: Seq,

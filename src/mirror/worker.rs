@@ -112,7 +112,7 @@ pub struct MirrorSlot {
     pub name: String,
     pub mirror: Mutex<Box<dyn Mirror>>,
     pub progress: Mutex<Progress>,
-    /// What an S3 mirror found out about its store at open; `None` for other mirrors.
+    /// Findings of an S3 mirror's probe of its store at open; `None` for other mirrors.
     pub store: Option<super::s3::StoreReport>,
     /// The mirror's readable copies, reachable without the mirror lock.
     pub copies: Option<Arc<super::Copies>>,

@@ -294,10 +294,22 @@ impl Store {
         start_after: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
+        let objects = self.list_infos(prefix, start_after, limit)?;
+        Ok(objects.into_iter().map(|object| object.key).collect())
+    }
+
+    /// Lists the objects below `prefix` after `start_after`, in key order, with size and
+    /// ETag, stopping after `limit` objects when a limit is given.
+    fn list_infos(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut objects = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page_size = limit.map(|n| i32::try_from(n - keys.len()).unwrap_or(i32::MAX));
+            let page_size = limit.map(|n| i32::try_from(n - objects.len()).unwrap_or(i32::MAX));
             let page = self.retrying("list", prefix, || {
                 let request = self
                     .client
@@ -309,18 +321,22 @@ impl Store {
                     .set_continuation_token(token.clone());
                 async move { request.send().await.map_err(store_error) }
             })?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|object| object.key().map(str::to_owned)),
-            );
-            if limit.is_some_and(|n| keys.len() >= n) {
-                keys.truncate(limit.unwrap_or(keys.len()));
-                return Ok(keys);
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                objects.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    etag: object.e_tag().unwrap_or_default().to_string(),
+                    crc32c: None,
+                });
+            }
+            if let Some(limit) = limit.filter(|n| objects.len() >= *n) {
+                objects.truncate(limit);
+                return Ok(objects);
             }
             token = page.next_continuation_token().map(str::to_owned);
             if token.is_none() || page.is_truncated() != Some(true) {
-                return Ok(keys);
+                return Ok(objects);
             }
         }
     }

@@ -113,32 +113,7 @@ impl Store {
 
     /// Lists every object below `prefix` with its size and ETag, in key order.
     pub fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let mut objects = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.retrying("list", prefix, || {
-                let request = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .prefix(prefix)
-                    .set_continuation_token(token.clone());
-                async move { request.send().await.map_err(store_error) }
-            })?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                objects.push(ObjectInfo {
-                    key: key.to_string(),
-                    size: object.size().unwrap_or(0).max(0) as u64,
-                    etag: object.e_tag().unwrap_or_default().to_string(),
-                    crc32c: None,
-                });
-            }
-            token = page.next_continuation_token().map(str::to_owned);
-            if token.is_none() || page.is_truncated() != Some(true) {
-                return Ok(objects);
-            }
-        }
+        self.list_infos(prefix, None, None)
     }
 
     /// Stores `body` at `key`, replacing any object there, with `crc` as its `crc32c`

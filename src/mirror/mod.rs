@@ -125,6 +125,12 @@ pub trait Mirror: Send {
     /// Makes every op applied so far durable on the mirror.
     fn flush(&mut self) -> Result<(), Error>;
 
+    /// Runs upkeep while no records wait, about every 100 ms (the S3 mirror confirms its
+    /// lease here).
+    fn idle(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Lists the mirror's tree with content checksums, for verify and resync.
     fn manifest(&mut self) -> Result<Manifest, Error>;
 

@@ -27,7 +27,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,9 @@ pub use replay::{ReplayEnd, ReplayStats, ReplayTarget};
 pub use snapshot::{index_key, part_key, snapshot_prefix};
 pub use store::{Capabilities, StoreError, checksum_header};
 
-use lease::{Acquired, Lease, LeaseError, LeaseRecord};
+use lease::{
+    Acquired, LEASE_VALIDITY, Lease, LeaseError, LeaseRecord, NEW_LEASE_WAIT, TAKEOVER_WAIT,
+};
 use object::{ObjectHeader, PendingObject};
 use position::Verdict;
 use store::{PutOutcome, Store};
@@ -61,6 +63,9 @@ const MAX_OBJECT_BYTES: usize = 16 << 20;
 /// Times an upload moves past journal objects that another writer stored at its number
 /// before it gives up.
 const MAX_RENUMBERS: u32 = 3;
+
+/// Age at which an idle mirror confirms its lease again, ahead of [`LEASE_VALIDITY`].
+const LEASE_REFRESH: Duration = Duration::from_secs(LEASE_VALIDITY.as_secs() - 1);
 
 /// Findings of the S3 mirror about its store at open, for status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,16 +139,41 @@ impl S3Mirror {
             .map_err(|e| lease_error(&name, LeaseError::Token(e)))?;
         let (lease, acquired) = Lease::acquire(&store, prefix, owner, lease_options.takeover)
             .map_err(|e| lease_error(&name, e))?;
-        match acquired {
-            Acquired::New => debug!("mirror {name}: took the lease {}", lease.key()),
-            Acquired::Reclaimed { previous } => info!(
-                "mirror {name}: took back the lease left by {previous}, an earlier daemon of \
-                 this state directory"
-            ),
-            Acquired::TakenOver { previous } => warn!(
-                "mirror {name}: took over the lease of {previous} (takeover=true); that daemon \
-                 stops storing journal objects at its next upload"
-            ),
+        let mut lease = lease;
+        let recheck_after = match acquired {
+            Acquired::New => {
+                debug!("mirror {name}: took the lease {}", lease.key());
+                // Without If-None-Match, two daemons that read "no lease" at once both write
+                // one. Reading it again after a pause shows the daemon whose lease was overwritten that it lost.
+                (!capabilities.conditional_writes).then_some(NEW_LEASE_WAIT)
+            }
+            Acquired::Reclaimed { previous } => {
+                info!(
+                    "mirror {name}: took back the lease left by {previous}, an earlier daemon \
+                     of this state directory"
+                );
+                None
+            }
+            Acquired::TakenOver { previous } => {
+                warn!(
+                    "mirror {name}: took over the lease of {previous} (takeover=true); that \
+                     daemon stops storing journal objects within {}s. Waiting {}s for its \
+                     uploads in progress before storing anything",
+                    LEASE_VALIDITY.as_secs(),
+                    TAKEOVER_WAIT.as_secs()
+                );
+                Some(TAKEOVER_WAIT)
+            }
+        };
+        if let Some(pause) = recheck_after {
+            std::thread::sleep(pause);
+            lease.check(&store).map_err(|e| {
+                let e = match e {
+                    LeaseError::Lost { owner } => LeaseError::Held { owner },
+                    other => other,
+                };
+                lease_error(&name, e)
+            })?;
         }
 
         let objects = replay::list_objects(&store, prefix, &name)?;
@@ -186,18 +216,24 @@ impl S3Mirror {
 
     /// Returns the findings about the store at open.
     pub fn report(&self) -> StoreReport {
+        let validity = LEASE_VALIDITY.as_secs();
         let protection = if self.capabilities.conditional_writes {
-            "conditional writes (If-None-Match, If-Match) and a lease check before each object"
+            format!(
+                "conditional writes (If-None-Match, If-Match) and a lease confirmed every \
+                 {validity}s"
+            )
         } else {
-            "read-after-write lease with a check before each object, and a listing before \
-             each new journal key (the store ignores conditional writes)"
+            format!(
+                "read-after-write lease confirmed every {validity}s, read again after a pause \
+                 when taken (the store ignores conditional writes)"
+            )
         };
         StoreReport {
             endpoint: self.store.endpoint().to_string(),
             conditional_writes: self.capabilities.conditional_writes,
             checksums: checksums_text(self.capabilities).to_string(),
             lease_key: self.lease.key().to_string(),
-            protection: protection.to_string(),
+            protection,
         }
     }
 
@@ -247,13 +283,12 @@ impl S3Mirror {
         Ok(())
     }
 
-    /// Stores the pending object under the next free number, after checking that this
-    /// daemon still holds the lease.
+    /// Stores the pending object under the next free number. The lease must have been
+    /// confirmed within [`LEASE_VALIDITY`]; [`Mirror::idle`] keeps it confirmed, so that a
+    /// sync-mode write seldom waits for a lease check.
     fn upload(&mut self) -> Result<(), Error> {
-        // NOTE: the lease check is one more request per object, a LIST without conditional
-        // writes another one.
         self.lease
-            .check(&self.store)
+            .check_if_older(&self.store, LEASE_VALIDITY)
             .map_err(|e| lease_error(&self.name, e))?;
         let (first, last) = self.pending.seq_range();
         let frames = self.pending.frame_count();
@@ -262,11 +297,14 @@ impl S3Mirror {
         loop {
             let number = self.next_number;
             let key = object_key(&self.prefix, number);
+            let body = self.pending.encode(self.journal_id, number);
             let outcome = if self.capabilities.conditional_writes {
-                let body = self.pending.encode(self.journal_id, number);
                 self.store.put_new(&key, body)
             } else {
-                self.put_after_listing(number, &key)
+                // The lease is the only protection here (see DESIGN.md, "Ownership").
+                self.store
+                    .put(&key, body, store::Condition::Always)
+                    .map(|_| PutOutcome::Stored)
             };
             let outcome = outcome.map_err(|source| self.store_error("upload of", &key, source))?;
             if outcome == PutOutcome::Stored {
@@ -297,32 +335,9 @@ impl S3Mirror {
         Ok(())
     }
 
-    /// Stores the pending object as `number` on a store that ignores `If-None-Match`: lists
-    /// the journal keys from `number` on first, and stores only when there are none.
-    fn put_after_listing(&mut self, number: u64, key: &str) -> Result<PutOutcome, StoreError> {
-        let listed = journal_prefix(&self.prefix);
-        let before = (number > 1).then(|| object_key(&self.prefix, number - 1));
-        let found = self.store.list_after(&listed, before.as_deref(), Some(1))?;
-        let body = self.pending.encode(self.journal_id, number);
-        match found.first() {
-            None => {
-                // NOTE: on a store without conditional writes, a writer that stores this key
-                // between the listing and this PUT is overwritten.
-                self.store
-                    .put(key, body, store::Condition::Always)
-                    .map(|_| PutOutcome::Stored)
-            }
-            // An earlier attempt whose response was lost stored exactly these bytes.
-            Some(existing) if existing == key && self.store.get(key)?.bytes == body => {
-                Ok(PutOutcome::Stored)
-            }
-            Some(_) => Ok(PutOutcome::Taken),
-        }
-    }
-
     /// Moves the next number past the journal objects another writer stored at or after
-    /// `key`, and logs it. The lease was checked just before, so the other writer has lost
-    /// its lease or never had one.
+    /// `key`, and logs it. This daemon's lease was confirmed recently, so the other writer
+    /// has lost its lease or never had one.
     fn skip_taken_numbers(&mut self, key: &str) -> Result<(), Error> {
         let objects = replay::list_objects(&self.store, &self.prefix, &self.name)?;
         let highest = objects.last().map_or(0, |(number, _)| *number);
@@ -385,6 +400,13 @@ impl Mirror for S3Mirror {
 
     fn copies(&self) -> Option<Arc<Copies>> {
         self.copies.clone()
+    }
+
+    /// Confirms the lease before its validity runs out, so that the next upload need not.
+    fn idle(&mut self) -> Result<(), Error> {
+        self.lease
+            .check_if_older(&self.store, LEASE_REFRESH)
+            .map_err(|e| lease_error(&self.name, e))
     }
 
     fn resynced(&mut self, head: Seq) {
@@ -541,9 +563,11 @@ fn probe(store: &mut Store, prefix: &str, name: &str) -> Result<Capabilities, Er
     if !capabilities.conditional_writes {
         warn!(
             "mirror {name}: the store ignores If-None-Match, so it cannot refuse a second \
-             writer by itself; falling back to a read-after-write lease checked before each \
-             journal object and a listing before each new key, which leaves a window of one \
-             request in which two writers can both store an object"
+             writer by itself; falling back to a read-after-write lease, read again after a \
+             pause when taken and confirmed every {}s; a takeover while an upload of the old \
+             owner hangs for more than {}s can let both store an object",
+            LEASE_VALIDITY.as_secs(),
+            (TAKEOVER_WAIT - LEASE_VALIDITY).as_secs()
         );
     }
     if !capabilities.checksums_verified {

@@ -328,6 +328,12 @@ impl Worker {
             if self.unflushed.is_some() {
                 self.flush()?;
             }
+            self.slot
+                .mirror
+                .lock()
+                .expect("mirror lock")
+                .idle()
+                .map_err(|e| format!("idle upkeep: {}", error_chain(&e)))?;
             if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {
                 self.ctx.store_cursor(&self.slot);
                 self.last_cursor_write = Instant::now();

@@ -3,12 +3,13 @@
 //!
 //! The lease is a small JSON object at `PREFIX/.logmirror/lease.json` that names its owner
 //! (host, pid, mount time, state directory, journal id) and a random token. The mirror takes
-//! it at open, checks before each journal object that the token there is still its own, and
-//! removes it at a clean stop. Nothing here reads or writes journal objects.
+//! it at open, checks that the token there is still its own at least every
+//! [`LEASE_VALIDITY`] while it stores journal objects, and removes it at a clean stop.
+//! Nothing here reads or writes journal objects.
 
 use std::io::Read;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,20 @@ const LEASE_NAME: &str = ".logmirror/lease.json";
 
 /// Version written into new lease objects.
 const LEASE_VERSION: u32 = 1;
+
+/// How long a successful check of the lease lets the owner store journal objects without
+/// another one, counted from the start of the check request.
+pub const LEASE_VALIDITY: Duration = Duration::from_secs(5);
+
+/// How long a new lease is left alone before it is read again, on a store without
+/// conditional writes: a daemon that read "no lease" at the same moment writes its own lease
+/// within this time, and the second read shows which of the two stayed.
+pub const NEW_LEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a takeover waits after writing its lease before the new owner stores anything:
+/// the old owner starts no upload after its lease validity ran out, and this leaves as long
+/// again for an upload it started just before.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(2 * LEASE_VALIDITY.as_secs());
 
 /// Returns the key of the lease object of the mirror at `prefix`.
 pub fn lease_key(prefix: &str) -> String {
@@ -114,6 +129,8 @@ pub enum LeaseError {
 pub struct Lease {
     key: String,
     record: LeaseRecord,
+    /// Start of the last check that found this lease's token, if any.
+    confirmed_at: Option<Instant>,
 }
 
 impl Lease {
@@ -183,7 +200,11 @@ impl Lease {
             Err(e) => return Err(store_error(e)),
         }
 
-        let lease = Lease { key, record: owner };
+        let mut lease = Lease {
+            key,
+            record: owner,
+            confirmed_at: None,
+        };
         lease.check(store).map_err(|e| match e {
             LeaseError::Lost { owner } => LeaseError::Held { owner },
             other => other,
@@ -191,8 +212,17 @@ impl Lease {
         Ok((lease, acquired))
     }
 
+    /// Checks the lease unless a check that started less than `max_age` ago found it.
+    pub fn check_if_older(&mut self, store: &Store, max_age: Duration) -> Result<(), LeaseError> {
+        match self.confirmed_at {
+            Some(at) if at.elapsed() < max_age => Ok(()),
+            _ => self.check(store),
+        }
+    }
+
     /// Checks that the lease object still carries this lease's token.
-    pub fn check(&self, store: &Store) -> Result<(), LeaseError> {
+    pub fn check(&mut self, store: &Store) -> Result<(), LeaseError> {
+        let started = Instant::now();
         let fetched = store
             .get_if_exists(&self.key)
             .map_err(|source| LeaseError::Store {
@@ -205,7 +235,10 @@ impl Lease {
             });
         };
         match parse(&fetched.bytes) {
-            Ok(record) if record.token == self.record.token => Ok(()),
+            Ok(record) if record.token == self.record.token => {
+                self.confirmed_at = Some(started);
+                Ok(())
+            }
             Ok(record) => Err(LeaseError::Lost {
                 owner: record.describe(),
             }),

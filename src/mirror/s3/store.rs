@@ -209,6 +209,10 @@ pub struct Store {
     /// Whether PUTs carry `If-None-Match` and `If-Match`. Cleared when the probe finds a
     /// store that rejects requests with those headers.
     sends_conditions: bool,
+    /// Whether uploads carry the SHA-256 of their body in the signature. Cleared when the
+    /// probe finds that the store checks `x-amz-checksum-crc32c`, which then protects the
+    /// body instead, without hashing it a second time.
+    signs_payload: bool,
     /// Bytes of request bodies sent, retries included.
     bytes_uploaded: AtomicU64,
 }
@@ -272,6 +276,7 @@ impl Store {
             bucket: bucket.to_string(),
             endpoint: shown_endpoint,
             sends_conditions: true,
+            signs_payload: true,
             bytes_uploaded: AtomicU64::new(0),
         })
     }
@@ -428,7 +433,15 @@ impl Store {
                 Condition::Absent => request.if_none_match("*"),
                 Condition::Matches(etag) => request.if_match(etag),
             };
-            async move { request.send().await.map_err(store_error) }
+            let signs_payload = self.signs_payload;
+            async move {
+                let sent = if signs_payload {
+                    request.send().await
+                } else {
+                    request.customize().disable_payload_signing().send().await
+                };
+                sent.map_err(store_error)
+            }
         })?;
         Ok(output.e_tag().map(str::to_owned))
     }
@@ -500,6 +513,7 @@ impl Store {
                 Err(e) if e.status == Some(400) => true,
                 Err(e) => return Err(e),
             };
+        self.signs_payload = !checksums_verified;
         Ok(Capabilities {
             conditional_writes,
             checksums_verified,

@@ -173,7 +173,15 @@ impl Store {
                 .upload_id(upload_id)
                 .part_number(number)
                 .body(ByteStream::from(body.to_vec()));
-            async move { request.send().await.map_err(store_error) }
+            let signs_payload = self.signs_payload;
+            async move {
+                let sent = if signs_payload {
+                    request.send().await
+                } else {
+                    request.customize().disable_payload_signing().send().await
+                };
+                sent.map_err(store_error)
+            }
         })?;
         Ok(output.e_tag().unwrap_or_default().to_string())
     }

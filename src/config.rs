@@ -576,6 +576,7 @@ fn split_options(text: &str) -> Vec<String> {
 impl RawOptions {
     fn push_option_string(&mut self, text: &str) -> Result<(), Error> {
         let items = split_options(text);
+        // NOTE: trimming drops whitespace at the end of a value too, such as a mirror path's.
         for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
             match item.split_once('=') {
                 Some((key, value)) => self.pairs.push((key.to_string(), value.to_string())),

@@ -415,6 +415,8 @@ fn lock_state_dir(state_dir: &Path, wait: Duration) -> Result<File, Error> {
             return Ok(file);
         }
         if Instant::now() >= deadline {
+            // NOTE: in the background this runs in the daemon, so `logmirror mount` exits 1
+            // with this message, where `-f` exits 2.
             return Err(Error::Busy(format!(
                 "state directory {state_dir:?} is in use by another logmirror daemon after waiting {wait:?}; \
                  unmount that mount first or give this one another state= directory"

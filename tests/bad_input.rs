@@ -4,8 +4,8 @@
 //! and that nothing got mounted. The data already there must stay unchanged: the backing
 //! files, a mirror, the journal, a restore directory and a busy mount.
 //!
-//! Exit codes: `EXIT_USAGE` for invalid options, paths, config files and arguments;
-//! `EXIT_RUNTIME` when the daemon fails to start or a restore finds bad objects;
+//! Exit codes: `EXIT_USAGE` for invalid options, paths, config files and arguments.
+//! `EXIT_RUNTIME` when the daemon fails to start or a restore finds bad objects.
 //! `EXIT_NOT_SERVED` when no daemon serves the mount point.
 
 mod common;
@@ -141,8 +141,8 @@ fn mount_config(f: &Fixture, text: &str) -> Invocation {
     invocation
 }
 
-/// Returns `logmirror restore SPEC DIR` of the case's prefix into `restored`, with
-/// `objects` stored at journal object numbers 1, 2, ... first.
+/// Stores each of `objects` at its journal object number under the case's prefix, then
+/// returns `logmirror restore SPEC DIR` of that prefix into `restored`.
 fn restore(f: &Fixture, objects: &[(u64, Vec<u8>)]) -> Invocation {
     let client = f.garage().client();
     for (number, bytes) in objects {
@@ -164,8 +164,8 @@ fn restore_key_objects(f: &Fixture) -> Invocation {
     invocation
 }
 
-/// Writes a journal segment at the start of the backing directory's default state
-/// directory, as another logmirror version would have left it.
+/// Writes `bytes` as the first journal segment into the default state directory of the
+/// backing directory.
 fn plant_segment(f: &Fixture, bytes: &[u8]) {
     let journal = f.dirs.backing.join(STATE_DIR).join("journal");
     fs::create_dir_all(&journal).expect("create journal directory");
@@ -804,7 +804,12 @@ fn cases() -> Vec<Case> {
             },
             code: EXIT_RUNTIME,
             class: "restore failed before any record was applied",
-            names: |f| format!("{}: unsupported object format version 2", f.key(1)),
+            names: |f| {
+                format!(
+                    "journal object {} is invalid at byte 0: unsupported object format version 2",
+                    f.key(1)
+                )
+            },
         },
         Case {
             name: "restore object under another number",
@@ -812,7 +817,12 @@ fn cases() -> Vec<Case> {
             command: |f| restore(f, &[(1, journal_object(7, 1, &[create_op("a.log")]))]),
             code: EXIT_RUNTIME,
             class: "restore failed before any record was applied",
-            names: |f| format!("{}: header names object number 7", f.key(1)),
+            names: |f| {
+                format!(
+                    "journal object {} is invalid at byte 24: header names object number 7",
+                    f.key(1)
+                )
+            },
         },
         Case {
             name: "restore stray key",
@@ -837,7 +847,12 @@ fn cases() -> Vec<Case> {
             },
             code: EXIT_RUNTIME,
             class: "restore stopped after 2 records",
-            names: |f| format!("{}: record frame: invalid path \"../escape\"", f.key(2)),
+            names: |f| {
+                format!(
+                    "journal object {} is invalid at byte 56: record frame: invalid path \"../escape\"",
+                    f.key(2)
+                )
+            },
         },
         Case {
             name: "restore absolute key",
@@ -845,7 +860,12 @@ fn cases() -> Vec<Case> {
             command: |f| restore(f, &[(1, journal_object(1, 1, &[create_op("/etc/escape")]))]),
             code: EXIT_RUNTIME,
             class: "restore failed before any record was applied",
-            names: |_| "invalid path \"/etc/escape\"".into(),
+            names: |f| {
+                format!(
+                    "journal object {} is invalid at byte 56: record frame: invalid path \"/etc/escape\"",
+                    f.key(1)
+                )
+            },
         },
         Case {
             name: "restore through symlink",

@@ -8,7 +8,7 @@ mod common;
 mod garage;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::journal_objects::{FRAME_HEADER_BYTES, OBJECT_HEADER_BYTES, object_key};
 use common::state_dir::{flip_byte, frame_offsets, mirror_cursor, only_cursor_file, segments};
@@ -94,35 +94,40 @@ fn assert_recovered_from(dirs: &TestDirs, segment: &Path, kept_records: u64) -> 
     errors[0].clone()
 }
 
-#[test]
-fn segment_flipped_byte() {
-    if !common::can_mount() {
-        return;
-    }
-    let dirs = TestDirs::new(1);
-    let confirmed = accept_with_mirror_down(&dirs);
-    let segments = segments(&dirs);
+/// Runs [`accept_with_mirror_down`] and returns the mirror's confirmed seq, the only
+/// segment and the offset of each of its records (record with seq N at index N - 1).
+fn accepted_segment(dirs: &TestDirs) -> (u64, PathBuf, Vec<u64>) {
+    let confirmed = accept_with_mirror_down(dirs);
+    let segments = segments(dirs);
     assert_eq!(segments.len(), 1, "segments: {segments:?}");
-    let (first_seq, segment) = &segments[0];
-    assert_eq!(*first_seq, 1);
-    let offsets = frame_offsets(segment);
+    let (first_seq, segment) = segments.into_iter().next().expect("one segment");
+    assert_eq!(first_seq, 1);
+    let offsets = frame_offsets(&segment);
     let written = (ALL_LINES - CONFIRMED_LINES) as u64;
     assert!(
         offsets.len() as u64 >= confirmed + written,
         "{} records in {segment:?}, confirmed {confirmed}",
         offsets.len()
     );
+    (confirmed, segment, offsets)
+}
+
+#[test]
+fn segment_flipped_byte() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let (confirmed, segment, offsets) = accepted_segment(&dirs);
 
     // A payload byte of the tenth record the mirror lacks. Valid records follow it, so no
     // crash explains the damage.
     let damaged = confirmed + 10;
-    flip_byte(
-        segment,
-        offsets[damaged as usize - 1] + FRAME_HEADER_BYTES as u64 + 5,
-    );
+    let damaged_offset = offsets[damaged as usize - 1];
+    flip_byte(&segment, damaged_offset + FRAME_HEADER_BYTES as u64 + 5);
 
-    let error = assert_recovered_from(&dirs, segment, damaged - 1);
-    let cut_at = format!("was cut at byte {}", offsets[damaged as usize - 1]);
+    let error = assert_recovered_from(&dirs, &segment, damaged - 1);
+    let cut_at = format!("was cut at byte {damaged_offset}");
     assert!(error.contains(&cut_at), "{error}");
 }
 
@@ -132,21 +137,21 @@ fn segment_cut_mid_record() {
         return;
     }
     let dirs = TestDirs::new(1);
-    let confirmed = accept_with_mirror_down(&dirs);
-    let (_, segment) = segments(&dirs).remove(0);
-    let offsets = frame_offsets(&segment);
+    let (confirmed, segment, offsets) = accepted_segment(&dirs);
+
     let cut = confirmed + 5;
-    let cut_offset = offsets[cut as usize - 1] + 10;
+    let cut_record_offset = offsets[cut as usize - 1];
     let file = fs::OpenOptions::new()
         .write(true)
         .open(&segment)
         .expect("open segment");
-    file.set_len(cut_offset).expect("truncate segment");
+    file.set_len(cut_record_offset + 10)
+        .expect("truncate segment");
     drop(file);
 
     let error = assert_recovered_from(&dirs, &segment, cut - 1);
     assert!(error.contains("10 bytes cut"), "{error}");
-    let cut_at = format!("was cut at byte {}", offsets[cut as usize - 1]);
+    let cut_at = format!("was cut at byte {cut_record_offset}");
     assert!(error.contains(&cut_at), "{error}");
 }
 

@@ -229,7 +229,7 @@ pub fn run(cli: Cli) -> ExitCode {
             let usage = e.downcast_ref::<config::Error>().is_some()
                 || matches!(
                     e.downcast_ref::<daemon::Error>(),
-                    Some(daemon::Error::Invalid(_))
+                    Some(daemon::Error::Invalid(_) | daemon::Error::Busy(_))
                 )
                 || matches!(
                     e.downcast_ref::<restore::Error>(),
@@ -296,11 +296,21 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// Returns a timeout in milliseconds for a request, saturating at `u64::MAX`, since
+/// `--timeout` accepts any number of seconds.
+fn millis(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn sync(mountpoint: PathBuf, timeout: Duration) -> anyhow::Result<ExitCode> {
     let request = Request::Sync {
-        timeout_ms: timeout.as_millis() as u64,
+        timeout_ms: millis(timeout),
     };
-    match ask(&mountpoint, request, timeout + Duration::from_secs(30))? {
+    match ask(
+        &mountpoint,
+        request,
+        timeout.saturating_add(Duration::from_secs(30)),
+    )? {
         Response::Synced { seq } => {
             println!("all mirrors confirmed every write up to seq {seq}");
             Ok(ExitCode::SUCCESS)
@@ -318,11 +328,13 @@ fn sync(mountpoint: PathBuf, timeout: Duration) -> anyhow::Result<ExitCode> {
 
 fn verify(mountpoint: PathBuf, timeout: Duration, repair: bool) -> anyhow::Result<ExitCode> {
     let request = Request::Verify {
-        timeout_ms: timeout.as_millis() as u64,
+        timeout_ms: millis(timeout),
         repair,
     };
     // Two waits for the mirrors plus the time to read both trees, which grows with their size.
-    let read_timeout = timeout * 2 + Duration::from_secs(3600);
+    let read_timeout = timeout
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(3600));
     let Response::Verified(report) = ask(&mountpoint, request, read_timeout)? else {
         bail!("the daemon of {mountpoint:?} sent an unexpected response to verify");
     };

@@ -27,13 +27,18 @@ pub enum Error {
     )]
     UnknownKey { key: String },
     #[error(
-        "option {key:?} is not accepted: S3 credentials come only from the standard AWS chain \
+        "rejected option {key:?}: S3 credentials come only from the standard AWS chain \
          (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role)"
     )]
     Credential { key: String },
-    #[error("option {key:?} is not valid here; valid keys: {valid}")]
+    #[error(
+        "invalid value for endpoint: it contains a user name or password, which is not \
+         accepted; give S3 credentials through the standard AWS chain"
+    )]
+    EndpointUserInfo,
+    #[error("unknown option {key:?} for restore; valid keys: {valid}")]
     NotValidHere { key: String, valid: &'static str },
-    #[error("option {key:?} needs a value, as in {key}=VALUE")]
+    #[error("missing value for option {key:?}; write {key}=VALUE")]
     MissingValue { key: String },
     #[error("invalid value {value:?} for {key}: {expected}")]
     InvalidValue {
@@ -55,7 +60,11 @@ pub enum Error {
          allow_http=true to accept plain http"
     )]
     PlainHttp { endpoint: String },
-    #[error("{0}")]
+    #[error(
+        "missing option mirror: no mirror given; add at least one, as in -o mirror=dir:/mnt/copy"
+    )]
+    NoMirror,
+    #[error("conflicting options: {0}")]
     Conflict(String),
 }
 
@@ -305,11 +314,7 @@ fn parse_flag(key: &str, value: &str) -> Result<bool, Error> {
 fn check_endpoint(value: &str) -> Result<String, Error> {
     // Text before an '@' may be a password, so it is never repeated in a message.
     if value.contains('@') {
-        return Err(Error::Conflict(
-            "endpoint= must not contain a user name or password; give S3 credentials through \
-             the standard AWS chain"
-                .into(),
-        ));
+        return Err(Error::EndpointUserInfo);
     }
     let invalid = |expected: &str| Error::InvalidValue {
         key: "endpoint".into(),
@@ -571,6 +576,7 @@ fn split_options(text: &str) -> Vec<String> {
 impl RawOptions {
     fn push_option_string(&mut self, text: &str) -> Result<(), Error> {
         let items = split_options(text);
+        // NOTE: trimming drops whitespace at the end of a value too, such as a mirror path's.
         for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
             match item.split_once('=') {
                 Some((key, value)) => self.pairs.push((key.to_string(), value.to_string())),
@@ -587,7 +593,7 @@ impl RawOptions {
         })?;
         let file: FileOptions = toml::from_str(&text).map_err(|e| Error::ParseFile {
             path: path.to_path_buf(),
-            message: e.message().to_string(),
+            message: describe_toml_error(&text, &e),
         })?;
         let mut push = |key: &str, value: String| self.pairs.push((key.to_string(), value));
         match file.mirror {
@@ -662,6 +668,22 @@ impl RawOptions {
             push("materialize_interval", v.into_text());
         }
         Ok(())
+    }
+}
+
+/// Returns the message of a TOML error with the line it points at and the key on that line,
+/// never the value, which might be a secret given in the wrong place.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(span) = error.span() else {
+        return message.to_string();
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_number = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_number - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) => format!("line {line_number}, key {:?}: {message}", key.trim()),
+        None => format!("line {line_number}: {message}"),
     }
 }
 
@@ -965,9 +987,7 @@ fn absolute_path(key: &str, value: &str) -> Result<PathBuf, Error> {
 
 fn check(config: &MountConfig) -> Result<(), Error> {
     if config.mirrors.is_empty() {
-        return Err(Error::Conflict(
-            "no mirror given; add at least one, as in -o mirror=dir:/mnt/copy".into(),
-        ));
+        return Err(Error::NoMirror);
     }
     let has_s3 = config.mirrors.iter().any(MirrorSpec::is_s3);
     if (!config.s3.is_empty() || config.takeover) && !has_s3 {
@@ -1059,6 +1079,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn build_args(options: &[&str]) -> Result<MountConfig, Error> {
@@ -1171,7 +1193,7 @@ mod tests {
             (&["mirror=s3://logs/h,retention=1y"], "\"1y\" for retention"),
             (
                 &["mirror=s3://logs/h,retention"],
-                "\"retention\" needs a value",
+                "missing value for option \"retention\"",
             ),
             (
                 &["mirror=dir:/a,retention=30d"],
@@ -1371,7 +1393,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            message.contains("\"takeover\" is not valid here"),
+            message.contains("unknown option \"takeover\" for restore"),
             "{message}"
         );
     }
@@ -1395,7 +1417,7 @@ mod tests {
             ("materialize_interval=soon", "invalid value \"soon\""),
             (
                 "materialize_interval",
-                "\"materialize_interval\" needs a value",
+                "missing value for option \"materialize_interval\"",
             ),
         ];
         for (option, needle) in cases {
@@ -1437,7 +1459,10 @@ mod tests {
         let message = build_s3_options(&["mode=sync".into()])
             .unwrap_err()
             .to_string();
-        assert!(message.contains("\"mode\" is not valid here"), "{message}");
+        assert!(
+            message.contains("unknown option \"mode\" for restore"),
+            "{message}"
+        );
         let message = build_s3_options(&["secret_access_key=TOPSECRET".into()])
             .unwrap_err()
             .to_string();
@@ -1464,6 +1489,269 @@ mod tests {
         );
         assert_eq!(config.s3.path_style, Some(true));
         assert_eq!(config.s3.region.as_deref(), Some("garage"));
+    }
+
+    /// Keys that `-o` and the config file accept, for generated option lists.
+    const KEYS: &[&str] = &[
+        "mirror",
+        "mode",
+        "ack",
+        "state",
+        "max_backlog",
+        "when_full",
+        "on_mirror_failure",
+        "sync_timeout",
+        "drain_timeout",
+        "flush_interval",
+        "segment_size",
+        "log_file",
+        "threads",
+        "endpoint",
+        "region",
+        "path_style",
+        "retention",
+        "verify_interval",
+        "repair",
+        "ca_file",
+        "allow_http",
+        "takeover",
+        "materialize_interval",
+    ];
+
+    /// Escapes a value for `-o`: a backslash before each comma and backslash.
+    fn escape(value: &str) -> String {
+        let mut escaped = String::new();
+        for c in value.chars() {
+            if c == ',' || c == '\\' {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        escaped
+    }
+
+    /// A valid option list, as the values `build` must return for it.
+    #[derive(Clone, Debug)]
+    struct ValidOptions {
+        mirrors: Vec<String>,
+        mode: Mode,
+        ack: Option<usize>,
+        sync_timeout: Duration,
+        drain_timeout: Duration,
+        flush_interval: Duration,
+        max_backlog_bytes: u64,
+        segment_size_bytes: u64,
+        threads: usize,
+        when_full: WhenFull,
+        on_mirror_failure: OnMirrorFailure,
+        verify_interval: Duration,
+        repair: bool,
+    }
+
+    impl ValidOptions {
+        /// Returns the `key=value` items, values escaped for `-o`.
+        fn items(&self) -> Vec<String> {
+            let mut items: Vec<String> = self
+                .mirrors
+                .iter()
+                .map(|path| format!("mirror=dir:{}", escape(path)))
+                .collect();
+            let mode = match self.mode {
+                Mode::Sync => "sync",
+                Mode::Async => "async",
+            };
+            items.push(format!("mode={mode}"));
+            items.push(match self.ack {
+                Some(n) => format!("ack={n}"),
+                None => "ack=all".to_string(),
+            });
+            items.push(format!("sync_timeout={}s", self.sync_timeout.as_secs()));
+            items.push(format!(
+                "drain_timeout={}m",
+                self.drain_timeout.as_secs() / 60
+            ));
+            items.push(format!(
+                "flush_interval={}ms",
+                self.flush_interval.as_millis()
+            ));
+            items.push(format!("max_backlog={}M", self.max_backlog_bytes >> 20));
+            items.push(format!("segment_size={}M", self.segment_size_bytes >> 20));
+            items.push(format!("threads={}", self.threads));
+            let when_full = match self.when_full {
+                WhenFull::Block => "block",
+                WhenFull::Fail => "fail",
+            };
+            items.push(format!("when_full={when_full}"));
+            let on_failure = match self.on_mirror_failure {
+                OnMirrorFailure::Block => "block",
+                OnMirrorFailure::Fail => "fail",
+                OnMirrorFailure::Degrade => "degrade",
+            };
+            items.push(format!("on_mirror_failure={on_failure}"));
+            items.push(format!(
+                "verify_interval={}h",
+                self.verify_interval.as_secs() / 3600
+            ));
+            items.push(format!("repair={}", self.repair));
+            items
+        }
+    }
+
+    /// Generates an absolute directory path with commas, backslashes and '=' inside names, and no
+    /// whitespace at its ends (`-o` trims each item).
+    fn arb_dir_path() -> impl Strategy<Value = String> {
+        "/[a-z0-9,=\\\\]{1,4}(/[a-z0-9 ,=\\\\.]{0,4}[a-z0-9,=\\\\]){0,2}"
+    }
+
+    fn arb_valid_options() -> impl Strategy<Value = ValidOptions> {
+        let mirrors = prop::collection::btree_set(arb_dir_path(), 1..4)
+            .prop_map(|set| set.into_iter().collect::<Vec<_>>());
+        let modes = (any::<bool>(), 0usize..4, 0u8..3, any::<bool>());
+        let times = (1u64..100_000, 0u64..10_000, 0u64..=60_000, 0u64..1000);
+        let sizes = (1u64..4096, 1u64..=1024, 1usize..=64, any::<bool>());
+        (mirrors, modes, times, sizes).prop_map(
+            |(mirrors, (sync, ack, on_failure, repair), times, sizes)| {
+                let (sync_s, drain_m, flush_ms, verify_h) = times;
+                let (backlog_m, segment_m, threads, fail_when_full) = sizes;
+                ValidOptions {
+                    ack: (ack > 0).then(|| ack.min(mirrors.len())),
+                    mirrors,
+                    mode: if sync { Mode::Sync } else { Mode::Async },
+                    sync_timeout: Duration::from_secs(sync_s),
+                    drain_timeout: Duration::from_secs(drain_m * 60),
+                    flush_interval: Duration::from_millis(flush_ms),
+                    max_backlog_bytes: backlog_m << 20,
+                    segment_size_bytes: segment_m << 20,
+                    threads,
+                    when_full: if fail_when_full {
+                        WhenFull::Fail
+                    } else {
+                        WhenFull::Block
+                    },
+                    on_mirror_failure: match on_failure {
+                        0 => OnMirrorFailure::Block,
+                        1 => OnMirrorFailure::Fail,
+                        _ => OnMirrorFailure::Degrade,
+                    },
+                    verify_interval: Duration::from_secs(verify_h * 3600),
+                    repair: repair && verify_h > 0,
+                }
+            },
+        )
+    }
+
+    /// Generates a config file line with a known key and a value of any TOML type.
+    fn arb_toml_line() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "[a-z0-9:/._ -]{0,12}".prop_map(|t| format!("{t:?}")),
+            prop::collection::vec("[a-z:/]{0,6}", 0..3).prop_map(|v| format!("{v:?}")),
+            any::<f32>().prop_map(|f| format!("{f:?}")),
+            "[a-z]{1,5}".prop_map(|k| format!("{{ {k} = 1 }}")),
+        ];
+        (prop::sample::select(KEYS), value).prop_map(|(key, value)| format!("{key} = {value}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn options_survive_arbitrary_text(texts in prop::collection::vec(any::<String>(), 0..4)) {
+            if let Err(e) = build(Path::new("/b"), Path::new("/m"), None, &texts) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn options_survive_known_keys_with_any_value(
+            items in prop::collection::vec((prop::sample::select(KEYS), ".{0,16}"), 0..8),
+        ) {
+            let text: Vec<String> = items.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            match build(Path::new("/b"), Path::new("/m"), None, &[text.join(",")]) {
+                Ok(config) => {
+                    prop_assert!(!config.mirrors.is_empty());
+                    prop_assert!((1..=config.mirrors.len()).contains(&config.ack_count()));
+                    prop_assert!((1..=64).contains(&config.threads));
+                    prop_assert!(config.max_backlog_bytes >= 1 << 20);
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn value_parsers_survive_arbitrary_text(text in any::<String>()) {
+            let _ = parse_size(&text);
+            let _ = parse_duration(&text);
+            let _ = MirrorSpec::parse(&text);
+            let _ = build_s3_options(std::slice::from_ref(&text));
+        }
+
+        #[test]
+        fn options_round_trip(
+            options in arb_valid_options(),
+            breaks in prop::collection::vec(any::<bool>(), 16),
+        ) {
+            // Spread the items over several -o values at random points.
+            let mut texts = vec![String::new()];
+            for (i, item) in options.items().into_iter().enumerate() {
+                let text = texts.last_mut().unwrap();
+                if !text.is_empty() {
+                    text.push(',');
+                }
+                text.push_str(&item);
+                if breaks[i % breaks.len()] {
+                    texts.push(String::new());
+                }
+            }
+            let config = build(Path::new("/b"), Path::new("/m"), None, &texts).unwrap();
+            let mirrors: Vec<MirrorSpec> = options
+                .mirrors
+                .iter()
+                .map(|path| MirrorSpec::Dir(PathBuf::from(path)))
+                .collect();
+            prop_assert_eq!(&config.mirrors, &mirrors);
+            prop_assert_eq!(config.mode, options.mode);
+            prop_assert_eq!(
+                config.ack,
+                options.ack.map_or(Ack::All, Ack::Count)
+            );
+            prop_assert_eq!(config.sync_timeout, options.sync_timeout);
+            prop_assert_eq!(config.drain_timeout, options.drain_timeout);
+            prop_assert_eq!(config.flush_interval, options.flush_interval);
+            prop_assert_eq!(config.max_backlog_bytes, options.max_backlog_bytes);
+            prop_assert_eq!(config.segment_size_bytes, options.segment_size_bytes);
+            prop_assert_eq!(config.threads, options.threads);
+            prop_assert_eq!(config.when_full, options.when_full);
+            prop_assert_eq!(config.on_mirror_failure, options.on_mirror_failure);
+            prop_assert_eq!(config.verify_interval, options.verify_interval);
+            prop_assert_eq!(config.repair, options.repair);
+        }
+    }
+
+    proptest! {
+        // Each case writes a file, so fewer of them.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn config_file_survives_wrong_types(lines in prop::collection::vec(arb_toml_line(), 0..5)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.toml");
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            if let Err(e) = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn config_file_survives_arbitrary_text(text in any::<String>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.toml");
+            std::fs::write(&path, &text).unwrap();
+            if let Err(e) = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
     }
 
     #[test]

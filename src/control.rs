@@ -45,8 +45,8 @@ pub enum Response {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "{mountpoint:?} is not a logmirror mount served by this user (no control socket at {link:?}); \
-         check the path and that `logmirror mount` runs"
+        "no logmirror daemon serves {mountpoint:?} for this user (no control socket at \
+         {link:?}); check the path and that `logmirror mount` runs"
     )]
     NotMounted {
         mountpoint: PathBuf,

@@ -33,8 +33,10 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    #[error("invalid path: {0}")]
     Invalid(String),
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("failed to {action} {path:?}")]
     Io {
         action: &'static str,
@@ -205,7 +207,7 @@ fn check_paths(config: &mut MountConfig) -> Result<(), Error> {
         .canonicalize()
         .map_err(io_error("resolve", mountpoint))?;
     if is_mounted_here(&config.mountpoint) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Busy(format!(
             "mount point {:?} is already a mount; unmount it first (fusermount3 -u)",
             config.mountpoint
         )));
@@ -413,7 +415,9 @@ fn lock_state_dir(state_dir: &Path, wait: Duration) -> Result<File, Error> {
             return Ok(file);
         }
         if Instant::now() >= deadline {
-            return Err(Error::Invalid(format!(
+            // NOTE: in the background this runs in the daemon, so `logmirror mount` exits 1
+            // with this message, where `-f` exits 2.
+            return Err(Error::Busy(format!(
                 "state directory {state_dir:?} is in use by another logmirror daemon after waiting {wait:?}; \
                  unmount that mount first or give this one another state= directory"
             )));
@@ -668,17 +672,30 @@ fn lost_at_recovery(
         Some(_) => false,
         None => recovery.torn_bytes_cut > 0,
     };
-    if lost {
-        let before = clean_head.map(|(_, head)| head.to_string());
-        log::warn!(
-            "journal recovery lost records (head seq {} at the last clean shutdown, {} now, \
-             {} bytes cut); every mirror resyncs from the backing tree",
-            before.as_deref().unwrap_or("unknown"),
+    if !lost {
+        return false;
+    }
+    let place = match &recovery.cut_at {
+        Some((segment, offset)) => format!("segment {segment:?} was cut at byte {offset}"),
+        None => format!("segments are missing from {:?}", journal.dir()),
+    };
+    match clean_head {
+        // A clean shutdown wrote a head that the journal no longer reaches, so the segments
+        // were damaged or removed after it, which no crash explains.
+        Some((_, head)) => log::error!(
+            "journal recovery lost records (head seq {head} at the last clean shutdown, {} now, \
+             {} bytes cut): {place}; every mirror resyncs from the backing tree",
             recovery.head,
             recovery.torn_bytes_cut
-        );
+        ),
+        None => log::warn!(
+            "journal recovery lost records (head seq unknown, {} now, {} bytes cut): {place}; \
+             every mirror resyncs from the backing tree",
+            recovery.head,
+            recovery.torn_bytes_cut
+        ),
     }
-    lost
+    true
 }
 
 /// Opens each mirror and its cursor, deciding which mirrors must be resynced. Returns the

@@ -137,6 +137,9 @@ fn log_report(report: &MirrorReport, trigger: VerifyTrigger) {
              lists them all"
         );
     }
+    if let Some(error) = &report.error {
+        log::error!("{kind} mirror {name}: not compared: {error}");
+    }
     if report.resync_scheduled {
         log::warn!("{kind} mirror {name}: resync from the backing tree scheduled to repair it");
     }

@@ -4,50 +4,14 @@
 
 mod common;
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 
+use common::journal_objects::SEGMENT_HEADER_BYTES;
+use common::state_dir::{flip_byte, mirror_cursor, segments};
 use common::{
-    Mode, Mount, ReadOnlyBind, STATE_DIR, TestDirs, append_lines, assert_mirrors_match,
-    expected_lines,
+    Mode, Mount, ReadOnlyBind, TestDirs, append_lines, assert_mirrors_match, expected_lines,
 };
-
-/// Bytes of a segment header, before the first record frame.
-const SEGMENT_HEADER_BYTES: u64 = 44;
-
-fn journal_dir(dirs: &TestDirs) -> PathBuf {
-    dirs.backing.join(STATE_DIR).join("journal")
-}
-
-/// Returns the segment files, oldest first, with the first seq from each name.
-fn segments(dirs: &TestDirs) -> Vec<(u64, PathBuf)> {
-    let mut found: Vec<(u64, PathBuf)> = common::list_dir(&journal_dir(dirs))
-        .into_iter()
-        .filter_map(|name| {
-            let seq = name.strip_suffix(".seg")?.parse().ok()?;
-            Some((seq, journal_dir(dirs).join(name)))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
-/// Returns the confirmed seq and stream position in the cursor file of the only mirror.
-fn mirror_cursor(dirs: &TestDirs) -> (u64, u64) {
-    let cursors = dirs.backing.join(STATE_DIR).join("cursors");
-    let names = common::list_dir(&cursors);
-    assert_eq!(names.len(), 1, "cursor files: {names:?}");
-    let text = common::read_text(&cursors.join(&names[0]));
-    let cursor: serde_json::Value = serde_json::from_str(&text).expect("cursor is JSON");
-    let field = |key: &str| {
-        cursor[key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("cursor field {key} in {text}"))
-    };
-    (field("seq"), field("position"))
-}
 
 /// Returns the `-o` values of an async mount with `extra` added and a drain that gives up
 /// after a second, so that an unmount with the mirror down leaves records unconfirmed.
@@ -90,20 +54,6 @@ fn write_with_mirror_down(dirs: &TestDirs, options: &[String], bulk_bytes: usize
     bind.remove();
 }
 
-fn flip_byte(path: &Path, offset: u64) {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {path:?}: {e}"));
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, offset)
-        .unwrap_or_else(|e| panic!("read {path:?} at {offset}: {e}"));
-    byte[0] ^= 0xff;
-    file.write_all_at(&byte, offset)
-        .unwrap_or_else(|e| panic!("write {path:?} at {offset}: {e}"));
-}
-
 fn assert_recovered(dirs: &TestDirs, options: &[String], bulk_bytes: usize) {
     let mount = Mount::with_options(dirs, options);
     let tree = assert_mirrors_match(&mount);
@@ -137,7 +87,7 @@ fn damaged_segment_after_clean_unmount() {
     assert_eq!(segments.len(), 1, "segments: {segments:?}");
     // A byte inside the payload of the first record the mirror lacks fails its CRC32C, so
     // recovery cuts that record and every record after it.
-    flip_byte(&segments[0].1, SEGMENT_HEADER_BYTES + position + 30);
+    flip_byte(&segments[0].1, SEGMENT_HEADER_BYTES as u64 + position + 30);
 
     assert_recovered(&dirs, &options, 100_000);
 }

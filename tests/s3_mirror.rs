@@ -15,6 +15,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::crash_writer;
+use common::journal_objects;
+use common::journal_objects::{
+    FRAME_HEADER_BYTES, OBJECT_HEADER_BYTES, create_op, journal_object, symlink_op, write_op,
+};
 use common::{
     COMMAND_TIMEOUT, EXIT_RUNTIME, EXIT_USAGE, Mode, Mount, STATE_DIR, TestDirs, assert_same_tree,
     logmirror_env, path_str, tree_sha256,
@@ -23,10 +27,6 @@ use garage::Garage;
 
 const PREFIX: &str = "host1";
 const JOURNAL_PREFIX: &str = "host1/.logmirror/journal/";
-/// Size of a journal object's header, as documented in docs/DESIGN.md.
-const OBJECT_HEADER_BYTES: usize = 56;
-/// Size of the fixed part of a record frame, as documented in docs/FORMAT.md.
-const FRAME_HEADER_BYTES: usize = 24;
 
 fn mirror_spec(garage: &Garage) -> String {
     format!("s3://{}/{PREFIX}", garage.bucket)
@@ -50,7 +50,7 @@ fn restore(garage: &Garage, dir: &Path, extra: &[&str]) -> common::CmdOutput {
 
 /// Returns the key of journal object `number` of the test mirror.
 fn object_key(number: u64) -> String {
-    format!("{JOURNAL_PREFIX}{number:020}.lmj")
+    journal_objects::object_key(PREFIX, number)
 }
 
 /// Asserts that the bucket contains journal objects 1, 2, ... under the test prefix's
@@ -323,70 +323,6 @@ fn s3_outage_then_catch_up() {
         "restored",
         &tree_sha256(&restored, &[]),
     );
-}
-
-/// Builds a record frame: payload length, CRC32C of the rest, seq, commit time, payload.
-fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(&seq.to_le_bytes());
-    frame.extend_from_slice(&1_700_000_000_000_000_000u64.to_le_bytes());
-    frame.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&frame[8..]);
-    frame[4..8].copy_from_slice(&crc.to_le_bytes());
-    frame
-}
-
-/// Builds a journal object holding `payloads` as records with seqs `first_seq`, ...
-fn journal_object(number: u64, first_seq: u64, payloads: &[Vec<u8>]) -> Vec<u8> {
-    let last_seq = first_seq + payloads.len() as u64 - 1;
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(b"LMJOBJ\0\x01");
-    bytes.extend_from_slice(&1u32.to_le_bytes());
-    bytes.extend_from_slice(&(OBJECT_HEADER_BYTES as u32).to_le_bytes());
-    bytes.extend_from_slice(&0x5eed_u64.to_le_bytes());
-    bytes.extend_from_slice(&number.to_le_bytes());
-    bytes.extend_from_slice(&first_seq.to_le_bytes());
-    bytes.extend_from_slice(&last_seq.to_le_bytes());
-    bytes.extend_from_slice(&(payloads.len() as u32).to_le_bytes());
-    let crc = crc32c::crc32c(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    for (i, payload) in payloads.iter().enumerate() {
-        bytes.extend(frame(first_seq + i as u64, payload));
-    }
-    bytes
-}
-
-fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(bytes);
-}
-
-fn create_op(path: &str) -> Vec<u8> {
-    let mut op = vec![2];
-    field(&mut op, path.as_bytes());
-    op.extend_from_slice(&0o100644u32.to_le_bytes());
-    op.extend_from_slice(&0u32.to_le_bytes());
-    op.extend_from_slice(&0u32.to_le_bytes());
-    op
-}
-
-fn write_op(path: &str, data: &[u8]) -> Vec<u8> {
-    let mut op = vec![1];
-    field(&mut op, path.as_bytes());
-    op.extend_from_slice(&0u64.to_le_bytes());
-    field(&mut op, data);
-    op
-}
-
-fn symlink_op(path: &str, target: &str) -> Vec<u8> {
-    let mut op = vec![5];
-    field(&mut op, path.as_bytes());
-    field(&mut op, target.as_bytes());
-    op.extend_from_slice(&0u32.to_le_bytes());
-    op.extend_from_slice(&0u32.to_le_bytes());
-    op
 }
 
 #[test]

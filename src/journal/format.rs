@@ -164,6 +164,22 @@ impl SegmentHeader {
     }
 }
 
+/// Returns the version of a well-formed header of another format version: the magic, the
+/// length and the CRC32C as this version lays them out, and a version other than this one
+/// (and other than 0, which a torn write leaves). Such a segment comes from another
+/// logmirror release, never from a crash.
+pub(super) fn other_version(bytes: &[u8]) -> Option<u32> {
+    let bytes = bytes.get(..HEADER_LEN)?;
+    let version = u32::from_le_bytes(array_at(bytes, 8));
+    let header_len = u32::from_le_bytes(array_at(bytes, 12));
+    let stored = u32::from_le_bytes(array_at(bytes, 40));
+    let is_well_formed = array_at::<8>(bytes, 0) == MAGIC
+        && header_len as usize == HEADER_LEN
+        && stored == crc32c::crc32c(&bytes[..40]);
+    let is_other = version != FORMAT_VERSION && version != 0;
+    (is_well_formed && is_other).then_some(version)
+}
+
 /// The fixed part of a record frame, as read, before any check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct FrameHeader {

@@ -46,6 +46,9 @@ pub struct Recovery {
     /// Bytes removed from the end of the newest segment because they did not form a whole,
     /// valid record (a write torn by a crash).
     pub torn_bytes_cut: u64,
+    /// Segment file and byte offset where those bytes were cut (offset 0 when the segment
+    /// was removed because its header was torn).
+    pub cut_at: Option<(PathBuf, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,16 @@ pub enum Error {
         path: PathBuf,
         offset: u64,
         reason: String,
+    },
+    #[error(
+        "journal segment {path:?} has format version {version}, and this logmirror reads only \
+         version {supported}; mount it with the logmirror release that wrote it, or move the \
+         journal directory aside to start a new journal (every mirror then resyncs)"
+    )]
+    UnsupportedVersion {
+        path: PathBuf,
+        version: u32,
+        supported: u32,
     },
     #[error("records after seq {after} were already removed; the oldest record held is {first}")]
     Released { after: Seq, first: Seq },
@@ -207,6 +220,7 @@ impl Journal {
             segments: state.segments.len(),
             records: found.records,
             torn_bytes_cut: found.torn_bytes_cut,
+            cut_at: found.cut_at.clone(),
         };
         log::info!(
             "journal opened: dir={} journal_id={:016x} segments={} records={} first_seq={} \

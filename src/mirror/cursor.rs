@@ -40,13 +40,26 @@ pub fn path(state_dir: &Path, mirror: &str) -> PathBuf {
         .join(format!("{safe}-{crc:08x}.json"))
 }
 
+/// File in the state directory with the JSON list of every mirror whose cursor was stored,
+/// so that a cursor file that disappeared is told apart from a mirror that never had one.
+const KNOWN_MIRRORS_FILE: &str = "known-mirrors.json";
+
 /// Reads a cursor; a missing file is `None`, and so is an unreadable one (logged), since a
-/// resync repairs the mirror either way.
+/// resync repairs the mirror either way. A missing file of a mirror whose cursor was stored
+/// before is logged at error level.
 pub fn load(state_dir: &Path, mirror: &str) -> Option<Cursor> {
     let path = path(state_dir, mirror);
     let text = match std::fs::read(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if known_mirrors(state_dir).iter().any(|known| known == mirror) {
+                log::error!(
+                    "cursor file {path:?} is missing, although a cursor of mirror {mirror} was \
+                     stored before; mirror will be resynced"
+                );
+            }
+            return None;
+        }
         Err(e) => {
             log::error!("cannot read cursor file {path:?}: {e}; mirror {mirror} will be resynced");
             return None;
@@ -74,13 +87,49 @@ pub fn store(state_dir: &Path, cursor: &Cursor, durable: bool) -> io::Result<()>
     let path = path(state_dir, &cursor.mirror);
     let dir = path.parent().expect("cursor path has a parent");
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
+    replace_file(
+        &path,
+        &serde_json::to_vec(cursor).expect("cursor serializes"),
+        durable,
+    )?;
+    // Every store checks the list, so that a state directory of a release without it gets
+    // its mirrors listed too.
+    remember(state_dir, &cursor.mirror, durable)
+}
+
+/// Returns the mirrors listed in [`KNOWN_MIRRORS_FILE`]; an unreadable list counts as empty,
+/// which only lowers the log level of a missing cursor.
+fn known_mirrors(state_dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(state_dir.join(KNOWN_MIRRORS_FILE)) else {
+        return Vec::new();
+    };
+    serde_json::from_slice(&text).unwrap_or_default()
+}
+
+/// Adds a mirror to [`KNOWN_MIRRORS_FILE`].
+fn remember(state_dir: &Path, mirror: &str, durable: bool) -> io::Result<()> {
+    let mut known = known_mirrors(state_dir);
+    if known.iter().any(|name| name == mirror) {
+        return Ok(());
+    }
+    known.push(mirror.to_string());
+    let text = serde_json::to_vec(&known).expect("names serialize");
+    replace_file(&state_dir.join(KNOWN_MIRRORS_FILE), &text, durable)
+}
+
+/// Replaces `path` with `bytes` through a temporary file and a rename; `durable` adds the
+/// fsyncs that make it survive a power loss.
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let dir = path.parent().expect("state file path has a parent");
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(cursor).expect("cursor serializes"))?;
+    file.write_all(bytes)?;
     if durable {
         file.sync_data()?;
     }
-    std::fs::rename(&tmp, &path)?;
+    std::fs::rename(&tmp, path)?;
     if durable {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -114,6 +163,22 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"{not json").unwrap();
         assert_eq!(load(dir.path(), "dir:/x"), None);
+    }
+
+    #[test]
+    fn cursor_missing_after_store_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let cursor = Cursor {
+            mirror: "dir:/mnt/copy".into(),
+            ..Cursor::default()
+        };
+        assert!(known_mirrors(dir.path()).is_empty());
+        store(dir.path(), &cursor, false).unwrap();
+        store(dir.path(), &cursor, false).unwrap();
+        assert_eq!(known_mirrors(dir.path()), ["dir:/mnt/copy"]);
+        std::fs::remove_file(path(dir.path(), "dir:/mnt/copy")).unwrap();
+        assert_eq!(load(dir.path(), "dir:/mnt/copy"), None);
+        assert_eq!(known_mirrors(dir.path()), ["dir:/mnt/copy"]);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod crash_writer;
+pub mod journal_objects;
+pub mod state_dir;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};

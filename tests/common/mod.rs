@@ -252,6 +252,54 @@ pub fn fusermount(args: &[&str], path: &Path) -> CmdOutput {
     )
 }
 
+/// Unmounts `mnt` with `fusermount3 -u`, retrying while it fails with EBUSY for up to
+/// `BUSY_UNMOUNT_TIMEOUT`: another program on the machine (a scanner walking /tmp) may hold
+/// a file under the mount for a moment. The panic message lists the processes that hold one.
+pub fn unmount_when_idle(mnt: &Path) {
+    wait_until(BUSY_UNMOUNT_TIMEOUT, "fusermount3 -u", || {
+        let out = fusermount(&["-u"], mnt);
+        if out.status.success() {
+            return Ok(());
+        }
+        if !out.stderr.contains("Device or resource busy") {
+            out.assert_success("fusermount3 -u");
+        }
+        Err(format!("{out}; held by: {:?}", processes_using(mnt)))
+    });
+}
+
+/// How long `unmount_when_idle` retries an unmount that fails with EBUSY.
+const BUSY_UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Returns `pid (command): path` for each open file descriptor or working directory in /proc
+/// that lies under `dir`.
+pub fn processes_using(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let proc_dir = entry.path();
+        let command = fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+        let mut links = vec![proc_dir.join("cwd")];
+        if let Ok(fds) = fs::read_dir(proc_dir.join("fd")) {
+            links.extend(fds.flatten().map(|fd| fd.path()));
+        }
+        for link in links {
+            if let Ok(target) = fs::read_link(&link)
+                && target.starts_with(dir)
+            {
+                found.push(format!("{pid} ({}): {}", command.trim(), target.display()));
+            }
+        }
+    }
+    found
+}
+
 /// Polls `probe` with a short backoff until it returns `Ok`, and returns that value.
 /// Panics after `timeout` with `what` and the text of the last `Err`, which should describe
 /// what the probe saw.
@@ -510,7 +558,7 @@ impl<'a> Mount<'a> {
     /// drained and exited.
     pub fn unmount(mut self) {
         let pid = self.pid();
-        fusermount(&["-u"], self.mnt()).assert_success("fusermount3 -u");
+        unmount_when_idle(self.mnt());
         self.is_mounted = false;
         wait_until(
             COMMAND_TIMEOUT,

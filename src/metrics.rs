@@ -129,6 +129,7 @@ pub fn bind(address: &Address) -> Result<(Listener, Endpoint), Error> {
         Address::Tcp(socket_address) => {
             let listener = TcpListener::bind(socket_address).map_err(bind_error)?;
             let bound = listener.local_addr().map_err(bind_error)?;
+            // NOTE: the endpoint has no TLS and no authentication.
             if !bound.ip().is_loopback() {
                 log::warn!(
                     "metrics endpoint listens on {bound}, which is not a loopback address; \

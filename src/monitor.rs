@@ -107,6 +107,7 @@ impl Monitor {
         if seconds < 0.5 {
             return Throughput::default();
         }
+        // NOTE: a resync confirms every record it covers at once, which shows as a burst.
         let records = confirmed.0.0.saturating_sub(oldest.confirmed.0.0);
         let bytes = confirmed.1.0.saturating_sub(oldest.confirmed.1.0);
         Throughput {

@@ -100,8 +100,9 @@ host starts a new journal (after losing its state directory), so --seq then pick
 record with that seq; use --at for a point in a later journal. A point before the newest
 snapshot fails with the earliest point that can be restored.
 
-On a terminal, progress goes to stderr. The last line on stdout is the summary: files, bytes,
-the last seq applied and its commit time.
+Progress goes to stderr: one line redrawn on a terminal, otherwise a line every
+--progress-interval. The last line on stdout is the summary: files, bytes, the last seq
+applied and its commit time.
 
 Exit codes: 0 restored, 1 the restore failed or stopped, or the point is not in the history,
 2 invalid arguments or DIR not empty.";
@@ -671,6 +672,18 @@ mod tests {
         assert_eq!(
             text,
             "sync: 12 s, mirror dir:/c: down, confirmed seq 20 of 30, 10 records behind"
+        );
+        let text = describe_wait(WaitKind::Verify, &status, Duration::from_secs(3));
+        assert_eq!(
+            text,
+            "verify: 3 s, mirror dir:/c: down, confirmed seq 20 of 30, 10 records behind"
+        );
+        let mut confirmed = status.clone();
+        confirmed.mirrors[0].lag_records = 0;
+        let text = describe_wait(WaitKind::Verify, &confirmed, Duration::from_secs(4));
+        assert_eq!(
+            text,
+            "verify: 4 s, comparing the mirrors with the backing tree"
         );
     }
 }

@@ -777,3 +777,60 @@ fn lagging_logged_and_shown() {
     assert!(log_lines(&mount.log_file, &mirror, " -> down").is_empty());
     mount.unmount();
 }
+
+#[test]
+fn sync_progress_redrawn_on_terminal() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let mount = Mount::new(&dirs, Mode::Async);
+    let mut bind = ReadOnlyBind::new(&dirs.mirrors[0]);
+    write_lines(&dirs.mnt.join("outage.log"), 0, 1);
+    wait_until(Duration::from_secs(60), "the mirror to be down", || {
+        let status = status_json(mount.mnt());
+        match status["mirrors"][0]["state"].as_str() {
+            Some("down") => Ok(()),
+            _ => Err(status.to_string()),
+        }
+    });
+
+    // script(1) gives the command a terminal and copies what it draws into `typescript`.
+    let typescript = dirs.root.join("typescript");
+    let command = format!(
+        "{} sync {} --timeout 120s",
+        path_str(common::bin()),
+        path_str(mount.mnt())
+    );
+    let mut script = Command::new("script");
+    script.args(["-q", "-f", "-e", "-c", &command, path_str(&typescript)]);
+    let sync = Helper::spawn(script, "logmirror sync on a terminal");
+    let redraw = "\r\x1b[Ksync: ";
+    wait_until(Duration::from_secs(60), "a redrawn progress line", || {
+        let text = fs::read_to_string(&typescript).unwrap_or_default();
+        match text.matches(redraw).count() {
+            0 | 1 => Err(format!("{text:?}")),
+            _ => Ok(()),
+        }
+    });
+    bind.remove();
+    let (exit, _) = sync.finish(common::COMMAND_TIMEOUT);
+    assert!(exit.success(), "sync on a terminal: {exit}");
+
+    let text = fs::read_to_string(&typescript).expect("read the typescript");
+    let progress = text
+        .split(redraw)
+        .last()
+        .expect("a redrawn line")
+        .to_string();
+    // The last redraw ends its line before the result, so the result starts on its own.
+    let (last_line, rest) = progress
+        .split_once("\r\n")
+        .unwrap_or_else(|| panic!("progress line not ended: {text:?}"));
+    assert!(last_line.contains(" records behind"), "{text:?}");
+    assert!(
+        rest.starts_with("all mirrors confirmed every write up to seq "),
+        "{text:?}"
+    );
+    mount.unmount();
+}

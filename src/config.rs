@@ -1483,6 +1483,30 @@ mod tests {
     }
 
     #[test]
+    fn metrics_option_and_file_key() {
+        use crate::metrics::Address;
+        let config = build_args(&["mirror=dir:/a,metrics=127.0.0.1:9100"]).unwrap();
+        let expected = Address::Tcp("127.0.0.1:9100".parse().unwrap());
+        assert_eq!(config.metrics, Some(expected));
+        assert_eq!(build_args(&["mirror=dir:/a"]).unwrap().metrics, None);
+
+        let message = build_args(&["mirror=dir:/a,metrics=host:9100"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("invalid value \"host:9100\" for metrics: expected IP:PORT"),
+            "{message}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "mirror = \"dir:/x\"\nmetrics = \"/run/m.sock\"\n").unwrap();
+        let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap();
+        let expected = Address::Unix(PathBuf::from("/run/m.sock"));
+        assert_eq!(config.metrics, Some(expected));
+    }
+
+    #[test]
     fn config_file_merges_with_options() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");

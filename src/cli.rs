@@ -1,17 +1,20 @@
 //! Command-line interface: `mount`, `status`, `sync`, `verify` and `restore`, each turned into
 //! a call of the library and an exit code.
 
-use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use clap_complete::Shell;
 
 use logmirror::control::{self, Request, Response};
 use logmirror::journal::Seq;
 use logmirror::mirror::s3::ReplayStats;
+use logmirror::progress::ProgressLine;
 use logmirror::{config, daemon, restore, status};
 
 /// Exit code when the checked condition failed: sync timed out, verify found differences,
@@ -25,7 +28,8 @@ pub const EXIT_NOT_SERVED: u8 = 3;
 const MOUNT_HELP: &str = "\
 Options (-o key=value,... or the same keys in the --config TOML file; -o values override the
 file, and mirrors given with -o replace the file's list):
-  mirror=dir:/path            directory mirror; a mirror is required, repeat for more
+  mirror=dir:/path            directory mirror; repeat for more (default: none, and at
+                              least one mirror is required)
   mirror=s3://BUCKET/PREFIX   S3 mirror: journal objects under PREFIX/.logmirror/journal/
                               and a readable copy of each file at PREFIX/PATH
   materialize_interval=DURATION
@@ -36,7 +40,8 @@ file, and mirrors given with -o replace the file's list):
   region=NAME                 S3 region (default AWS_REGION or the AWS profile's region)
   path_style=true|false       bucket in the URL path (default true when an endpoint is given)
   ca_file=/path               PEM file of the CAs an https endpoint must chain to, in place of
-                              the system's root certificates
+                              the system's root certificates (default: none, the system's
+                              root certificates apply)
   allow_http=true|false       accept plain http to a host that is not loopback (default false)
   takeover=true|false         take the lease of each S3 prefix even when another daemon owns
                               it, after that daemon's host crashed or was replaced
@@ -52,7 +57,8 @@ file, and mirrors given with -o replace the file's list):
   on_mirror_failure=block|fail|degrade
                               sync, no confirmation within sync_timeout: wait, return EIO, or
                               run async until mirrors catch up (default block)
-  sync_timeout=DURATION       default 30s
+  sync_timeout=DURATION       how long a sync-mode write waits for mirrors before
+                              on_mirror_failure applies (default 30s)
   drain_timeout=DURATION      how long unmount waits for mirrors (default 30s)
   flush_interval=DURATION     async: longest time a mirror holds written records before it
                               makes them durable and confirms them (default 500ms, up to 1m)
@@ -66,6 +72,9 @@ file, and mirrors given with -o replace the file's list):
                               `logmirror verify` does (default 1h; 0 turns it off)
   repair=true|false           resync a mirror that the periodic verify finds different
                               (default false)
+  metrics=IP:PORT|/path.sock  serve Prometheus metrics on GET /metrics at this TCP address
+                              (port 0 takes a free port, shown in status) or Unix socket
+                              (default: none, no endpoint)
 S3 credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role), never from options.
 Mount flags nosuid, nodev, noexec, ro and fstab/systemd options (_netdev, nofail, x-*) are
@@ -91,8 +100,9 @@ host starts a new journal (after losing its state directory), so --seq then pick
 record with that seq; use --at for a point in a later journal. A point before the newest
 snapshot fails with the earliest point that can be restored.
 
-On a terminal, progress goes to stderr. The last line on stdout is the summary: files, bytes,
-the last seq applied and its commit time.
+Progress goes to stderr: one line redrawn on a terminal, otherwise a line every
+--progress-interval. The last line on stdout is the summary: files, bytes, the last seq
+applied and its commit time.
 
 Exit codes: 0 restored, 1 the restore failed or stopped, or the point is not in the history,
 2 invalid arguments or DIR not empty.";
@@ -117,39 +127,48 @@ pub enum Command {
         backing: PathBuf,
         /// Directory where programs see and write the files.
         mountpoint: PathBuf,
-        /// Options as key=value[,key=value...]; see the list below.
+        /// Options as key=value[,key=value...]; the keys and their defaults are listed below
+        /// [default: none]
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
-        /// Stay in the foreground and log to stderr.
+        /// Stay in the foreground and log to stderr [default: off, the daemon detaches]
         #[arg(short = 'f')]
         foreground: bool,
-        /// TOML file with the same keys as -o; -o values override it.
+        /// TOML file with the same keys as -o; -o values override it [default: none]
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Show mode, journal and per-mirror state, lag and last error.
+    /// Show mode, policy, journal, backlog and per-mirror state, lag, throughput and errors.
     #[command(after_help = "Exit codes: 0 shown, 3 no daemon serves MOUNTPOINT.")]
     Status {
         /// Mount point of a running logmirror mount.
         mountpoint: PathBuf,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text [default: off, text]
         #[arg(long)]
         json: bool,
     },
     /// Wait until every mirror confirmed all writes committed before this call.
-    #[command(after_help = "Exit codes: 0 synced, 1 timed out, 3 no daemon serves MOUNTPOINT.")]
+    #[command(after_help = "\
+While it waits, the mirrors' progress goes to stderr: one line redrawn on a terminal,
+otherwise a line every --progress-interval.
+
+Exit codes: 0 synced, 1 timed out, 3 no daemon serves MOUNTPOINT.")]
     Sync {
         /// Mount point of a running logmirror mount.
         mountpoint: PathBuf,
         /// Give up after this long, as in 90, 30s, 500ms or 5m (a bare number is seconds).
         #[arg(long, default_value = "300s", value_parser = parse_timeout)]
         timeout: Duration,
+        #[command(flatten)]
+        progress: ProgressArgs,
     },
     /// Compare every mirror with the backing tree; exit 0 only if they are equal.
-    #[command(
-        after_help = "Exit codes: 0 equal, 1 differences found or a mirror could not be \
-compared, 3 no daemon serves MOUNTPOINT."
-    )]
+    #[command(after_help = "\
+While it runs, the mirrors' progress goes to stderr: one line redrawn on a terminal,
+otherwise a line every --progress-interval.
+
+Exit codes: 0 equal, 1 differences found or a mirror could not be compared, 3 no daemon
+serves MOUNTPOINT.")]
     Verify {
         /// Mount point of a running logmirror mount.
         mountpoint: PathBuf,
@@ -158,9 +177,11 @@ compared, 3 no daemon serves MOUNTPOINT."
         #[arg(long, default_value = "300s", value_parser = parse_timeout)]
         timeout: Duration,
         /// Schedule a resync from the backing tree for each mirror that differs; `logmirror
-        /// sync` then waits until it is done.
+        /// sync` then waits until it is done [default: off]
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        progress: ProgressArgs,
     },
     /// Rebuild a directory from an S3 mirror, as for a host that lost its backing directory.
     #[command(after_help = RESTORE_HELP)]
@@ -170,20 +191,41 @@ compared, 3 no daemon serves MOUNTPOINT."
         /// Directory to fill; created if missing. It must be empty unless --force is given.
         dir: PathBuf,
         /// Options as key=value[,key=value...]: endpoint, region, path_style, ca_file,
-        /// allow_http.
+        /// allow_http [default: none, the AWS environment and profile apply]
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
-        /// Replay into a directory that is not empty.
+        /// Replay into a directory that is not empty [default: off]
         #[arg(long)]
         force: bool,
         /// Restore the tree as of this time: RFC 3339 with an offset, as in
-        /// 2026-12-04T10:00:00Z, or seconds since the Unix epoch.
+        /// 2026-12-04T10:00:00Z, or seconds since the Unix epoch [default: the newest record]
         #[arg(long, value_name = "TIME", value_parser = restore::parse_time, conflicts_with = "seq")]
         at: Option<u64>,
-        /// Restore the tree as of right after the record with this seq.
+        /// Restore the tree as of right after the record with this seq [default: the newest
+        /// record]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         seq: Option<u64>,
+        #[command(flatten)]
+        progress: ProgressArgs,
     },
+    /// Write the man pages into MAN_DIR and the bash, zsh and fish completions into
+    /// COMPLETIONS_DIR (run by scripts/gen-docs).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory for logmirror.1 and logmirror-SUBCOMMAND.1; created if missing.
+        man_dir: PathBuf,
+        /// Directory for logmirror.bash, _logmirror and logmirror.fish; created if missing.
+        completions_dir: PathBuf,
+    },
+}
+
+/// The progress option of the long commands.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ProgressArgs {
+    /// Time between two progress lines on stderr when it is not a terminal, as in 10s or 1m
+    /// (on a terminal, one line is redrawn in place)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
+    pub progress_interval: Duration,
 }
 
 /// Runs a parsed command and returns the process exit code.
@@ -200,12 +242,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sync {
             mountpoint,
             timeout,
-        } => sync(mountpoint, timeout),
+            progress,
+        } => sync(mountpoint, timeout, progress.progress_interval),
         Command::Verify {
             mountpoint,
             timeout,
             repair,
-        } => verify(mountpoint, timeout, repair),
+            progress,
+        } => verify(mountpoint, timeout, repair, progress.progress_interval),
         Command::Restore {
             mirror,
             dir,
@@ -213,14 +257,25 @@ pub fn run(cli: Cli) -> ExitCode {
             force,
             at,
             seq,
+            progress,
         } => {
             let point = match (at, seq) {
                 (Some(ns), _) => restore::PointInTime::Time(ns),
                 (None, Some(seq)) => restore::PointInTime::Seq(Seq(seq)),
                 (None, None) => restore::PointInTime::Latest,
             };
-            run_restore(&mirror, &dir, &options, point, force)
+            let restore = RestoreRequest {
+                options: &options,
+                point,
+                force,
+                progress_interval: progress.progress_interval,
+            };
+            run_restore(&mirror, &dir, restore)
         }
+        Command::GenerateDocs {
+            man_dir,
+            completions_dir,
+        } => generate_docs(&man_dir, &completions_dir),
     };
     match result {
         Ok(code) => code,
@@ -302,15 +357,22 @@ fn millis(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn sync(mountpoint: PathBuf, timeout: Duration) -> anyhow::Result<ExitCode> {
+fn sync(
+    mountpoint: PathBuf,
+    timeout: Duration,
+    progress_interval: Duration,
+) -> anyhow::Result<ExitCode> {
     let request = Request::Sync {
         timeout_ms: millis(timeout),
     };
-    match ask(
-        &mountpoint,
-        request,
-        timeout.saturating_add(Duration::from_secs(30)),
-    )? {
+    let response = with_mirror_progress(&mountpoint, WaitKind::Sync, progress_interval, || {
+        ask(
+            &mountpoint,
+            request,
+            timeout.saturating_add(Duration::from_secs(30)),
+        )
+    })?;
+    match response {
         Response::Synced { seq } => {
             println!("all mirrors confirmed every write up to seq {seq}");
             Ok(ExitCode::SUCCESS)
@@ -326,7 +388,12 @@ fn sync(mountpoint: PathBuf, timeout: Duration) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn verify(mountpoint: PathBuf, timeout: Duration, repair: bool) -> anyhow::Result<ExitCode> {
+fn verify(
+    mountpoint: PathBuf,
+    timeout: Duration,
+    repair: bool,
+    progress_interval: Duration,
+) -> anyhow::Result<ExitCode> {
     let request = Request::Verify {
         timeout_ms: millis(timeout),
         repair,
@@ -335,7 +402,10 @@ fn verify(mountpoint: PathBuf, timeout: Duration, repair: bool) -> anyhow::Resul
     let read_timeout = timeout
         .saturating_mul(2)
         .saturating_add(Duration::from_secs(3600));
-    let Response::Verified(report) = ask(&mountpoint, request, read_timeout)? else {
+    let response = with_mirror_progress(&mountpoint, WaitKind::Verify, progress_interval, || {
+        ask(&mountpoint, request, read_timeout)
+    })?;
+    let Response::Verified(report) = response else {
         bail!("the daemon of {mountpoint:?} sent an unexpected response to verify");
     };
     for mirror in &report.mirrors {
@@ -365,17 +435,23 @@ fn verify(mountpoint: PathBuf, timeout: Duration, repair: bool) -> anyhow::Resul
     })
 }
 
-fn run_restore(
-    mirror: &str,
-    dir: &PathBuf,
-    options: &[String],
+/// Settings of a `restore` besides the mirror and the directory.
+struct RestoreRequest<'a> {
+    options: &'a [String],
     point: restore::PointInTime,
     force: bool,
-) -> anyhow::Result<ExitCode> {
+    progress_interval: Duration,
+}
+
+fn run_restore(mirror: &str, dir: &PathBuf, request: RestoreRequest) -> anyhow::Result<ExitCode> {
     let spec = config::MirrorSpec::parse(mirror)?;
-    let s3 = config::build_s3_options(options)?;
-    let mut progress = TerminalProgress::new(std::io::stderr().is_terminal());
-    let restored = restore::run(&spec, &s3, dir, point, force, &mut progress);
+    let s3 = config::build_s3_options(request.options)?;
+    let mut progress = RestoreProgress(ProgressLine::new(
+        std::io::stderr(),
+        std::io::stderr().is_terminal(),
+        request.progress_interval,
+    ));
+    let restored = restore::run(&spec, &s3, dir, request.point, request.force, &mut progress);
     let summary = restored.with_context(|| format!("restore {mirror} into {dir:?}"))?;
 
     let replay = summary.replay;
@@ -406,51 +482,220 @@ fn run_restore(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A one-line progress display of a restore on stderr, redrawn at most every 100 ms, and
-/// only when stderr is a terminal.
-struct TerminalProgress {
-    is_terminal: bool,
-    last_shown: Option<Instant>,
+/// The progress display of a restore on stderr.
+struct RestoreProgress(ProgressLine<std::io::Stderr>);
+
+fn describe_restore(stats: &ReplayStats) -> String {
+    format!(
+        "restoring: snapshot ops {}, journal objects {}, records {}, downloaded {}",
+        stats.snapshot_frames,
+        stats.objects,
+        stats.records,
+        status::human_bytes(stats.bytes_downloaded)
+    )
 }
 
-impl TerminalProgress {
-    fn new(is_terminal: bool) -> TerminalProgress {
-        TerminalProgress {
-            is_terminal,
-            last_shown: None,
-        }
-    }
-
-    fn draw(&mut self, stats: &ReplayStats) {
-        self.last_shown = Some(Instant::now());
-        let mut stderr = std::io::stderr().lock();
-        let _ = write!(
-            stderr,
-            "\r\x1b[Krestoring: snapshot ops {}, journal objects {}, records {}, downloaded {}",
-            stats.snapshot_frames,
-            stats.objects,
-            stats.records,
-            status::human_bytes(stats.bytes_downloaded)
-        );
-        let _ = stderr.flush();
-    }
-}
-
-impl restore::Progress for TerminalProgress {
+impl restore::Progress for RestoreProgress {
     fn update(&mut self, stats: &ReplayStats) {
-        let due = self
-            .last_shown
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
-        if self.is_terminal && due {
-            self.draw(stats);
+        if self.0.is_due() {
+            self.0.update(&describe_restore(stats));
         }
     }
 
-    /// Draws the final counts and ends the line, so that what follows starts on its own.
     fn finish(&mut self, stats: &ReplayStats) {
-        if self.is_terminal && self.last_shown.is_some() {
-            self.draw(stats);
-            eprintln!();
+        self.0.finish(&describe_restore(stats));
+    }
+}
+
+/// Command whose wait [`with_mirror_progress`] shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WaitKind {
+    Sync,
+    Verify,
+}
+
+/// Runs `wait` while a thread shows the mirrors' progress on stderr, from the daemon's
+/// status. A status that cannot be read skips that line.
+fn with_mirror_progress<T>(
+    mountpoint: &Path,
+    kind: WaitKind,
+    line_interval: Duration,
+    wait: impl FnOnce() -> T,
+) -> T {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let mountpoint = mountpoint.to_path_buf();
+    let is_terminal = std::io::stderr().is_terminal();
+    let reporter = std::thread::spawn(move || {
+        let mut progress = ProgressLine::new(std::io::stderr(), is_terminal, line_interval);
+        let tick = line_interval.clamp(Duration::from_millis(20), Duration::from_millis(200));
+        let mut last_text = None;
+        while let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(tick) {
+            if !progress.is_due() {
+                continue;
+            }
+            let status = control::request(&mountpoint, &Request::Status, Duration::from_secs(5));
+            if let Ok(Response::Status(status)) = status {
+                let text = describe_wait(kind, &status, progress.elapsed());
+                progress.update(&text);
+                last_text = Some(text);
+            }
         }
+        if let Some(text) = last_text {
+            progress.finish(&text);
+        }
+    });
+    let result = wait();
+    drop(done);
+    let _ = reporter.join();
+    result
+}
+
+/// Describes what a sync or verify waits for: each mirror's confirmed seq against the head,
+/// or the comparison once every mirror has confirmed it.
+fn describe_wait(kind: WaitKind, status: &status::Status, elapsed: Duration) -> String {
+    let label = match kind {
+        WaitKind::Sync => "sync",
+        WaitKind::Verify => "verify",
+    };
+    let seconds = elapsed.as_secs();
+    let head = status.head_seq;
+    let is_confirmed = status.mirrors.iter().all(|m| m.lag_records == 0);
+    if kind == WaitKind::Verify && is_confirmed {
+        return format!("{label}: {seconds} s, comparing the mirrors with the backing tree");
+    }
+    let mirrors: Vec<String> = status
+        .mirrors
+        .iter()
+        .map(|m| {
+            format!(
+                "mirror {}: {}, confirmed seq {} of {head}, {} records behind",
+                m.name, m.state, m.confirmed_seq, m.lag_records
+            )
+        })
+        .collect();
+    format!("{label}: {seconds} s, {}", mirrors.join("; "))
+}
+
+/// Returns the clap definition without the hidden subcommands, which clap_complete would
+/// otherwise offer.
+fn public_command() -> clap::Command {
+    let full = Cli::command();
+    let mut public = clap::Command::new("logmirror")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(full.get_about().cloned().unwrap_or_default())
+        .subcommand_required(true);
+    for subcommand in full.get_subcommands().filter(|c| !c.is_hide_set()) {
+        public = public.subcommand(subcommand.clone());
+    }
+    public
+}
+
+/// Writes the man pages and shell completions generated from the clap definitions.
+fn generate_docs(man: &Path, completions: &Path) -> anyhow::Result<ExitCode> {
+    for path in [man, completions] {
+        std::fs::create_dir_all(path).with_context(|| format!("create {path:?}"))?;
+    }
+    clap_mangen::generate_to(public_command(), man)
+        .with_context(|| format!("write the man pages into {man:?}"))?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut public_command(), "logmirror", completions)
+            .with_context(|| format!("write the {shell} completions into {completions:?}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Returns the help text of `key` in [`MOUNT_HELP`]: its line and the indented lines
+    /// that continue it.
+    fn mount_help_entry(key: &str) -> Option<String> {
+        let lines: Vec<&str> = MOUNT_HELP.lines().collect();
+        let start = lines
+            .iter()
+            .position(|line| line.trim_start().starts_with(&format!("{key}=")))?;
+        let continued = lines[start + 1..]
+            .iter()
+            .take_while(|line| line.starts_with("        "))
+            .copied();
+        let mut entry = lines[start].to_string();
+        for line in continued {
+            entry.push(' ');
+            entry.push_str(line.trim());
+        }
+        Some(entry)
+    }
+
+    #[test]
+    fn every_option_shows_default() {
+        let cli = Cli::command();
+        for command in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_positional() || id == "help" || id == "version" {
+                    continue;
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let has_default =
+                    !arg.get_default_values().is_empty() || help.contains("[default: ");
+                assert!(
+                    has_default,
+                    "{} --{id} shows no default in its help: {help:?}",
+                    command.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mount_help_lists_every_key() {
+        for key in config::KEYS {
+            let entry = mount_help_entry(key)
+                .unwrap_or_else(|| panic!("mount --help does not list {key}="));
+            assert!(
+                entry.contains("default"),
+                "mount --help gives no default for {key}: {entry:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn clap_definitions_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn wait_described_per_mirror() {
+        let status: status::Status = serde_json::from_value(serde_json::json!({
+            "pid": 1, "mountpoint": "/m", "backing": "/b", "state_dir": "/b/.logmirror",
+            "mode": "async", "degraded": false, "head_seq": 30, "journal_first_seq": 1,
+            "journal_bytes": 100, "verify_interval_secs": 0, "repair": false,
+            "retention_secs": null,
+            "mirrors": [{
+                "name": "dir:/c", "state": "down", "confirmed_seq": 20, "lag_records": 10,
+                "lag_bytes": 640, "lag_seconds": 2.5, "last_error": null,
+                "failed_attempts": 3, "resync_pending": false, "last_verify": null,
+                "last_fold": null
+            }]
+        }))
+        .unwrap();
+        let text = describe_wait(WaitKind::Sync, &status, Duration::from_secs(12));
+        assert_eq!(
+            text,
+            "sync: 12 s, mirror dir:/c: down, confirmed seq 20 of 30, 10 records behind"
+        );
+        let text = describe_wait(WaitKind::Verify, &status, Duration::from_secs(3));
+        assert_eq!(
+            text,
+            "verify: 3 s, mirror dir:/c: down, confirmed seq 20 of 30, 10 records behind"
+        );
+        let mut confirmed = status.clone();
+        confirmed.mirrors[0].lag_records = 0;
+        let text = describe_wait(WaitKind::Verify, &confirmed, Duration::from_secs(4));
+        assert_eq!(
+            text,
+            "verify: 4 s, comparing the mirrors with the backing tree"
+        );
     }
 }

@@ -23,7 +23,7 @@ pub enum Error {
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
          threads, endpoint, region, path_style, ca_file, allow_http, takeover, retention, \
-         verify_interval, repair, materialize_interval"
+         verify_interval, repair, materialize_interval, metrics"
     )]
     UnknownKey { key: String },
     #[error(
@@ -432,6 +432,9 @@ pub struct MountConfig {
     /// open, before an S3 mirror updates its readable copy. From 1 s to 24 h, and `None`
     /// when not given, which means [`DEFAULT_MATERIALIZE_INTERVAL`] (10 s).
     pub materialize_interval: Option<Duration>,
+    /// `metrics=IP:PORT|/path.sock`: where the daemon serves Prometheus metrics. Default:
+    /// none, no endpoint.
+    pub metrics: Option<crate::metrics::Address>,
 }
 
 impl MountConfig {
@@ -483,6 +486,7 @@ struct FileOptions {
     allow_http: Option<FlagOrText>,
     takeover: Option<FlagOrText>,
     materialize_interval: Option<NumberOrText>,
+    metrics: Option<String>,
 }
 
 /// A value a config file may give as a boolean or as text (`path_style = true` or
@@ -667,6 +671,9 @@ impl RawOptions {
         if let Some(v) = file.materialize_interval {
             push("materialize_interval", v.into_text());
         }
+        if let Some(v) = file.metrics {
+            push("metrics", v);
+        }
         Ok(())
     }
 }
@@ -773,6 +780,7 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         repair: false,
         takeover: false,
         materialize_interval: None,
+        metrics: None,
     };
     for flag in raw.flags {
         if KERNEL_FLAGS.contains(&flag.as_str()) {
@@ -805,33 +813,37 @@ fn default_threads() -> usize {
         .clamp(2, 8)
 }
 
+/// Every key of `-o` and the config file; `logmirror mount --help` lists each with its
+/// default.
+pub const KEYS: &[&str] = &[
+    "mirror",
+    "mode",
+    "ack",
+    "state",
+    "max_backlog",
+    "when_full",
+    "on_mirror_failure",
+    "sync_timeout",
+    "drain_timeout",
+    "flush_interval",
+    "segment_size",
+    "log_file",
+    "threads",
+    "endpoint",
+    "region",
+    "path_style",
+    "retention",
+    "verify_interval",
+    "repair",
+    "ca_file",
+    "allow_http",
+    "takeover",
+    "materialize_interval",
+    "metrics",
+];
+
 fn is_known_key(key: &str) -> bool {
-    matches!(
-        key,
-        "mirror"
-            | "mode"
-            | "ack"
-            | "state"
-            | "max_backlog"
-            | "when_full"
-            | "on_mirror_failure"
-            | "sync_timeout"
-            | "drain_timeout"
-            | "flush_interval"
-            | "segment_size"
-            | "log_file"
-            | "threads"
-            | "endpoint"
-            | "region"
-            | "path_style"
-            | "retention"
-            | "verify_interval"
-            | "repair"
-            | "ca_file"
-            | "allow_http"
-            | "takeover"
-            | "materialize_interval"
-    )
+    KEYS.contains(&key)
 }
 
 /// Keys under which people commonly pass S3 credentials. They get an error that names where
@@ -948,6 +960,10 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
             config.s3.apply(key, value)?;
         }
         "takeover" => config.takeover = parse_flag(key, value)?,
+        "metrics" => {
+            config.metrics =
+                Some(crate::metrics::Address::parse(value).map_err(|expected| invalid(&expected))?)
+        }
         _ if is_credential_key(key) => {
             return Err(Error::Credential {
                 key: key.to_string(),
@@ -1752,6 +1768,30 @@ mod tests {
                 prop_assert!(!e.to_string().is_empty());
             }
         }
+    }
+
+    #[test]
+    fn metrics_option_and_file_key() {
+        use crate::metrics::Address;
+        let config = build_args(&["mirror=dir:/a,metrics=127.0.0.1:9100"]).unwrap();
+        let expected = Address::Tcp("127.0.0.1:9100".parse().unwrap());
+        assert_eq!(config.metrics, Some(expected));
+        assert_eq!(build_args(&["mirror=dir:/a"]).unwrap().metrics, None);
+
+        let message = build_args(&["mirror=dir:/a,metrics=host:9100"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("invalid value \"host:9100\" for metrics: expected IP:PORT"),
+            "{message}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "mirror = \"dir:/x\"\nmetrics = \"/run/m.sock\"\n").unwrap();
+        let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap();
+        let expected = Address::Unix(PathBuf::from("/run/m.sock"));
+        assert_eq!(config.metrics, Some(expected));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::mirror::worker::{Context, MirrorSlot, VerifyTrigger};
+use crate::monitor::Monitor;
 use crate::status::{self, MountInfo, Status};
 use crate::verify::{self, VerifyReport};
 
@@ -27,7 +28,7 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum Response {
-    Status(Status),
+    Status(Box<Status>),
     Synced {
         seq: u64,
     },
@@ -115,9 +116,15 @@ pub struct Server {
     pub info: MountInfo,
     pub ctx: Arc<Context>,
     pub slots: Vec<Arc<MirrorSlot>>,
+    pub monitor: Arc<Monitor>,
 }
 
 impl Server {
+    /// Builds the status from the live state, for `logmirror status` and the metrics.
+    pub fn status(&self) -> Status {
+        status::collect(&self.info, &self.ctx, &self.slots, &self.monitor)
+    }
+
     /// Binds the socket in the state directory and links it from the runtime directory.
     pub fn bind(state_dir: &Path, mountpoint: &Path) -> io::Result<(UnixListener, PathBuf)> {
         let socket = state_dir.join("control.sock");
@@ -162,9 +169,7 @@ impl Server {
 
     fn answer(&self, request: Request) -> Response {
         match request {
-            Request::Status => {
-                Response::Status(status::collect(&self.info, &self.ctx, &self.slots))
-            }
+            Request::Status => Response::Status(Box::new(self.status())),
             Request::Sync { timeout_ms } => self.sync(Duration::from_millis(timeout_ms)),
             Request::Verify { timeout_ms, repair } => Response::Verified(verify::run(
                 &self.ctx,

@@ -13,20 +13,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::config::{MirrorSpec, Mode, MountConfig, WhenFull};
+use crate::config::{MirrorSpec, Mode, MountConfig, OnMirrorFailure, WhenFull};
 use crate::control;
 use crate::fs::{FsOptions, LogFs};
 use crate::journal::{Journal, Position, Seq};
+use crate::metrics;
 use crate::mirror::Mirror;
 use crate::mirror::acks::{AckPolicy, Acks};
 use crate::mirror::cursor::{self, Cursor};
 use crate::mirror::dir::DirMirror;
 use crate::mirror::s3::{CopySettings, Folder, LeaseOptions, S3Mirror, StoreReport};
 use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
+use crate::monitor::Monitor;
 use crate::notify;
 use crate::periodic::{self, FoldTask, Schedule};
 use crate::reload;
-use crate::status::MountInfo;
+use crate::status::{MountInfo, Policy};
 
 /// Magic number of FUSE in `statfs(2)`'s f_type.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -54,6 +56,8 @@ pub enum Error {
     },
     #[error("the daemon failed during start-up: {0}")]
     Startup(String),
+    #[error(transparent)]
+    Metrics(#[from] metrics::Error),
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -477,6 +481,9 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
         &config.state_dir,
         config.drain_timeout + Duration::from_secs(10),
     )?;
+    // Before the journal and the mirrors, so that a port in use stops the mount before an
+    // S3 mirror takes its lease.
+    let metrics_listener = config.metrics.as_ref().map(metrics::bind).transpose()?;
     let clean_marker = config.state_dir.join("clean-shutdown");
     let was_clean = clean_marker.exists();
     let clean_head = read_clean_marker(&clean_marker);
@@ -532,6 +539,10 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
         .map_err(|e| Error::Startup(format!("cannot start mirror workers: {e}")))?;
 
     spawn_housekeeping(ctx.clone());
+    let monitor = Arc::new(Monitor::new(&slots, journal.head().0));
+    monitor
+        .spawn(ctx.clone(), slots.clone())
+        .map_err(|e| Error::Startup(format!("cannot start the monitor thread: {e}")))?;
     let schedule = Schedule {
         verify_interval: config.verify_interval,
         repair: config.repair,
@@ -548,9 +559,13 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
             Mode::Sync => "sync".into(),
             Mode::Async => "async".into(),
         },
+        policy: policy_of(&config),
         verify_interval_secs: config.verify_interval.as_secs(),
         repair: config.repair,
         retention_secs: config.retention.map(|r| r.as_secs()),
+        metrics: metrics_listener
+            .as_ref()
+            .map(|(_, endpoint)| endpoint.address.clone()),
     };
     let (listener, link) = control::Server::bind(&config.state_dir, &config.mountpoint)
         .map_err(io_error("create the control socket in", &config.state_dir))?;
@@ -558,7 +573,20 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
         info,
         ctx: ctx.clone(),
         slots: slots.clone(),
+        monitor,
     });
+    let _metrics_endpoint = match metrics_listener {
+        Some((listener, endpoint)) => {
+            let source = server.clone();
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || metrics::serve(listener, source))
+                .map_err(|e| Error::Startup(format!("cannot start the metrics thread: {e}")))?;
+            log::info!("metrics endpoint listens on {}", endpoint.address);
+            Some(endpoint)
+        }
+        None => None,
+    };
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || server.serve(listener))
@@ -636,6 +664,26 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
     write_clean_marker(&clean_marker, &journal).map_err(io_error("write", &clean_marker))?;
     log::info!("daemon for {:?} stopped", config.mountpoint);
     Ok(())
+}
+
+/// Returns the acknowledgement and backlog settings shown in status.
+fn policy_of(config: &MountConfig) -> Policy {
+    Policy {
+        ack: config.ack_count(),
+        on_mirror_failure: match config.on_mirror_failure {
+            OnMirrorFailure::Block => "block",
+            OnMirrorFailure::Fail => "fail",
+            OnMirrorFailure::Degrade => "degrade",
+        }
+        .to_string(),
+        sync_timeout_ms: config.sync_timeout.as_millis() as u64,
+        when_full: match config.when_full {
+            WhenFull::Block => "block",
+            WhenFull::Fail => "fail",
+        }
+        .to_string(),
+        max_backlog_bytes: config.max_backlog_bytes,
+    }
 }
 
 /// Writes the clean-shutdown marker: the journal id and head seq as `ID HEAD`, so that the

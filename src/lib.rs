@@ -10,6 +10,7 @@
 //! ```
 //!
 //! `daemon` ties the stages together; `control` serves `status`, `sync` and `verify`;
+//! `monitor` watches the mirrors and `metrics` serves their values to Prometheus;
 //! `restore` rebuilds a backing directory from an S3 mirror.
 
 pub mod config;
@@ -17,9 +18,12 @@ pub mod control;
 pub mod daemon;
 pub mod fs;
 pub mod journal;
+pub mod metrics;
 pub mod mirror;
+pub mod monitor;
 pub mod notify;
 pub mod periodic;
+pub mod progress;
 pub mod reload;
 pub mod restore;
 pub mod status;

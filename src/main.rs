@@ -5,9 +5,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-const SUBCOMMANDS: &[&str] = &["mount", "status", "sync", "verify", "restore", "help"];
+use clap::{CommandFactory as _, Parser as _};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -15,7 +13,8 @@ fn main() -> ExitCode {
         .init();
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
-    if args.len() > 2 && !SUBCOMMANDS.contains(&first) && !first.starts_with('-') {
+    let is_subcommand = first == "help" || cli::Cli::command().find_subcommand(first).is_some();
+    if args.len() > 2 && !is_subcommand && !first.starts_with('-') {
         args.insert(1, "mount".into());
     }
     cli::run(cli::Cli::parse_from(args))

@@ -40,7 +40,7 @@ impl Live {
 pub fn changed_keys(old: &MountConfig, new: &MountConfig) -> Vec<(&'static str, String, String)> {
     // NOTE: sync_timeout, flush_interval, when_full, verify_interval and repair are read once
     // at mount by the acks, the filesystem and the periodic thread, so they need a remount.
-    let fields: [(&'static str, String, String); 17] = [
+    let fields: [(&'static str, String, String); 18] = [
         ("mirror", debug(&old.mirrors), debug(&new.mirrors)),
         (
             "endpoint, region, path_style",
@@ -94,6 +94,7 @@ pub fn changed_keys(old: &MountConfig, new: &MountConfig) -> Vec<(&'static str, 
             debug(&(old.verify_interval, old.repair)),
             debug(&(new.verify_interval, new.repair)),
         ),
+        ("metrics", debug(&old.metrics), debug(&new.metrics)),
     ];
     fields
         .into_iter()

@@ -1,13 +1,17 @@
-//! Status of a running mount: mode, journal and, per mirror, state, lag and last error, as
-//! JSON for scripts and as text for operators. Built by the daemon, printed by the client.
+//! Status of a running mount: mode, policy, uptime, journal, backlog, blocked writes and, per
+//! mirror, state, lag, throughput and last error, as JSON for scripts and as text for
+//! operators. Built by the daemon, printed by the client; the metrics endpoint renders the
+//! same values.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mirror::acks::WritesBlocked;
 use crate::mirror::s3::{CopiesStatus, StoreReport};
 use crate::mirror::worker::{Context, LastFold, LastVerify, MirrorSlot, VerifyTrigger, now_ns};
+use crate::monitor::{Monitor, Throughput};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -18,9 +22,31 @@ pub struct Status {
     pub mode: String,
     /// Sync mode fell back to async because mirrors did not confirm within sync_timeout.
     pub degraded: bool,
+    /// Wall-clock start of the daemon, in nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at_ns: u64,
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    #[serde(default)]
+    pub policy: Policy,
     pub head_seq: u64,
     pub journal_first_seq: u64,
+    /// Size of the journal's segment files on disk.
     pub journal_bytes: u64,
+    /// Records and writes appended to the journal since the daemon started.
+    #[serde(default)]
+    pub appended: Appended,
+    /// Journal bytes not yet confirmed by every mirror; async writers wait or fail once it
+    /// reaches `policy.max_backlog_bytes`.
+    #[serde(default)]
+    pub backlog_bytes: u64,
+    /// Writes whose reply waits right now.
+    #[serde(default)]
+    pub writes_blocked: WritesBlocked,
+    /// Address of the metrics endpoint (`127.0.0.1:9100` or a socket path); `None` when
+    /// `metrics=` is not set.
+    #[serde(default)]
+    pub metrics: Option<String>,
     /// Seconds between two periodic verifies; 0 when they are off.
     pub verify_interval_secs: u64,
     /// A periodic verify that finds differences schedules a resync.
@@ -39,13 +65,20 @@ pub struct MirrorStatus {
     pub lag_records: u64,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
+    /// Records and journal bytes confirmed per second over the last minute.
+    #[serde(default)]
+    pub throughput: Throughput,
     /// Latest failure, kept after the mirror recovered. `state` shows whether the mirror
     /// is still down.
     pub last_error: Option<String>,
     /// Wall-clock time of `last_error`, in nanoseconds since the Unix epoch.
     #[serde(default)]
     pub last_error_at_ns: Option<u64>,
+    /// Failed attempts since the mirror last worked.
     pub failed_attempts: u64,
+    /// Failed attempts since the mount.
+    #[serde(default)]
+    pub errors_total: u64,
     pub resync_pending: bool,
     /// Outcome of the latest verify (`logmirror verify` or periodic), if one ran since the
     /// mount.
@@ -65,39 +98,71 @@ pub struct MirrorStatus {
     pub copies: Option<CopiesStatus>,
 }
 
-/// Paths and mode shown in status, fixed at mount time.
+/// The acknowledgement and backlog settings of the mount.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Policy {
+    /// Mirrors that must confirm a sync-mode write (`ack=`, with `all` resolved).
+    pub ack: usize,
+    /// block, fail or degrade.
+    pub on_mirror_failure: String,
+    pub sync_timeout_ms: u64,
+    /// block or fail.
+    pub when_full: String,
+    pub max_backlog_bytes: u64,
+}
+
+/// Counts of records and writes appended to the journal since the daemon started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// Records of every kind.
+    pub records: u64,
+    /// Journal bytes of those records, framing included.
+    pub bytes: u64,
+    /// Writes through the mount (one per write request the kernel sent).
+    pub writes: u64,
+    /// Data bytes of those writes.
+    pub written_bytes: u64,
+}
+
+/// Paths, mode and policy shown in status, fixed at mount time.
 pub struct MountInfo {
     pub mountpoint: String,
     pub backing: String,
     pub state_dir: String,
     pub mode: String,
+    pub policy: Policy,
     pub verify_interval_secs: u64,
     pub repair: bool,
     pub retention_secs: Option<u64>,
+    /// Address the metrics endpoint listens on, if any.
+    pub metrics: Option<String>,
 }
 
 /// Builds the status from the live state.
-pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> Status {
+pub fn collect(
+    info: &MountInfo,
+    ctx: &Context,
+    slots: &[Arc<MirrorSlot>],
+    monitor: &Monitor,
+) -> Status {
     let (head, head_position) = ctx.journal.head();
     let mirrors = slots
         .iter()
         .map(|slot| {
             let progress = slot.progress();
             let (state, lag_seconds) = slot.state(head);
-            let state = serde_json::to_value(state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
             MirrorStatus {
                 name: slot.name.clone(),
-                state,
+                state: state.as_str().to_string(),
                 confirmed_seq: progress.confirmed.0.0,
                 lag_records: head.0.saturating_sub(progress.confirmed.0.0),
                 lag_bytes: head_position.0.saturating_sub(progress.confirmed.1.0),
                 lag_seconds,
+                throughput: monitor.throughput(slot.index, progress.confirmed),
                 last_error: progress.last_error,
                 last_error_at_ns: progress.last_error_at_ns,
                 failed_attempts: progress.failed_attempts,
+                errors_total: progress.errors_total,
                 resync_pending: progress.needs_resync,
                 last_verify: progress.last_verify,
                 last_fold: progress.last_fold,
@@ -107,6 +172,7 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
             }
         })
         .collect();
+    let appended = ctx.journal.append_counts();
     Status {
         pid: std::process::id(),
         mountpoint: info.mountpoint.clone(),
@@ -114,9 +180,21 @@ pub fn collect(info: &MountInfo, ctx: &Context, slots: &[Arc<MirrorSlot>]) -> St
         state_dir: info.state_dir.clone(),
         mode: info.mode.clone(),
         degraded: ctx.acks.is_degraded(),
+        started_at_ns: monitor.started_at_ns(),
+        uptime_seconds: monitor.uptime().as_secs(),
+        policy: info.policy.clone(),
         head_seq: head.0,
         journal_first_seq: ctx.journal.first_seq().0,
         journal_bytes: ctx.journal.size_bytes(),
+        appended: Appended {
+            records: appended.records,
+            bytes: appended.bytes,
+            writes: appended.writes,
+            written_bytes: appended.written_bytes,
+        },
+        backlog_bytes: head_position.0.saturating_sub(ctx.acks.min_confirmed().1.0),
+        writes_blocked: ctx.acks.writes_blocked(),
+        metrics: info.metrics.clone(),
         verify_interval_secs: info.verify_interval_secs,
         repair: info.repair,
         retention_secs: info.retention_secs,
@@ -142,10 +220,13 @@ pub fn render(status: &Status) -> String {
     );
     let _ = writeln!(
         out,
-        "daemon:  pid {}, state {}",
-        status.pid, status.state_dir
+        "daemon:  pid {}, up {}, state {}",
+        status.pid,
+        human_uptime(status.uptime_seconds),
+        status.state_dir
     );
     let _ = writeln!(out, "mode:    {mode}");
+    let _ = writeln!(out, "policy:  {}", render_policy(&status.policy));
     let _ = writeln!(
         out,
         "journal: head seq {}, oldest seq {}, {}",
@@ -153,6 +234,28 @@ pub fn render(status: &Status) -> String {
         status.journal_first_seq,
         human_bytes(status.journal_bytes)
     );
+    let appended = &status.appended;
+    let _ = writeln!(
+        out,
+        "since start: {} writes of {}, {} records of {} in the journal",
+        appended.writes,
+        human_bytes(appended.written_bytes),
+        appended.records,
+        human_bytes(appended.bytes)
+    );
+    let _ = writeln!(
+        out,
+        "backlog: {} of max_backlog {} ({}); writes blocked now: {} waiting for backlog \
+         room, {} waiting for mirrors",
+        human_bytes(status.backlog_bytes),
+        human_bytes(status.policy.max_backlog_bytes),
+        percent(status.backlog_bytes, status.policy.max_backlog_bytes),
+        status.writes_blocked.backlog,
+        status.writes_blocked.mirrors
+    );
+    if let Some(address) = &status.metrics {
+        let _ = writeln!(out, "metrics: {address}");
+    }
     let _ = writeln!(out, "verify:  {}", render_schedule(status));
     for m in &status.mirrors {
         let _ = writeln!(
@@ -164,6 +267,14 @@ pub fn render(status: &Status) -> String {
             m.lag_records,
             human_bytes(m.lag_bytes),
             m.lag_seconds
+        );
+        let _ = writeln!(
+            out,
+            "  throughput: {:.1} records/s, {}/s over the last {:.0} s; lag is {} of max_backlog",
+            m.throughput.records_per_second,
+            human_bytes(m.throughput.bytes_per_second.round() as u64),
+            m.throughput.window_seconds,
+            percent(m.lag_bytes, status.policy.max_backlog_bytes)
         );
         if let Some(store) = &m.store {
             let _ = writeln!(
@@ -219,6 +330,43 @@ pub fn render(status: &Status) -> String {
         }
     }
     out
+}
+
+fn render_policy(policy: &Policy) -> String {
+    format!(
+        "ack {}, on_mirror_failure={} after {}, when_full={}",
+        policy.ack,
+        policy.on_mirror_failure,
+        human_millis(policy.sync_timeout_ms),
+        policy.when_full
+    )
+}
+
+/// Formats `part` as a percentage of `whole`, with one decimal.
+fn percent(part: u64, whole: u64) -> String {
+    match whole {
+        0 => "n/a".to_string(),
+        whole => format!("{:.1}%", part as f64 * 100.0 / whole as f64),
+    }
+}
+
+/// Formats milliseconds as a duration, as in 500ms or 30s.
+fn human_millis(ms: u64) -> String {
+    match ms % 1000 {
+        0 => human_duration(ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// Formats an uptime in whole seconds as days, hours, minutes and seconds: 2d 3h, 5m 12s.
+fn human_uptime(secs: u64) -> String {
+    let (days, hours, minutes) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, m) => format!("{m}m {}s", secs % 60),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
 }
 
 fn render_schedule(status: &Status) -> String {

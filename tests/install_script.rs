@@ -67,6 +67,27 @@ fn install_into_destdir_with_prefix() {
             .join("example-app.service.d/requires-logmirror.conf.example")
             .is_file()
     );
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let share = root.join("opt/logmirror/share");
+    let installed_docs = [
+        ("docs/man/logmirror.1", "man/man1/logmirror.1"),
+        ("docs/man/logmirror-mount.1", "man/man1/logmirror-mount.1"),
+        (
+            "completions/logmirror.bash",
+            "bash-completion/completions/logmirror",
+        ),
+        ("completions/_logmirror", "zsh/site-functions/_logmirror"),
+        (
+            "completions/logmirror.fish",
+            "fish/vendor_completions.d/logmirror.fish",
+        ),
+    ];
+    for (source, target) in installed_docs {
+        let target = share.join(target);
+        assert_eq!(file_sha256(&target), file_sha256(&repo.join(source)));
+        assert_eq!(mode(&target), 0o644, "{target:?}");
+    }
 }
 
 #[test]

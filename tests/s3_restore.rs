@@ -186,6 +186,34 @@ fn restore_at_seq_and_time() {
         "{last}"
     );
 
+    // With stderr not a terminal, progress comes as whole lines, here one per object; the
+    // last one has the counts of the summary.
+    let out = restore(
+        &garage,
+        &dirs.root.join("progress"),
+        &["--progress-interval", "0s"],
+    );
+    assert_eq!(out.code(), 0, "restore with progress lines: {out}");
+    assert!(!out.stderr.contains('\r'), "{out}");
+    let progress: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("restoring: "))
+        .collect();
+    let summary = out.stdout.lines().next().unwrap_or_default();
+    let counts = summary
+        .split_once("journal objects: ")
+        .and_then(|(_, rest)| rest.split_once(", repeated"))
+        .map(|(counts, _)| counts.replace(": ", " "))
+        .unwrap_or_else(|| panic!("no counts in the summary {summary:?}"));
+    let last_progress = progress
+        .last()
+        .unwrap_or_else(|| panic!("no progress: {out}"));
+    assert!(
+        last_progress.contains(&format!("journal objects {counts}, downloaded ")),
+        "{last_progress:?} lacks {counts:?}"
+    );
+
     // The summary's time restores the same point.
     let committed_at = last.rsplit(' ').next().unwrap_or_default();
     let (tree, _) = restore_tree(&garage, &dirs, "at-summary", &["--at", committed_at]);

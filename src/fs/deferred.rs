@@ -115,10 +115,12 @@ impl LogFs {
     ) {
         log::trace!("{op}: backlog full, queued for the deferred-write thread, ino={ino}");
         let fs = self.clone();
+        let waiter = self.acks.backlog_waiter();
         self.deferred.push(
             ino,
             Box::new(move || {
                 let result = attempt(&fs);
+                drop(waiter);
                 fs.reply_written(op, result, reply);
             }),
         );

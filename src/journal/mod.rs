@@ -21,6 +21,7 @@ pub use record::{Op, Record, RelPath, Seq, Timestamp};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,19 @@ use writer::Writer;
 /// two positions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position(pub u64);
+
+/// Records appended since [`Journal::open`], for status and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppendCounts {
+    /// Records of every kind.
+    pub records: u64,
+    /// Journal stream bytes of those records (frames included).
+    pub bytes: u64,
+    /// `Write` records: writes that reached the backing directory through the mount.
+    pub writes: u64,
+    /// Data bytes of the `Write` records.
+    pub written_bytes: u64,
+}
 
 /// Summary of the journal that `Journal::open` found on disk.
 #[derive(Clone, Debug, Default)]
@@ -101,6 +115,10 @@ pub struct Journal {
     dir: PathBuf,
     inner: Arc<Inner>,
     names: Mutex<NameChanges>,
+    /// Head and its end position as `open` found them; appends since then count from here.
+    opened_at: (Seq, Position),
+    writes: AtomicU64,
+    written_bytes: AtomicU64,
 }
 
 /// The most recent records that changed names, for [`Journal::names_changed_after`].
@@ -251,6 +269,9 @@ impl Journal {
                 recent: VecDeque::new(),
                 forgotten_up_to: found.head,
             }),
+            opened_at: (found.head, found.head_position),
+            writes: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
         };
         Ok((journal, recovery))
     }
@@ -261,6 +282,11 @@ impl Journal {
     pub fn append(&self, op: &Op) -> Result<(Seq, Position), Error> {
         let appended =
             lock(&self.inner.writer).append(op, &self.inner.state, &self.inner.head_changed)?;
+        if let Op::Write { data, .. } = op {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.written_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         let changed = op.changed_names();
         if !changed.is_empty() {
             let mut names = lock(&self.names);
@@ -363,6 +389,17 @@ impl Journal {
     pub fn release_up_to(&self, seq: Seq) -> Result<usize, Error> {
         let _serial = lock(&self.inner.release);
         writer::release_up_to(&self.dir, &self.inner.state, seq)
+    }
+
+    /// Returns what was appended since `open`.
+    pub fn append_counts(&self) -> AppendCounts {
+        let (head, position) = self.head();
+        AppendCounts {
+            records: head.0.saturating_sub(self.opened_at.0.0),
+            bytes: position.0.saturating_sub(self.opened_at.1.0),
+            writes: self.writes.load(Ordering::Relaxed),
+            written_bytes: self.written_bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// Returns the bytes held in segment files.

@@ -10,7 +10,8 @@
 //! until `ack` mirrors finished a resync that started after the ticket was taken.
 
 use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Mode, OnMirrorFailure};
@@ -60,6 +61,27 @@ pub struct Acks {
     policy: AckPolicy,
     state: Mutex<State>,
     changed: Condvar,
+    /// Writes queued or running on the deferred-write thread, because the async backlog was
+    /// full when they arrived.
+    backlog_waiters: AtomicU64,
+}
+
+/// Writes whose reply waits right now, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WritesBlocked {
+    /// Async mode, `when_full=block`: waiting for room in the backlog (`max_backlog`).
+    pub backlog: u64,
+    /// Sync mode: waiting for `ack` mirrors to confirm them.
+    pub mirrors: u64,
+}
+
+/// Counts one write as waiting for backlog room until it is dropped.
+pub struct BacklogWaiter(Arc<Acks>);
+
+impl Drop for BacklogWaiter {
+    fn drop(&mut self) {
+        self.0.backlog_waiters.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Acks {
@@ -78,6 +100,7 @@ impl Acks {
                 since_degraded: None,
             }),
             changed: Condvar::new(),
+            backlog_waiters: AtomicU64::new(0),
         }
     }
 
@@ -178,6 +201,24 @@ impl Acks {
     /// Returns whether a client waits for a record newer than `confirmed`.
     pub fn flush_requested(&self, confirmed: Seq) -> bool {
         self.state.lock().expect("acks lock").flush_requested > confirmed
+    }
+
+    /// Counts a write that waits for room in the backlog, until the returned guard drops.
+    pub fn backlog_waiter(self: &Arc<Self>) -> BacklogWaiter {
+        self.backlog_waiters.fetch_add(1, Ordering::Relaxed);
+        BacklogWaiter(self.clone())
+    }
+
+    /// Returns the writes whose reply waits right now.
+    pub fn writes_blocked(&self) -> WritesBlocked {
+        let mirrors = {
+            let state = self.state.lock().expect("acks lock");
+            state.pending.values().map(|w| w.len() as u64).sum()
+        };
+        WritesBlocked {
+            backlog: self.backlog_waiters.load(Ordering::Relaxed),
+            mirrors,
+        }
     }
 
     pub fn is_degraded(&self) -> bool {

@@ -46,6 +46,23 @@ pub enum MirrorState {
     Down,
 }
 
+impl MirrorState {
+    /// Returns the name shown in status, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorState::Ok => "ok",
+            MirrorState::Lagging => "lagging",
+            MirrorState::Down => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for MirrorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Progress of one mirror, read by status and updated by its worker.
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
@@ -54,7 +71,10 @@ pub struct Progress {
     /// Wall-clock time of `last_error`, in nanoseconds since the Unix epoch.
     pub last_error_at_ns: Option<u64>,
     pub failing_since: Option<Instant>,
+    /// Failed attempts since the mirror last worked; 0 while it works.
     pub failed_attempts: u64,
+    /// Failed attempts since the mount.
+    pub errors_total: u64,
     /// Commit time of the oldest record the mirror has not confirmed, as far as the worker
     /// has read.
     pub oldest_unconfirmed_ns: Option<u64>,
@@ -583,9 +603,11 @@ impl Worker {
     }
 
     fn failed(&mut self, message: String) {
+        let before = self.slot.state(self.ctx.journal.head().0).0;
         let first = {
             let mut progress = self.slot.progress.lock().expect("progress lock");
             progress.failed_attempts += 1;
+            progress.errors_total += 1;
             progress.last_error = Some(message.clone());
             progress.last_error_at_ns = Some(now_ns());
             let first = progress.failing_since.is_none();
@@ -597,7 +619,7 @@ impl Worker {
             .is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL);
         if first {
             log::warn!(
-                "mirror {}: ok -> down: {message}; retrying with backoff",
+                "mirror {}: {before} -> down: {message}; retrying with backoff",
                 self.slot.name
             );
             self.last_failure_log = Some(Instant::now());
@@ -615,15 +637,22 @@ impl Worker {
 
     fn recovered(&mut self) {
         self.backoff = BACKOFF_MIN;
-        let mut progress = self.slot.progress.lock().expect("progress lock");
-        if let Some(since) = progress.failing_since.take() {
-            log::info!(
-                "mirror {}: down -> ok after {} failed attempts, {:.1?}",
-                self.slot.name,
-                progress.failed_attempts,
-                since.elapsed()
-            );
+        let outage = {
+            let mut progress = self.slot.progress.lock().expect("progress lock");
+            let outage = progress
+                .failing_since
+                .take()
+                .map(|since| (progress.failed_attempts, since.elapsed()));
             progress.failed_attempts = 0;
+            outage
+        };
+        if let Some((attempts, lasted)) = outage {
+            let after = self.slot.state(self.ctx.journal.head().0).0;
+            log::info!(
+                "mirror {}: down -> {after}: writes work again after {attempts} failed \
+                 attempts, {lasted:.1?}",
+                self.slot.name
+            );
         }
     }
 }

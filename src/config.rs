@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod path_rules;
+
+pub use path_rules::PathRule;
+
 /// Directory name, at the backing root, of the default state directory. The mount hides it.
 pub const STATE_DIR_NAME: &str = ".logmirror";
 
@@ -57,6 +61,13 @@ pub enum Error {
     PlainHttp { endpoint: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("rule {number} (path {path:?}): {reason}")]
+    Rule {
+        /// Position of the `[[rule]]` in the file, from 1.
+        number: usize,
+        path: String,
+        reason: String,
+    },
 }
 
 /// Location of one mirror.
@@ -376,13 +387,18 @@ pub enum OnMirrorFailure {
 pub struct MountConfig {
     pub backing: PathBuf,
     pub mountpoint: PathBuf,
-    /// At least one mirror.
+    /// At least one mirror: those given as `mirror=`, then the named ones in name order.
     pub mirrors: Vec<MirrorSpec>,
+    /// Name of each mirror of `mirrors` given as `[mirrors.NAME]`; `None` for `mirror=`.
+    pub mirror_names: Vec<Option<String>>,
+    /// The `[[rule]]` list in file order; the first rule whose glob matches a path decides
+    /// which mirrors hold it. Paths no rule matches go to the `mirror=` mirrors.
+    pub rules: Vec<PathRule>,
     /// Endpoint, region and addressing of the S3 mirrors.
     pub s3: S3Options,
     /// Default async.
     pub mode: Mode,
-    /// Default all; a count must be between 1 and the number of mirrors.
+    /// Default all; a count must be between 1 and the number of `mirror=` mirrors.
     pub ack: Ack,
     /// Journal, cursors and control socket. Default `BACKING/.logmirror`.
     pub state_dir: PathBuf,
@@ -441,11 +457,26 @@ impl MountConfig {
             .unwrap_or(DEFAULT_MATERIALIZE_INTERVAL)
     }
 
-    /// Returns how many mirrors must confirm a sync-mode write.
+    /// Returns how many mirrors must confirm a sync-mode write to a path no rule matches.
     pub fn ack_count(&self) -> usize {
         match self.ack {
-            Ack::All => self.mirrors.len(),
+            Ack::All => self.default_mirrors().len(),
             Ack::Count(n) => n,
+        }
+    }
+
+    /// Returns the indices of the `mirror=` mirrors, which hold the paths no rule matches.
+    pub fn default_mirrors(&self) -> Vec<usize> {
+        (0..self.mirrors.len())
+            .filter(|i| self.mirror_names.get(*i).is_none_or(Option::is_none))
+            .collect()
+    }
+
+    /// Returns the label of mirror `index` in status: its name, or its URL without one.
+    pub fn mirror_label(&self, index: usize) -> String {
+        match self.mirror_names.get(index) {
+            Some(Some(name)) => name.clone(),
+            _ => self.mirrors[index].name(),
         }
     }
 }
@@ -456,6 +487,9 @@ impl MountConfig {
 struct FileOptions {
     #[serde(default)]
     mirror: Option<OneOrMany>,
+    /// `[mirrors.NAME]` tables; checked by hand so that a wrong type names the key.
+    mirrors: Option<toml::Value>,
+    rule: Option<Vec<path_rules::RuleEntry>>,
     mode: Option<String>,
     ack: Option<NumberOrText>,
     state: Option<PathBuf>,
@@ -502,7 +536,7 @@ impl FlagOrText {
 /// `max_backlog = 1048576` or `max_backlog = "1G"`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum NumberOrText {
+pub(crate) enum NumberOrText {
     Number(u64),
     Text(String),
 }
@@ -528,6 +562,9 @@ enum OneOrMany {
 struct RawOptions {
     pairs: Vec<(String, String)>,
     flags: Vec<String>,
+    /// Name and URL of each `[mirrors.NAME]` of the file.
+    named_mirrors: Vec<(String, String)>,
+    rules: Vec<path_rules::RuleEntry>,
 }
 
 /// Mount options that mount(8), fstab and the kernel use; accepted and handed on or ignored.
@@ -589,6 +626,14 @@ impl RawOptions {
             path: path.to_path_buf(),
             message: e.message().to_string(),
         })?;
+        if let Some(value) = file.mirrors {
+            self.named_mirrors =
+                path_rules::named_mirrors(value).map_err(|message| Error::ParseFile {
+                    path: path.to_path_buf(),
+                    message,
+                })?;
+        }
+        self.rules = file.rule.unwrap_or_default();
         let mut push = |key: &str, value: String| self.pairs.push((key.to_string(), value));
         match file.mirror {
             Some(OneOrMany::One(m)) => push("mirror", m),
@@ -691,6 +736,8 @@ pub fn build(
     raw.pairs.extend(from_args.pairs);
     raw.flags.extend(from_file.flags);
     raw.flags.extend(from_args.flags);
+    raw.named_mirrors = from_file.named_mirrors;
+    raw.rules = from_file.rules;
     resolve(backing, mountpoint, raw)
 }
 
@@ -732,6 +779,8 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         backing: backing.to_path_buf(),
         mountpoint: mountpoint.to_path_buf(),
         mirrors: Vec::new(),
+        mirror_names: Vec::new(),
+        rules: Vec::new(),
         s3: S3Options::default(),
         mode: Mode::Async,
         ack: Ack::All,
@@ -768,6 +817,8 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
     for (key, value) in raw.pairs {
         apply_pair(&mut config, &key, &value)?;
     }
+    config.mirror_names = vec![None; config.mirrors.len()];
+    path_rules::resolve(&mut config, raw.named_mirrors, raw.rules)?;
     check(&config)?;
     Ok(config)
 }
@@ -998,13 +1049,17 @@ fn check(config: &MountConfig) -> Result<(), Error> {
                 .into(),
         ));
     }
+    let default_mirrors = config.default_mirrors().len();
     if let Ack::Count(n) = config.ack
-        && n > config.mirrors.len()
+        && n > default_mirrors
     {
+        let named = match config.rules.is_empty() {
+            true => "",
+            false => " given with mirror= (named mirrors take the ack of their [[rule]])",
+        };
         return Err(Error::Conflict(format!(
-            "ack={n} is larger than the number of mirrors ({}); use ack=all or at most {}",
-            config.mirrors.len(),
-            config.mirrors.len()
+            "ack={n} is larger than the number of mirrors{named} ({default_mirrors}); use \
+             ack=all or at most {default_mirrors}"
         )));
     }
     let mut names: Vec<String> = config.mirrors.iter().map(MirrorSpec::name).collect();

@@ -22,5 +22,6 @@ pub mod notify;
 pub mod periodic;
 pub mod reload;
 pub mod restore;
+pub mod rules;
 pub mod status;
 pub mod verify;

@@ -26,6 +26,7 @@ use crate::mirror::worker::{self, Context, MirrorSlot, Progress, Stop};
 use crate::notify;
 use crate::periodic::{self, FoldTask, Schedule};
 use crate::reload;
+use crate::rules::Rules;
 use crate::status::MountInfo;
 
 /// Magic number of FUSE in `statfs(2)`'s f_type.
@@ -499,6 +500,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
     let namespace = Arc::new(RwLock::new(()));
     let (slots, folds) = open_mirrors(&config, &journal, &namespace, was_clean, records_lost)?;
     let confirmed = slots.iter().map(|s| s.progress().confirmed).collect();
+    let rules = Arc::new(Rules::new(&config));
     let acks = Arc::new(Acks::new(
         AckPolicy {
             mode: config.mode,
@@ -507,6 +509,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
             sync_timeout: config.sync_timeout,
             max_backlog_bytes: config.max_backlog_bytes,
             flush_interval: config.flush_interval,
+            rules: Some(rules.clone()),
         },
         confirmed,
     ));
@@ -520,6 +523,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
         // mount, the mirrors and verify agree on the tree.
         skip_state_dir: true,
         stop: Stop::default(),
+        rules,
     });
     let workers: Vec<_> = slots
         .iter()
@@ -547,6 +551,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
         verify_interval_secs: config.verify_interval.as_secs(),
         repair: config.repair,
         retention_secs: config.retention.map(|r| r.as_secs()),
+        mirror_labels: config.mirror_names.clone(),
     };
     let (listener, link) = control::Server::bind(&config.state_dir, &config.mountpoint)
         .map_err(io_error("create the control socket in", &config.state_dir))?;

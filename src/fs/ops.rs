@@ -175,7 +175,10 @@ impl LogFs {
             return Ok(None);
         };
         match self.journal.append(&op) {
-            Ok((seq, _)) => Ok(Some(seq)),
+            Ok((seq, _)) => {
+                self.note_rule(seq, &op);
+                Ok(Some(seq))
+            }
             Err(source) => {
                 self.acks.request_resync();
                 Err(Error::Journal {
@@ -183,6 +186,26 @@ impl LogFs {
                     source,
                 })
             }
+        }
+    }
+
+    /// Tells the acks the rule of a record whose path a rule matches, so that its reply
+    /// waits for that rule's mirrors only. A rename or link counts under its new name.
+    fn note_rule(&self, seq: Seq, op: &Op) {
+        let Some(rules) = &self.acks.policy().rules else {
+            return;
+        };
+        if rules.is_empty() {
+            return;
+        }
+        let path = match op {
+            Op::Rename { to, .. } => to,
+            Op::Link { path, .. } => path,
+            other => other.path(),
+        };
+        let rule = rules.rule_for(path);
+        if rule != rules.default_rule() {
+            self.acks.note_rule(seq, rule);
         }
     }
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::Mirror;
 use super::acks::Acks;
 use super::cursor::{self, Cursor};
-use crate::config::Mode;
 use crate::config::STATE_DIR_NAME;
 use crate::journal::{self, Journal, Position, Reader, Record, RelPath, Seq};
+use crate::rules::Rules;
 
 /// Records applied before a flush; many sync-mode writers share one flush (group commit).
 const BATCH_MAX_RECORDS: usize = 4096;
@@ -196,6 +196,8 @@ pub struct Context {
     /// Hide the state directory's name at the backing root from mirrors.
     pub skip_state_dir: bool,
     pub stop: Stop,
+    /// Which mirrors hold which paths.
+    pub rules: Arc<Rules>,
 }
 
 impl Context {
@@ -361,7 +363,7 @@ impl Worker {
             return false;
         };
         let policy = self.ctx.acks.policy();
-        policy.mode == Mode::Sync
+        self.ctx.acks.serves_sync(self.slot.index)
             || unflushed.since.elapsed() >= policy.flush_interval
             || unflushed.bytes >= policy.max_backlog_bytes / 2
             || self
@@ -398,7 +400,7 @@ impl Worker {
         if head <= applied {
             return Ok(false);
         }
-        let lingers = self.ctx.acks.policy().mode == Mode::Async || self.ctx.acks.is_degraded();
+        let lingers = !self.ctx.acks.serves_sync(self.slot.index) || self.ctx.acks.is_degraded();
         if lingers && head.0 - applied.0 < BATCH_MAX_RECORDS as u64 {
             // A plain sleep: waiting on the journal would wake this thread at every append.
             std::thread::sleep(ASYNC_LINGER);
@@ -476,7 +478,25 @@ impl Worker {
         while self.applied < self.batch.len() {
             let (record, _) = &self.batch[self.applied];
             let seq = record.seq;
-            if let Err(e) = mirror.apply_record(record) {
+            let route = route(&self.ctx.rules, slot.index, &record.op);
+            let result = match route {
+                Route::Apply => mirror.apply_record(record),
+                Route::Skip => Ok(()),
+                Route::ApplyIfPresent if slot.copies.is_some() => Ok(()),
+                Route::ApplyIfPresent => match mirror.apply_record(record) {
+                    Err(e) if missing_path(&e).is_some() => Ok(()),
+                    other => other,
+                },
+                Route::Reselect => match reselect(&self.ctx, slot.index, mirror.as_mut(), record) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        resync_for_reselect(&slot, record);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = result {
                 if let Some(path) = missing_path(&e) {
                     self.count_missing_path(seq, path);
                 }
@@ -543,7 +563,14 @@ impl Worker {
             let (head, position) = self.ctx.journal.head();
             let skip = self.ctx.skip_at_root();
             let mut mirror = self.slot.mirror.lock().expect("mirror lock");
-            let result = super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip);
+            let rules = &self.ctx.rules;
+            let index = self.slot.index;
+            let result = super::manifest::resync_selected(
+                mirror.as_mut(),
+                &self.ctx.backing,
+                &skip,
+                |path, kind| rules.selects(index, path, kind),
+            );
             if result.is_ok() {
                 mirror.resynced(head);
             }
@@ -620,6 +647,174 @@ impl Worker {
             progress.failed_attempts = 0;
         }
     }
+}
+
+/// What a worker does with one record, given the paths the rules send to its mirror.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Apply,
+    /// The rules send nothing at the record's path to the mirror.
+    Skip,
+    /// An attribute change of a path that the rules send to the mirror only if it is a
+    /// directory. The record does not say which, so a missing path counts as success.
+    ApplyIfPresent,
+    /// A rename or link that changes which entries the rules send to the mirror.
+    Reselect,
+}
+
+/// Decides what mirror `index` does with `op`.
+fn route(rules: &Rules, index: usize, op: &journal::Op) -> Route {
+    use journal::Op;
+    if rules.is_empty() {
+        return Route::Apply;
+    }
+    let apply_if = |selected: bool| if selected { Route::Apply } else { Route::Skip };
+    match op {
+        Op::Write { path, .. }
+        | Op::Truncate { path, .. }
+        | Op::Fallocate { path, .. }
+        | Op::Create { path, .. }
+        | Op::Mknod { path, .. }
+        | Op::Symlink { path, .. }
+        | Op::Unlink { path }
+        | Op::CloseWrite { path } => apply_if(rules.selects_file(index, path)),
+        Op::Mkdir { path, .. } | Op::Rmdir { path } => apply_if(rules.selects_dir(index, path)),
+        Op::SetMode { path, .. }
+        | Op::SetOwner { path, .. }
+        | Op::SetTimes { path, .. }
+        | Op::SetXattr { path, .. }
+        | Op::RemoveXattr { path, .. } => {
+            if rules.selects_file(index, path) {
+                Route::Apply
+            } else if rules.selects_dir(index, path) {
+                Route::ApplyIfPresent
+            } else {
+                Route::Skip
+            }
+        }
+        Op::Link { existing, path } => {
+            match (
+                rules.selects_file(index, existing),
+                rules.selects_file(index, path),
+            ) {
+                (_, false) => Route::Skip,
+                (true, true) => Route::Apply,
+                (false, true) => Route::Reselect,
+            }
+        }
+        Op::Rename { from, to, .. } => {
+            if !rules.rename_keeps_selection(index, from, to) {
+                Route::Reselect
+            } else if rules.selects_file(index, from) {
+                Route::Apply
+            } else if rules.selects_dir(index, from) {
+                Route::ApplyIfPresent
+            } else {
+                Route::Skip
+            }
+        }
+    }
+}
+
+/// Applies a rename or link that changes which entries the rules send to mirror `index`.
+/// The mirror gets the rename itself where it has the source, then the resync ops that
+/// remove what it no longer gets below the new name and copy from the backing tree what it
+/// gets there now.
+///
+/// Returns false, with nothing applied, when the mirror needs a full resync instead: the new
+/// name, a directory above it or an entry below it changed again after the record (the
+/// backing tree no longer shows the entry as it was then), an exchange, or an S3 mirror,
+/// whose journal objects take only records and whole resyncs. Copying the entry as it is now
+/// is sound because every later record of it is a change of data or attributes, and
+/// applying those again gives the same result.
+fn reselect(
+    ctx: &Context,
+    index: usize,
+    mirror: &mut dyn Mirror,
+    record: &Record,
+) -> Result<bool, super::Error> {
+    use journal::Op;
+    let (from, to) = match &record.op {
+        Op::Rename { from, to, flags } if *flags & libc::RENAME_EXCHANGE == 0 => (Some(from), to),
+        Op::Link { path, .. } => (None, path),
+        _ => return Ok(false),
+    };
+    if mirror.copies().is_some() {
+        return Ok(false);
+    }
+    let _names = ctx.namespace.read().expect("namespace lock");
+    let Some(changed) = ctx.journal.names_changed_after(record.seq) else {
+        return Ok(false);
+    };
+    if changed
+        .iter()
+        .any(|p| p.starts_with(to) || to.starts_with(p))
+    {
+        return Ok(false);
+    }
+    let subtree = match super::manifest::scan_path(&ctx.backing, to) {
+        Ok(Some(subtree)) => subtree,
+        Ok(None) => return Ok(false),
+        Err(e) => {
+            return Err(super::Error::Backing {
+                path: e.path,
+                source: e.source,
+            });
+        }
+    };
+    let kind = subtree.entries.get(to).map(|e| e.kind);
+    let Some(kind) = kind else {
+        return Ok(false);
+    };
+    let rules = &ctx.rules;
+    let mut current = super::Manifest::default();
+    match from {
+        Some(from) if rules.selects(index, from, kind) => {
+            mirror.apply_record(record)?;
+            current.entries = subtree
+                .entries
+                .iter()
+                .filter(|(path, entry)| rules.selects(index, &rebase(path, to, from), entry.kind))
+                .map(|(path, entry)| (path.clone(), entry.clone()))
+                .collect();
+        }
+        Some(_) if rules.selects(index, to, kind) => {
+            // The rename replaced the entry the mirror has at the new name.
+            let remove = match kind {
+                super::EntryKind::Dir => Op::Rmdir { path: to.clone() },
+                _ => Op::Unlink { path: to.clone() },
+            };
+            mirror.apply(&remove)?;
+        }
+        _ => {}
+    }
+    let wanted = rules.select(index, &subtree);
+    for op in super::manifest::repair_ops(&ctx.backing, &wanted, &current)? {
+        mirror.apply(&op?)?;
+    }
+    Ok(true)
+}
+
+/// Marks the mirror for a resync, because a record changes which paths it gets in a way
+/// that [`reselect`] cannot follow record by record.
+fn resync_for_reselect(slot: &MirrorSlot, record: &Record) {
+    log::info!(
+        "mirror {}: {} at seq {} changes which paths the mirror gets, and cannot be followed \
+         record by record (an exchange, an S3 mirror, or names changed again since); resyncing \
+         the mirror from the backing tree",
+        slot.name,
+        record.op.kind(),
+        record.seq
+    );
+    slot.progress.lock().expect("progress lock").needs_resync = true;
+}
+
+/// Returns `path`, which lies at or below `to`, moved to the same place below `from`.
+fn rebase(path: &RelPath, to: &RelPath, from: &RelPath) -> RelPath {
+    let rest = &path.as_bytes()[to.as_bytes().len()..];
+    let mut bytes = from.as_bytes().to_vec();
+    bytes.extend_from_slice(rest);
+    RelPath::from_bytes(&bytes).expect("a path below a valid path is valid")
 }
 
 /// Returns the path of an op that failed because a name it needs does not exist on the

@@ -831,6 +831,10 @@ fn open_mirror(
                 state_dir: config.state_dir.clone(),
                 confirmed,
                 resync_pending,
+                selects_file: {
+                    let rules = Rules::new(config);
+                    Arc::new(move |path| rules.selects_file(index, path))
+                },
             })?;
             let folder = match config.retention {
                 Some(_) => Some(Folder::new(

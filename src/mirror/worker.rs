@@ -482,6 +482,7 @@ impl Worker {
             let result = match route {
                 Route::Apply => mirror.apply_record(record),
                 Route::Skip => Ok(()),
+                // NOTE: an S3 mirror skips attribute changes of a path it gets only as a directory.
                 Route::ApplyIfPresent if slot.copies.is_some() => Ok(()),
                 Route::ApplyIfPresent => match mirror.apply_record(record) {
                     Err(e) if missing_path(&e).is_some() => Ok(()),
@@ -740,6 +741,7 @@ fn reselect(
         _ => return Ok(false),
     };
     if mirror.copies().is_some() {
+        // NOTE: an S3 mirror resyncs, replaying its history, after a rename across its rules.
         return Ok(false);
     }
     let _names = ctx.namespace.read().expect("namespace lock");

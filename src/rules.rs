@@ -157,6 +157,8 @@ pub struct Rules {
     patterns: Vec<Pattern>,
     /// The configured rules, then the default.
     policies: Vec<Policy>,
+    /// Some rule's records are acknowledged otherwise than the default's.
+    acks_depend_on_path: bool,
 }
 
 impl Rules {
@@ -191,12 +193,32 @@ impl Rules {
             ack: config.ack_count(),
         });
         let set = builder.build().expect("patterns checked by the config");
-        Rules {
+        let mut rules = Rules {
             set,
             glob_rule,
             patterns,
             policies,
-        }
+            acks_depend_on_path: false,
+        };
+        rules.acks_depend_on_path = (0..rules.default_rule()).any(|id| rules.acks_differ(id));
+        rules
+    }
+
+    /// Returns true when the acknowledgement of some path's records depends on its rule, so
+    /// that `fs` must look up the rule of each record.
+    pub fn acks_depend_on_path(&self) -> bool {
+        self.acks_depend_on_path
+    }
+
+    /// Returns true when a reply for a record of `rule` may wait otherwise than one of the
+    /// default: either waits, and they differ. Two rules that never wait need no note.
+    pub fn acks_differ(&self, rule: RuleId) -> bool {
+        let default = self.policy(self.default_rule());
+        let policy = self.policy(rule);
+        let same = policy.mirrors == default.mirrors
+            && policy.mode == default.mode
+            && policy.ack == default.ack;
+        rule != self.default_rule() && (policy.waits() || default.waits()) && !same
     }
 
     /// Returns true when the config has no `[[rule]]`, so every path goes to every mirror.

@@ -562,6 +562,47 @@ mod tests {
     }
 
     #[test]
+    fn sync_rule_waits_for_its_mirrors_only() {
+        let options = ["mirror=dir:/m0".to_string()];
+        let path = std::path::Path::new("/");
+        let mut config = crate::config::build(path, path, None, &options).expect("options");
+        config.rules = vec![
+            crate::config::PathRule {
+                path: "audit/**".into(),
+                mirrors: vec![1, 2],
+                mode: Mode::Sync,
+                ack: 2,
+            },
+            crate::config::PathRule {
+                path: "app/*.log".into(),
+                mirrors: vec![1],
+                mode: Mode::Async,
+                ack: 1,
+            },
+        ];
+        let rules = Arc::new(Rules::new(&config));
+        assert!(rules.acks_depend_on_path());
+        assert!(!rules.acks_differ(1));
+        let mut policy = policy(Mode::Async, 1, OnMirrorFailure::Block);
+        policy.rules = Some(rules);
+        let acks = Acks::new(policy, vec![Default::default(); 3]);
+        assert!(acks.serves_sync(1));
+        assert!(!acks.serves_sync(0));
+
+        let (ok, err) = counter();
+        acks.note_rule(Seq(1), 0);
+        acks.complete(Some(Seq(1)), completion(&ok, &err));
+        acks.complete(Some(Seq(2)), completion(&ok, &err));
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        acks.confirm(0, Seq(2), Position(20));
+        acks.confirm(1, Seq(2), Position(20));
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        acks.confirm(2, Seq(1), Position(10));
+        assert_eq!(ok.load(Ordering::SeqCst), 2);
+        assert_eq!(err.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn backlog_full_fails_without_blocking() {
         let acks = Acks::new(
             policy(Mode::Async, 1, OnMirrorFailure::Block),

@@ -172,7 +172,7 @@ fn populate(mount: &Mount) {
 /// checks the selections.
 fn mount_populated<'a>(dirs: &'a TestDirs, extra: &str) -> Mount<'a> {
     let config = write_config(dirs, extra);
-    let mount = Mount::with_config(dirs, &config, &[]);
+    let mount = Mount::with_config(dirs, &config, &[], &[]);
     populate(&mount);
     assert_selections(&mount);
     mount
@@ -267,7 +267,7 @@ fn rules_rename_chain() {
     }
     let dirs = TestDirs::new(3);
     let config = write_config(&dirs, "");
-    let mount = Mount::with_config(&dirs, &config, &[]);
+    let mount = Mount::with_config(&dirs, &config, &[], &[]);
     populate(&mount);
     for round in 0..5 {
         rename(&mount, "app/web.log", "app/web.log.1");
@@ -343,7 +343,7 @@ fn rules_status_shows_rules() {
     }
     let dirs = TestDirs::new(3);
     let config = write_config(&dirs, "");
-    let mount = Mount::with_config(&dirs, &config, &[]);
+    let mount = Mount::with_config(&dirs, &config, &[], &[]);
 
     let out = common::logmirror(&["status", path_str(mount.mnt())]);
     out.assert_success("logmirror status");

@@ -429,9 +429,14 @@ impl<'a> Mount<'a> {
         Mount::start(dirs, None, options, env)
     }
 
-    /// Mounts as [`Mount::with_options`] does, with `--config FILE` as well.
-    pub fn with_config(dirs: &'a TestDirs, config: &Path, options: &[String]) -> Mount<'a> {
-        Mount::start(dirs, Some(config), options, &[])
+    /// Mounts as [`Mount::with_env`] does, with `--config FILE` as well.
+    pub fn with_config(
+        dirs: &'a TestDirs,
+        config: &Path,
+        options: &[String],
+        env: &[(String, String)],
+    ) -> Mount<'a> {
+        Mount::start(dirs, Some(config), options, env)
     }
 
     fn start(

@@ -41,7 +41,11 @@ pub fn changed_keys(old: &MountConfig, new: &MountConfig) -> Vec<(&'static str, 
     // NOTE: sync_timeout, flush_interval, when_full, verify_interval and repair are read once
     // at mount by the acks, the filesystem and the periodic thread, so they need a remount.
     let fields: [(&'static str, String, String); 18] = [
-        ("mirror", debug(&old.mirrors), debug(&new.mirrors)),
+        (
+            "mirror",
+            debug(&(&old.mirrors, &old.mirror_names)),
+            debug(&(&new.mirrors, &new.mirror_names)),
+        ),
         ("rule", debug(&old.rules), debug(&new.rules)),
         (
             "endpoint, region, path_style",

@@ -471,14 +471,6 @@ impl MountConfig {
             .filter(|i| self.mirror_names.get(*i).is_none_or(Option::is_none))
             .collect()
     }
-
-    /// Returns the label of mirror `index` in status: its name, or its URL without one.
-    pub fn mirror_label(&self, index: usize) -> String {
-        match self.mirror_names.get(index) {
-            Some(Some(name)) => name.clone(),
-            _ => self.mirrors[index].name(),
-        }
-    }
 }
 
 /// Keys as they appear in a config file; every field is optional there.
@@ -1519,6 +1511,56 @@ mod tests {
         );
         assert_eq!(config.s3.path_style, Some(true));
         assert_eq!(config.s3.region.as_deref(), Some("garage"));
+    }
+
+    #[test]
+    fn config_file_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "mirror = \"dir:/d\"\nmode = \"sync\"\nack = 1\n\
+             [mirrors.offsite]\nurl = \"s3://logs/h1\"\n\
+             [mirrors.nfs]\nurl = \"dir:/nfs\"\n\
+             [[rule]]\npath = \"audit/**\"\nmirrors = [\"offsite\", \"nfs\"]\n\
+             [[rule]]\npath = \"app/*.log\"\nmirrors = [\"nfs\"]\nmode = \"async\"\n\
+             [[rule]]\npath = \"debug/**\"\nmirrors = []\n",
+        )
+        .unwrap();
+        let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap();
+        let names: Vec<String> = config.mirrors.iter().map(MirrorSpec::name).collect();
+        assert_eq!(names, ["dir:/d", "dir:/nfs", "s3://logs/h1"]);
+        assert_eq!(
+            config.mirror_names,
+            [None, Some("nfs".to_string()), Some("offsite".to_string())]
+        );
+        assert_eq!(config.default_mirrors(), [0]);
+        assert_eq!(config.ack_count(), 1);
+        let rule = |path: &str, mirrors: Vec<usize>, mode, ack| PathRule {
+            path: path.into(),
+            mirrors,
+            mode,
+            ack,
+        };
+        assert_eq!(
+            config.rules,
+            [
+                rule("audit/**", vec![2, 1], Mode::Sync, 2),
+                rule("app/*.log", vec![1], Mode::Async, 1),
+                rule("debug/**", vec![], Mode::Sync, 0),
+            ]
+        );
+
+        let config = build(
+            Path::new("/b"),
+            Path::new("/m"),
+            Some(&path),
+            &["mirror=dir:/e,mode=async".into()],
+        )
+        .unwrap();
+        assert_eq!(config.default_mirrors(), [0]);
+        assert_eq!(config.mirrors[0].name(), "dir:/e");
+        assert_eq!(config.rules[0].mode, Mode::Async);
     }
 
     #[test]

@@ -233,6 +233,49 @@ fn rules_rename_files() {
     assert_no_resync(&mount);
 }
 
+/// A hard link into another rule copies the file to the mirrors that lacked it. Later
+/// writes are journaled under one name only, so such a copy misses them until a repair.
+#[test]
+fn rules_link_across_rules() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(3);
+    let mount = mount_populated(&dirs, "");
+    fs::hard_link(
+        mount.mnt().join("app/keep.log"),
+        mount.mnt().join("audit/keep-link.log"),
+    )
+    .expect("link app/keep.log into audit/ through the mount");
+    assert_selections(&mount);
+    assert_no_resync(&mount);
+
+    append(&mount, "app/keep.log", "after the link\n");
+    mount
+        .sync(SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync");
+    let out = mount.verify();
+    assert_eq!(out.code(), EXIT_RUNTIME, "verify exit code: {out}");
+    let differences: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("differs"))
+        .collect();
+    let expected = format!(
+        "mirror dir:{}: size differs: audit/keep-link.log",
+        dirs.mirrors[1].display()
+    );
+    assert_eq!(differences.len(), 1, "verify output: {out}");
+    assert!(
+        differences[0].starts_with(&expected),
+        "verify output: {out}"
+    );
+
+    let out = common::logmirror(&["verify", "--repair", path_str(mount.mnt())]);
+    assert_eq!(out.code(), EXIT_RUNTIME, "verify --repair exit code: {out}");
+    assert_selections(&mount);
+}
+
 #[test]
 fn rules_rename_dirs() {
     if !common::can_mount() {

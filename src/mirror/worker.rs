@@ -700,6 +700,7 @@ fn route(rules: &Rules, index: usize, op: &journal::Op) -> Route {
             ) {
                 (_, false) => Route::Skip,
                 (true, true) => Route::Apply,
+                // NOTE: writes through the other name miss this copy until a repair resyncs it.
                 (false, true) => Route::Reselect,
             }
         }

@@ -75,6 +75,11 @@ file, and mirrors given with -o replace the file's list):
   metrics=IP:PORT|/path.sock  serve Prometheus metrics on GET /metrics at this TCP address
                               (port 0 takes a free port, shown in status) or Unix socket
                               (default: none, no endpoint)
+The --config file may also name mirrors and route paths to them, first match wins:
+  [mirrors.NAME] url = \"dir:/path\" or \"s3://BUCKET/PREFIX\"
+  [[rule]] path = \"GLOB\", mirrors = [NAME, ...] ([] keeps the paths local),
+           mode = \"sync\"|\"async\", ack = N (defaults: the global mode, all its mirrors)
+Paths that no rule matches go to the mirror= mirrors with the global mode and ack.
 S3 credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance role), never from options.
 Mount flags nosuid, nodev, noexec, ro and fstab/systemd options (_netdev, nofail, x-*) are

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod path_rules;
+
+pub use path_rules::PathRule;
+
 /// Directory name, at the backing root, of the default state directory. The mount hides it.
 pub const STATE_DIR_NAME: &str = ".logmirror";
 
@@ -66,6 +70,13 @@ pub enum Error {
     NoMirror,
     #[error("conflicting options: {0}")]
     Conflict(String),
+    #[error("rule {number} (path {path:?}): {reason}")]
+    Rule {
+        /// Position of the `[[rule]]` in the file, from 1.
+        number: usize,
+        path: String,
+        reason: String,
+    },
 }
 
 /// Location of one mirror.
@@ -381,13 +392,18 @@ pub enum OnMirrorFailure {
 pub struct MountConfig {
     pub backing: PathBuf,
     pub mountpoint: PathBuf,
-    /// At least one mirror.
+    /// At least one mirror: those given as `mirror=`, then the named ones in name order.
     pub mirrors: Vec<MirrorSpec>,
+    /// Name of each mirror of `mirrors` given as `[mirrors.NAME]`; `None` for `mirror=`.
+    pub mirror_names: Vec<Option<String>>,
+    /// The `[[rule]]` list in file order; the first rule whose glob matches a path decides
+    /// which mirrors hold it. Paths no rule matches go to the `mirror=` mirrors.
+    pub rules: Vec<PathRule>,
     /// Endpoint, region and addressing of the S3 mirrors.
     pub s3: S3Options,
     /// Default async.
     pub mode: Mode,
-    /// Default all; a count must be between 1 and the number of mirrors.
+    /// Default all; a count must be between 1 and the number of `mirror=` mirrors.
     pub ack: Ack,
     /// Journal, cursors and control socket. Default `BACKING/.logmirror`.
     pub state_dir: PathBuf,
@@ -449,12 +465,19 @@ impl MountConfig {
             .unwrap_or(DEFAULT_MATERIALIZE_INTERVAL)
     }
 
-    /// Returns how many mirrors must confirm a sync-mode write.
+    /// Returns how many mirrors must confirm a sync-mode write to a path no rule matches.
     pub fn ack_count(&self) -> usize {
         match self.ack {
-            Ack::All => self.mirrors.len(),
+            Ack::All => self.default_mirrors().len(),
             Ack::Count(n) => n,
         }
+    }
+
+    /// Returns the indices of the `mirror=` mirrors, which hold the paths no rule matches.
+    pub fn default_mirrors(&self) -> Vec<usize> {
+        (0..self.mirrors.len())
+            .filter(|i| self.mirror_names.get(*i).is_none_or(Option::is_none))
+            .collect()
     }
 }
 
@@ -464,6 +487,9 @@ impl MountConfig {
 struct FileOptions {
     #[serde(default)]
     mirror: Option<OneOrMany>,
+    /// `[mirrors.NAME]` tables; checked by hand so that a wrong type names the key.
+    mirrors: Option<toml::Value>,
+    rule: Option<Vec<path_rules::RuleEntry>>,
     mode: Option<String>,
     ack: Option<NumberOrText>,
     state: Option<PathBuf>,
@@ -511,7 +537,7 @@ impl FlagOrText {
 /// `max_backlog = 1048576` or `max_backlog = "1G"`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum NumberOrText {
+pub(crate) enum NumberOrText {
     Number(u64),
     Text(String),
 }
@@ -537,6 +563,9 @@ enum OneOrMany {
 struct RawOptions {
     pairs: Vec<(String, String)>,
     flags: Vec<String>,
+    /// Name and URL of each `[mirrors.NAME]` of the file.
+    named_mirrors: Vec<(String, String)>,
+    rules: Vec<path_rules::RuleEntry>,
 }
 
 /// Mount options that mount(8), fstab and the kernel use; accepted and handed on or ignored.
@@ -599,6 +628,14 @@ impl RawOptions {
             path: path.to_path_buf(),
             message: describe_toml_error(&text, &e),
         })?;
+        if let Some(value) = file.mirrors {
+            self.named_mirrors =
+                path_rules::named_mirrors(value).map_err(|message| Error::ParseFile {
+                    path: path.to_path_buf(),
+                    message,
+                })?;
+        }
+        self.rules = file.rule.unwrap_or_default();
         let mut push = |key: &str, value: String| self.pairs.push((key.to_string(), value));
         match file.mirror {
             Some(OneOrMany::One(m)) => push("mirror", m),
@@ -720,6 +757,8 @@ pub fn build(
     raw.pairs.extend(from_args.pairs);
     raw.flags.extend(from_file.flags);
     raw.flags.extend(from_args.flags);
+    raw.named_mirrors = from_file.named_mirrors;
+    raw.rules = from_file.rules;
     resolve(backing, mountpoint, raw)
 }
 
@@ -761,6 +800,8 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         backing: backing.to_path_buf(),
         mountpoint: mountpoint.to_path_buf(),
         mirrors: Vec::new(),
+        mirror_names: Vec::new(),
+        rules: Vec::new(),
         s3: S3Options::default(),
         mode: Mode::Async,
         ack: Ack::All,
@@ -798,6 +839,8 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
     for (key, value) in raw.pairs {
         apply_pair(&mut config, &key, &value)?;
     }
+    config.mirror_names = vec![None; config.mirrors.len()];
+    path_rules::resolve(&mut config, raw.named_mirrors, raw.rules)?;
     check(&config)?;
     Ok(config)
 }
@@ -1034,13 +1077,17 @@ fn check(config: &MountConfig) -> Result<(), Error> {
                 .into(),
         ));
     }
+    let default_mirrors = config.default_mirrors().len();
     if let Ack::Count(n) = config.ack
-        && n > config.mirrors.len()
+        && n > default_mirrors
     {
+        let named = match config.rules.is_empty() {
+            true => "",
+            false => " given with mirror= (named mirrors take the ack of their [[rule]])",
+        };
         return Err(Error::Conflict(format!(
-            "ack={n} is larger than the number of mirrors ({}); use ack=all or at most {}",
-            config.mirrors.len(),
-            config.mirrors.len()
+            "ack={n} is larger than the number of mirrors{named} ({default_mirrors}); use \
+             ack=all or at most {default_mirrors}"
         )));
     }
     let mut names: Vec<String> = config.mirrors.iter().map(MirrorSpec::name).collect();
@@ -1792,6 +1839,56 @@ mod tests {
         let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap();
         let expected = Address::Unix(PathBuf::from("/run/m.sock"));
         assert_eq!(config.metrics, Some(expected));
+    }
+
+    #[test]
+    fn config_file_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "mirror = \"dir:/d\"\nmode = \"sync\"\nack = 1\n\
+             [mirrors.offsite]\nurl = \"s3://logs/h1\"\n\
+             [mirrors.nfs]\nurl = \"dir:/nfs\"\n\
+             [[rule]]\npath = \"audit/**\"\nmirrors = [\"offsite\", \"nfs\"]\n\
+             [[rule]]\npath = \"app/*.log\"\nmirrors = [\"nfs\"]\nmode = \"async\"\n\
+             [[rule]]\npath = \"debug/**\"\nmirrors = []\n",
+        )
+        .unwrap();
+        let config = build(Path::new("/b"), Path::new("/m"), Some(&path), &[]).unwrap();
+        let names: Vec<String> = config.mirrors.iter().map(MirrorSpec::name).collect();
+        assert_eq!(names, ["dir:/d", "dir:/nfs", "s3://logs/h1"]);
+        assert_eq!(
+            config.mirror_names,
+            [None, Some("nfs".to_string()), Some("offsite".to_string())]
+        );
+        assert_eq!(config.default_mirrors(), [0]);
+        assert_eq!(config.ack_count(), 1);
+        let rule = |path: &str, mirrors: Vec<usize>, mode, ack| PathRule {
+            path: path.into(),
+            mirrors,
+            mode,
+            ack,
+        };
+        assert_eq!(
+            config.rules,
+            [
+                rule("audit/**", vec![2, 1], Mode::Sync, 2),
+                rule("app/*.log", vec![1], Mode::Async, 1),
+                rule("debug/**", vec![], Mode::Sync, 0),
+            ]
+        );
+
+        let config = build(
+            Path::new("/b"),
+            Path::new("/m"),
+            Some(&path),
+            &["mirror=dir:/e,mode=async".into()],
+        )
+        .unwrap();
+        assert_eq!(config.default_mirrors(), [0]);
+        assert_eq!(config.mirrors[0].name(), "dir:/e");
+        assert_eq!(config.rules[0].mode, Mode::Async);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::monitor::Monitor;
 use crate::notify;
 use crate::periodic::{self, FoldTask, Schedule};
 use crate::reload;
+use crate::rules::Rules;
 use crate::status::{MountInfo, Policy};
 
 /// Magic number of FUSE in `statfs(2)`'s f_type.
@@ -510,6 +511,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
     let namespace = Arc::new(RwLock::new(()));
     let (slots, folds) = open_mirrors(&config, &journal, &namespace, was_clean, records_lost)?;
     let confirmed = slots.iter().map(|s| s.progress().confirmed).collect();
+    let rules = Arc::new(Rules::new(&config));
     let acks = Arc::new(Acks::new(
         AckPolicy {
             mode: config.mode,
@@ -518,6 +520,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
             sync_timeout: config.sync_timeout,
             max_backlog_bytes: config.max_backlog_bytes,
             flush_interval: config.flush_interval,
+            rules: Some(rules.clone()),
         },
         confirmed,
     ));
@@ -531,6 +534,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
         // mount, the mirrors and verify agree on the tree.
         skip_state_dir: true,
         stop: Stop::default(),
+        rules,
     });
     let workers: Vec<_> = slots
         .iter()
@@ -566,6 +570,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
         metrics: metrics_listener
             .as_ref()
             .map(|(_, endpoint)| endpoint.address.clone()),
+        mirror_labels: config.mirror_names.clone(),
     };
     let (listener, link) = control::Server::bind(&config.state_dir, &config.mountpoint)
         .map_err(io_error("create the control socket in", &config.state_dir))?;
@@ -891,6 +896,10 @@ fn open_mirror(
                 state_dir: config.state_dir.clone(),
                 confirmed,
                 resync_pending,
+                selects_file: {
+                    let rules = Rules::new(config);
+                    Arc::new(move |path| rules.selects_file(index, path))
+                },
             })?;
             let folder = match config.retention {
                 Some(_) => Some(Folder::new(

@@ -26,5 +26,6 @@ pub mod periodic;
 pub mod progress;
 pub mod reload;
 pub mod restore;
+pub mod rules;
 pub mod status;
 pub mod verify;

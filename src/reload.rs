@@ -40,8 +40,13 @@ impl Live {
 pub fn changed_keys(old: &MountConfig, new: &MountConfig) -> Vec<(&'static str, String, String)> {
     // NOTE: sync_timeout, flush_interval, when_full, verify_interval and repair are read once
     // at mount by the acks, the filesystem and the periodic thread, so they need a remount.
-    let fields: [(&'static str, String, String); 18] = [
-        ("mirror", debug(&old.mirrors), debug(&new.mirrors)),
+    let fields: [(&'static str, String, String); 19] = [
+        (
+            "mirror",
+            debug(&(&old.mirrors, &old.mirror_names)),
+            debug(&(&new.mirrors, &new.mirror_names)),
+        ),
+        ("rule", debug(&old.rules), debug(&new.rules)),
         (
             "endpoint, region, path_style",
             debug(&old.s3),

@@ -59,6 +59,13 @@ pub struct Status {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MirrorStatus {
     pub name: String,
+    /// Name of a mirror given as `[mirrors.NAME]` in the config file.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// With `[[rule]]`s: the rules that send their paths to the mirror, in rule order, the default
+    /// (paths no rule matches) last. Empty without rules.
+    #[serde(default)]
+    pub rules: Vec<RuleStatus>,
     /// ok, lagging or down.
     pub state: String,
     pub confirmed_seq: u64,
@@ -124,6 +131,19 @@ pub struct Appended {
     pub written_bytes: u64,
 }
 
+/// One rule that sends its paths to a mirror.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStatus {
+    /// The rule's path glob; `None` for the paths that no rule matches.
+    pub path: Option<String>,
+    /// sync or async.
+    pub mode: String,
+    /// Mirrors of the rule that must confirm a sync-mode record.
+    pub ack: usize,
+    /// Mirrors the rule sends its paths to.
+    pub mirrors: usize,
+}
+
 /// Paths, mode and policy shown in status, fixed at mount time.
 pub struct MountInfo {
     pub mountpoint: String,
@@ -136,6 +156,28 @@ pub struct MountInfo {
     pub retention_secs: Option<u64>,
     /// Address the metrics endpoint listens on, if any.
     pub metrics: Option<String>,
+    /// Name of each mirror given as `[mirrors.NAME]`, by mirror index.
+    pub mirror_labels: Vec<Option<String>>,
+}
+
+/// Returns the rules that send their paths to mirror `index`; empty without rules.
+fn rules_of(ctx: &Context, index: usize) -> Vec<RuleStatus> {
+    if ctx.rules.is_empty() {
+        return Vec::new();
+    }
+    ctx.rules
+        .policies_of(index)
+        .into_iter()
+        .map(|policy| RuleStatus {
+            path: policy.path.clone(),
+            mode: match policy.mode {
+                crate::config::Mode::Sync => "sync".into(),
+                crate::config::Mode::Async => "async".into(),
+            },
+            ack: policy.ack,
+            mirrors: policy.mirrors.len(),
+        })
+        .collect()
 }
 
 /// Builds the status from the live state.
@@ -153,6 +195,8 @@ pub fn collect(
             let (state, lag_seconds) = slot.state(head);
             MirrorStatus {
                 name: slot.name.clone(),
+                label: info.mirror_labels.get(slot.index).cloned().flatten(),
+                rules: rules_of(ctx, slot.index),
                 state: state.as_str().to_string(),
                 confirmed_seq: progress.confirmed.0.0,
                 lag_records: head.0.saturating_sub(progress.confirmed.0.0),
@@ -258,9 +302,14 @@ pub fn render(status: &Status) -> String {
     }
     let _ = writeln!(out, "verify:  {}", render_schedule(status));
     for m in &status.mirrors {
+        let label = m
+            .label
+            .as_ref()
+            .map(|l| format!(" ({l})"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "mirror {}: {}, confirmed seq {}, lag {} records, {}, {:.1} s",
+            "mirror {}{label}: {}, confirmed seq {}, lag {} records, {}, {:.1} s",
             m.name,
             m.state,
             m.confirmed_seq,
@@ -276,6 +325,10 @@ pub fn render(status: &Status) -> String {
             m.throughput.window_seconds,
             percent(m.lag_bytes, status.policy.max_backlog_bytes)
         );
+        if !m.rules.is_empty() {
+            let rules: Vec<String> = m.rules.iter().map(render_rule).collect();
+            let _ = writeln!(out, "  rules: {}", rules.join(", "));
+        }
         if let Some(store) = &m.store {
             let _ = writeln!(
                 out,
@@ -366,6 +419,15 @@ fn human_uptime(secs: u64) -> String {
         (0, 0, m) => format!("{m}m {}s", secs % 60),
         (0, h, m) => format!("{h}h {m}m"),
         (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+/// Renders one rule of a mirror as `audit/** (sync, ack 2 of 2)`.
+fn render_rule(rule: &RuleStatus) -> String {
+    let path = rule.path.as_deref().unwrap_or("paths no rule matches");
+    match rule.mode.as_str() {
+        "sync" => format!("{path} (sync, ack {} of {})", rule.ack, rule.mirrors),
+        mode => format!("{path} ({mode})"),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Verify: compares each mirror with the backing tree (type, size, mode, symlink target,
-//! CRC32C of content) after the mirrors confirmed everything committed before the call. The
+//! Verify: compares each mirror with the entries of the backing tree that its path rules
+//! send it (type, size, mode, symlink target, CRC32C of content) after the mirrors confirmed
+//! everything committed before the call. The
 //! readable copies of an S3 mirror are compared too, by size and the CRC32C in their
 //! metadata, once every file changed before the call has its copy written.
 //!
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::STATE_DIR_NAME;
-use crate::mirror::manifest;
+use crate::mirror::manifest::{self, Difference};
 use crate::mirror::worker::{Context, LastVerify, MirrorSlot, VerifyTrigger, error_chain};
 
 /// Differences logged per mirror and verify; the rest are counted in one more line.
@@ -171,8 +172,9 @@ fn compare(
             ));
         }
     }
-    let backing = manifest::scan_tree(&ctx.backing, skip)
+    let whole = manifest::scan_tree(&ctx.backing, skip)
         .map_err(|e| format!("reading the backing tree: {}", error_chain(&e)))?;
+    let backing = ctx.rules.select(slot.index, &whole);
     let mirror = slot
         .mirror
         .lock()
@@ -180,7 +182,13 @@ fn compare(
         .manifest()
         .map_err(|e| format!("reading the mirror: {}", error_chain(&e)))?;
     let mut lines: Vec<String> = manifest::diff(&backing, &mirror)
-        .iter()
+        .into_iter()
+        .map(|difference| match difference {
+            Difference::Extra { path, mirror } if whole.entries.contains_key(&path) => {
+                Difference::NotHeld { path, mirror }
+            }
+            other => other,
+        })
         .map(|d| d.to_string())
         .collect();
     if let Some(copies) = &slot.copies {

@@ -44,6 +44,9 @@ pub struct Inode {
     /// The file's content changed since the last `CloseWrite` record, so the release of
     /// the last writer must journal one.
     pub changed: AtomicBool,
+    /// Path rule of the file's records, with the [`InodeTable::names_generation`] it was
+    /// found at. A rename, link or unlink anywhere makes it stale.
+    pub rule: Mutex<Option<(u64, usize)>>,
 }
 
 impl Inode {
@@ -76,9 +79,22 @@ pub struct InodeTable {
     inodes: RwLock<HashMap<u64, Arc<Inode>>>,
     /// Backing inode number of the root, which FUSE calls 1.
     root_backing_ino: u64,
+    /// Count of renames, links and unlinks, which may change the path of any inode.
+    names_generation: AtomicU64,
 }
 
 impl InodeTable {
+    /// Notes a rename, link or unlink. Call it with the namespace lock held exclusively.
+    pub fn names_changed(&self) {
+        self.names_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Returns the count of renames, links and unlinks so far. It stays the same while the
+    /// namespace lock is held, shared or exclusively.
+    pub fn names_generation(&self) -> u64 {
+        self.names_generation.load(Ordering::SeqCst)
+    }
+
     pub fn new(root_fd: OwnedFd, root_backing_ino: u64) -> InodeTable {
         let root = Arc::new(Inode {
             ino: ROOT_INO,
@@ -89,12 +105,14 @@ impl InodeTable {
             found_path: Mutex::new(None),
             writers: AtomicU64::new(0),
             changed: AtomicBool::new(false),
+            rule: Mutex::new(None),
         });
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, root);
         InodeTable {
             inodes: RwLock::new(inodes),
             root_backing_ino,
+            names_generation: AtomicU64::new(0),
         }
     }
 
@@ -129,6 +147,7 @@ impl InodeTable {
                 found_path: Mutex::new(None),
                 writers: AtomicU64::new(0),
                 changed: AtomicBool::new(false),
+                rule: Mutex::new(None),
             })
         });
         inode.lookups.fetch_add(1, Ordering::Relaxed);

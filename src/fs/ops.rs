@@ -170,12 +170,26 @@ impl LogFs {
     /// Appends `op` to the journal. A change whose path is unknown cannot be journaled; the
     /// mirrors then get it from a resync of the backing tree.
     fn journal(&self, op_name: &'static str, op: Option<Op>) -> Result<Option<Seq>, Error> {
+        self.journal_for(op_name, op, None)
+    }
+
+    /// Journals as [`Self::journal`] does; `inode` is the file a data change applies to, whose
+    /// cached path rule saves a glob match per record.
+    fn journal_for(
+        &self,
+        op_name: &'static str,
+        op: Option<Op>,
+        inode: Option<&Inode>,
+    ) -> Result<Option<Seq>, Error> {
         let Some(op) = op else {
             self.request_resync(op_name, "its path is not known");
             return Ok(None);
         };
         match self.journal.append(&op) {
-            Ok((seq, _)) => Ok(Some(seq)),
+            Ok((seq, _)) => {
+                self.note_rule(seq, &op, inode);
+                Ok(Some(seq))
+            }
             Err(source) => {
                 self.acks.request_resync();
                 Err(Error::Journal {
@@ -184,6 +198,44 @@ impl LogFs {
                 })
             }
         }
+    }
+
+    /// Tells the acks the rule of a record whose path a rule matches, so that its reply
+    /// waits for that rule's mirrors only. A rename or link counts under its new name.
+    fn note_rule(&self, seq: Seq, op: &Op, inode: Option<&Inode>) {
+        let Some(rules) = &self.acks.policy().rules else {
+            return;
+        };
+        if !rules.acks_depend_on_path() {
+            return;
+        }
+        let path = match op {
+            Op::Rename { to, .. } => to,
+            Op::Link { path, .. } => path,
+            other => other.path(),
+        };
+        let rule = match inode {
+            Some(inode) => self.cached_rule(rules, inode, path),
+            None => rules.rule_for(path),
+        };
+        if rules.acks_differ(rule) {
+            self.acks.note_rule(seq, rule);
+        }
+    }
+
+    /// Returns the rule of `path`, the current path of `inode`, from the inode's cache while
+    /// no name changed since it was filled.
+    fn cached_rule(&self, rules: &crate::rules::Rules, inode: &Inode, path: &RelPath) -> usize {
+        let generation = self.inodes.names_generation();
+        let mut cached = inode.rule.lock().expect("rule lock");
+        if let Some((at, rule)) = *cached
+            && at == generation
+        {
+            return rule;
+        }
+        let rule = rules.rule_for(path);
+        *cached = Some((generation, rule));
+        rule
     }
 
     /// Takes a resync ticket for a change that has no journal record. In sync mode the
@@ -449,6 +501,7 @@ impl LogFs {
         let parent_inode = self.inode(new_parent)?;
         let existing = self.path_of(&inode);
         sys::link_fd(inode.fd(), parent_inode.fd(), new_name).map_err(backing("link"))?;
+        self.inodes.names_changed();
         let attr = self.remember_child(new_parent, &parent_inode, new_name)?;
         let path = self.child_path(&parent_inode, new_name);
         let op = existing
@@ -466,6 +519,7 @@ impl LogFs {
         let st = sys::fstatat(parent_inode.fd(), name).map_err(backing(op_name))?;
         let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
         sys::unlinkat(parent_inode.fd(), name, flags).map_err(backing(op_name))?;
+        self.inodes.names_changed();
         if let Some(child) = self.inodes.get(self.inodes.fuse_ino(st.st_ino)) {
             child.remove_link(parent, name);
         }
@@ -499,6 +553,7 @@ impl LogFs {
         let to_st = sys::fstatat(to_dir.fd(), new_name).ok();
         sys::renameat2(from_dir.fd(), name, to_dir.fd(), new_name, flags)
             .map_err(backing("rename"))?;
+        self.inodes.names_changed();
 
         let from_ino = self.inodes.fuse_ino(from_st.st_ino);
         let to_ino = to_st.map(|st| self.inodes.fuse_ino(st.st_ino));
@@ -700,7 +755,7 @@ impl LogFs {
                 return Ok(None);
             }
         }
-        self.journal(op_name, op)
+        self.journal_for(op_name, op, Some(inode))
     }
 
     fn make_durable(

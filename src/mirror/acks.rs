@@ -5,6 +5,10 @@
 //! decides what happens after `sync_timeout`. Mirror workers report confirmations here. The
 //! async backlog limit (`max_backlog`, `when_full`) is enforced here too.
 //!
+//! With path rules, the rule of each record's path decides instead: its mode, its mirrors
+//! and its ack count. `fs` notes the rule of every record whose path a rule matches, and a
+//! reply for a record of an async or local-only rule runs at once.
+//!
 //! A change that could not be journaled is covered by a resync instead, for which `fs` takes
 //! a resync ticket. In sync mode, every reply made while a ticket is outstanding also waits
 //! until `ack` mirrors finished a resync that started after the ticket was taken.
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Mode, OnMirrorFailure};
 use crate::journal::{Position, Seq};
+use crate::rules::{Policy, RuleId, Rules};
 
 /// Sends the reply of one request: `Ok` or an errno.
 pub type Completion = Box<dyn FnOnce(Result<(), i32>) + Send>;
@@ -31,10 +36,30 @@ pub struct AckPolicy {
     pub max_backlog_bytes: u64,
     /// Max time an async-mode mirror keeps applied records unflushed.
     pub flush_interval: Duration,
+    /// Path rules; `None` applies `mode` and `ack_count` to every record and mirror.
+    pub rules: Option<Arc<Rules>>,
+}
+
+impl AckPolicy {
+    /// Returns the rules' policies, the default last; without rules, the one policy of
+    /// `mode` and `ack_count` over `mirrors` mirrors.
+    fn policies(&self, mirrors: usize) -> Vec<Policy> {
+        match &self.rules {
+            Some(rules) => rules.policies().to_vec(),
+            None => vec![Policy {
+                path: None,
+                mirrors: (0..mirrors).collect(),
+                mode: self.mode,
+                ack: self.ack_count,
+            }],
+        }
+    }
 }
 
 struct Waiter {
     since: Instant,
+    /// Rule of the record, which names the mirrors that must confirm it.
+    rule: RuleId,
     /// Resync ticket the reply also waits for; 0 for none.
     resync: u64,
     done: Completion,
@@ -54,11 +79,18 @@ struct State {
     /// Sync mode fell back to async after `sync_timeout` (policy degrade).
     degraded: bool,
     since_degraded: Option<Instant>,
+    /// Rule of each record whose path a rule matches, noted by `fs`; records that are not
+    /// here fall under the default. Entries every mirror confirmed are dropped.
+    rule_of: BTreeMap<Seq, RuleId>,
 }
 
 /// Shared between FUSE threads, mirror workers and the control socket.
 pub struct Acks {
     policy: AckPolicy,
+    /// The rules' policies, the default last.
+    policies: Vec<Policy>,
+    /// Per mirror: a rule that waits for it exists, so it flushes after every batch.
+    serves_sync: Vec<bool>,
     state: Mutex<State>,
     changed: Condvar,
     /// Writes queued or running on the deferred-write thread, because the async backlog was
@@ -88,8 +120,14 @@ impl Acks {
     /// Starts with each mirror's confirmed position as read from its cursor.
     pub fn new(policy: AckPolicy, confirmed: Vec<(Seq, Position)>) -> Acks {
         let mirrors = confirmed.len();
+        let policies = policy.policies(mirrors);
+        let serves_sync = (0..mirrors)
+            .map(|m| policies.iter().any(|p| p.waits() && p.mirrors.contains(&m)))
+            .collect();
         Acks {
             policy,
+            policies,
+            serves_sync,
             state: Mutex::new(State {
                 confirmed,
                 pending: BTreeMap::new(),
@@ -98,6 +136,7 @@ impl Acks {
                 resynced: vec![0; mirrors],
                 degraded: false,
                 since_degraded: None,
+                rule_of: BTreeMap::new(),
             }),
             changed: Condvar::new(),
             backlog_waiters: AtomicU64::new(0),
@@ -108,28 +147,51 @@ impl Acks {
         &self.policy
     }
 
+    /// Returns true when a rule waits for mirror `index` in sync mode, so that its worker
+    /// flushes after every batch.
+    pub fn serves_sync(&self, index: usize) -> bool {
+        self.serves_sync[index]
+    }
+
+    /// Notes that record `seq` falls under `rule` rather than the default.
+    pub fn note_rule(&self, seq: Seq, rule: RuleId) {
+        self.state
+            .lock()
+            .expect("acks lock")
+            .rule_of
+            .insert(seq, rule);
+    }
+
     /// Runs `done` once the record `seq` is acknowledged under the mode in force; `None`
     /// means nothing was journaled. In sync mode the reply also waits for every resync
     /// ticket taken before this call.
     pub fn complete(&self, seq: Option<Seq>, done: Completion) {
         let mut state = self.state.lock().expect("acks lock");
-        let resync = match state.resync_requested > resync_acked(&state, &self.policy) {
+        let seq = seq.unwrap_or_default();
+        let rule = self.rule_of(&state, seq);
+        let policy = &self.policies[rule];
+        let resync = match state.resync_requested > resync_acked(&state, policy) {
             true => state.resync_requested,
             false => 0,
         };
-        let seq = seq.unwrap_or_default();
-        if self.policy.mode == Mode::Async
-            || state.degraded
-            || (acked_seq(&state, &self.policy) >= seq && resync == 0)
-        {
+        if !policy.waits() || state.degraded || (acked_seq(&state, policy) >= seq && resync == 0) {
             drop(state);
             return done(Ok(()));
         }
         state.pending.entry(seq).or_default().push(Waiter {
             since: Instant::now(),
+            rule,
             resync,
             done,
         });
+    }
+
+    fn rule_of(&self, state: &State, seq: Seq) -> RuleId {
+        let default = self.policies.len() - 1;
+        match seq {
+            Seq(0) => default,
+            seq => state.rule_of.get(&seq).copied().unwrap_or(default),
+        }
     }
 
     /// Records that mirror `index` confirmed every record up to `seq`, and releases the
@@ -138,7 +200,16 @@ impl Acks {
         let ready = {
             let mut state = self.state.lock().expect("acks lock");
             state.confirmed[index] = (seq, position);
-            take_ready(&mut state, &self.policy)
+            if !state.rule_of.is_empty() {
+                let oldest = state
+                    .confirmed
+                    .iter()
+                    .map(|c| c.0)
+                    .min()
+                    .unwrap_or_default();
+                state.rule_of = state.rule_of.split_off(&oldest.next());
+            }
+            take_ready(&mut state, &self.policies)
         };
         self.changed.notify_all();
         for waiter in ready {
@@ -179,7 +250,7 @@ impl Acks {
         let ready = {
             let mut state = self.state.lock().expect("acks lock");
             state.resynced[index] = state.resynced[index].max(ticket);
-            take_ready(&mut state, &self.policy)
+            take_ready(&mut state, &self.policies)
         };
         self.changed.notify_all();
         for waiter in ready {
@@ -228,7 +299,12 @@ impl Acks {
     /// Waits while the async backlog is full. Returns false when the write must fail instead
     /// (`when_full=fail`). `head` returns the journal's end position.
     pub fn wait_for_room(&self, when_full_blocks: bool, head: impl Fn() -> Position) -> bool {
-        if self.policy.mode == Mode::Sync && !self.is_degraded() {
+        // Records of an async or local-only rule are bounded by the backlog limit as well.
+        let all_wait = self
+            .policies
+            .iter()
+            .all(|p| p.waits() || p.mirrors.is_empty());
+        if self.policy.mode == Mode::Sync && all_wait && !self.is_degraded() {
             return true;
         }
         let mut state = self.state.lock().expect("acks lock");
@@ -282,7 +358,12 @@ impl Acks {
     pub fn tick(&self, head: Seq) {
         let mut expired = Vec::new();
         let mut state = self.state.lock().expect("acks lock");
-        if state.degraded && acked_seq(&state, &self.policy) >= head {
+        let caught_up = self
+            .policies
+            .iter()
+            .filter(|p| p.waits())
+            .all(|p| acked_seq(&state, p) >= head);
+        if state.degraded && caught_up {
             state.degraded = false;
             let lasted = state
                 .since_degraded
@@ -345,32 +426,39 @@ impl Acks {
     }
 }
 
-/// Returns the newest record confirmed by at least `ack_count` mirrors.
-fn acked_seq(state: &State, policy: &AckPolicy) -> Seq {
-    let mut seqs: Vec<Seq> = state.confirmed.iter().map(|c| c.0).collect();
+/// Returns the newest record confirmed by at least `ack` of the policy's mirrors.
+fn acked_seq(state: &State, policy: &Policy) -> Seq {
+    let mut seqs: Vec<Seq> = policy
+        .mirrors
+        .iter()
+        .map(|&m| state.confirmed[m].0)
+        .collect();
     seqs.sort_unstable_by(|a, b| b.cmp(a));
-    let index = policy.ack_count.clamp(1, seqs.len().max(1)) - 1;
+    let index = policy.ack.clamp(1, seqs.len().max(1)) - 1;
     seqs.get(index).copied().unwrap_or_default()
 }
 
-/// Returns the newest resync ticket covered by at least `ack_count` mirrors.
-fn resync_acked(state: &State, policy: &AckPolicy) -> u64 {
-    let mut tickets = state.resynced.clone();
+/// Returns the newest resync ticket covered by at least `ack` of the policy's mirrors.
+fn resync_acked(state: &State, policy: &Policy) -> u64 {
+    let mut tickets: Vec<u64> = policy.mirrors.iter().map(|&m| state.resynced[m]).collect();
     tickets.sort_unstable_by(|a, b| b.cmp(a));
-    let index = policy.ack_count.clamp(1, tickets.len().max(1)) - 1;
+    let index = policy.ack.clamp(1, tickets.len().max(1)) - 1;
     tickets.get(index).copied().unwrap_or_default()
 }
 
-/// Removes and returns the waiters whose record and resync ticket are both acknowledged.
-fn take_ready(state: &mut State, policy: &AckPolicy) -> Vec<Waiter> {
-    let acked = acked_seq(state, policy);
-    let resynced = resync_acked(state, policy);
-    let rest = state.pending.split_off(&acked.next());
+/// Removes and returns the waiters whose record and resync ticket are both acknowledged by
+/// the mirrors of their rule.
+fn take_ready(state: &mut State, policies: &[Policy]) -> Vec<Waiter> {
+    let acked: Vec<Seq> = policies.iter().map(|p| acked_seq(state, p)).collect();
+    let resynced: Vec<u64> = policies.iter().map(|p| resync_acked(state, p)).collect();
+    let newest = acked.iter().copied().max().unwrap_or_default();
+    let rest = state.pending.split_off(&newest.next());
     let covered = std::mem::replace(&mut state.pending, rest);
     let mut ready = Vec::new();
     for (seq, waiters) in covered {
-        let (now, later): (Vec<_>, Vec<_>) =
-            waiters.into_iter().partition(|w| w.resync <= resynced);
+        let (now, later): (Vec<_>, Vec<_>) = waiters
+            .into_iter()
+            .partition(|w| seq <= acked[w.rule] && w.resync <= resynced[w.rule]);
         ready.extend(now);
         if !later.is_empty() {
             state.pending.insert(seq, later);
@@ -393,6 +481,7 @@ mod tests {
             sync_timeout: Duration::from_millis(0),
             max_backlog_bytes: 1000,
             flush_interval: Duration::from_millis(500),
+            rules: None,
         }
     }
 
@@ -511,6 +600,47 @@ mod tests {
         assert!(!acks.wait_all_confirmed(Seq(0), Instant::now()));
         acks.resynced(0, 1);
         assert!(acks.wait_all_confirmed(Seq(0), Instant::now()));
+    }
+
+    #[test]
+    fn sync_rule_waits_for_its_mirrors_only() {
+        let options = ["mirror=dir:/m0".to_string()];
+        let path = std::path::Path::new("/");
+        let mut config = crate::config::build(path, path, None, &options).expect("options");
+        config.rules = vec![
+            crate::config::PathRule {
+                path: "audit/**".into(),
+                mirrors: vec![1, 2],
+                mode: Mode::Sync,
+                ack: 2,
+            },
+            crate::config::PathRule {
+                path: "app/*.log".into(),
+                mirrors: vec![1],
+                mode: Mode::Async,
+                ack: 1,
+            },
+        ];
+        let rules = Arc::new(Rules::new(&config));
+        assert!(rules.acks_depend_on_path());
+        assert!(!rules.acks_differ(1));
+        let mut policy = policy(Mode::Async, 1, OnMirrorFailure::Block);
+        policy.rules = Some(rules);
+        let acks = Acks::new(policy, vec![Default::default(); 3]);
+        assert!(acks.serves_sync(1));
+        assert!(!acks.serves_sync(0));
+
+        let (ok, err) = counter();
+        acks.note_rule(Seq(1), 0);
+        acks.complete(Some(Seq(1)), completion(&ok, &err));
+        acks.complete(Some(Seq(2)), completion(&ok, &err));
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        acks.confirm(0, Seq(2), Position(20));
+        acks.confirm(1, Seq(2), Position(20));
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        acks.confirm(2, Seq(1), Position(10));
+        assert_eq!(ok.load(Ordering::SeqCst), 2);
+        assert_eq!(err.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 mod repair;
 
-pub use repair::{RepairOps, ResyncStats, repair_ops, resync};
+pub use repair::{RepairOps, ResyncStats, repair_ops, resync, resync_selected};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, OsStr};
@@ -160,6 +160,34 @@ pub(crate) fn scan_fd(root: BorrowedFd, skip_at_root: &[&OsStr]) -> Result<Manif
     Ok(scan.manifest)
 }
 
+/// Lists the entry at `path` below `root`, and everything below it when it is a directory,
+/// as [`scan_tree`] does. Returns `None` when `path` does not exist.
+pub fn scan_path(root: &Path, path: &RelPath) -> Result<Option<Manifest>, ScanError> {
+    let error = |source| ScanError {
+        path: path.clone(),
+        source,
+    };
+    let root = at::open_root(root).map_err(error)?;
+    let (dir, name) = match at::walk_parent(root.as_fd(), path) {
+        Ok(found) => found,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(error(e)),
+    };
+    let mut scan = Scan {
+        manifest: Manifest::default(),
+        buf: vec![0; CHUNK_BYTES],
+        skip_at_root: &[],
+    };
+    match scan.entry(dir.as_fd(), &name, path) {
+        Ok(()) => Ok(Some(scan.manifest)),
+        Err(EntryError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(EntryError::Io(e)) => Err(error(e)),
+        Err(EntryError::Below(e)) => Err(e),
+    }
+}
+
 struct Scan<'a> {
     manifest: Manifest,
     buf: Vec<u8>,
@@ -273,6 +301,9 @@ pub enum Difference {
     Missing { path: RelPath, backing: Entry },
     /// The path exists on the mirror only.
     Extra { path: RelPath, mirror: Entry },
+    /// The path exists in the backing tree and on the mirror, but the path rules keep it off
+    /// this mirror.
+    NotHeld { path: RelPath, mirror: Entry },
     /// The path has a different file type on each side.
     Kind {
         path: RelPath,
@@ -326,6 +357,7 @@ impl Difference {
         match self {
             Difference::Missing { path, .. }
             | Difference::Extra { path, .. }
+            | Difference::NotHeld { path, .. }
             | Difference::Kind { path, .. }
             | Difference::Size { path, .. }
             | Difference::Mode { path, .. }
@@ -349,6 +381,12 @@ impl fmt::Display for Difference {
             Difference::Extra { path, mirror } => write!(
                 f,
                 "not in backing: {} ({} on mirror)",
+                Escaped(path.as_bytes()),
+                mirror.kind
+            ),
+            Difference::NotHeld { path, mirror } => write!(
+                f,
+                "outside the mirror's rules: {} ({} on mirror, which no rule sends here)",
                 Escaped(path.as_bytes()),
                 mirror.kind
             ),

@@ -9,6 +9,7 @@ mod at;
 pub mod cursor;
 pub mod dir;
 pub mod manifest;
+mod routing;
 pub mod s3;
 pub mod worker;
 

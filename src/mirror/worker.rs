@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::Mirror;
 use super::acks::Acks;
 use super::cursor::{self, Cursor};
-use crate::config::Mode;
+use super::routing::{Route, reselect, resync_for_reselect, route};
 use crate::config::STATE_DIR_NAME;
 use crate::journal::{self, Journal, Position, Reader, Record, RelPath, Seq};
+use crate::rules::Rules;
 
 /// Records applied before a flush; many sync-mode writers share one flush (group commit).
 const BATCH_MAX_RECORDS: usize = 4096;
@@ -216,6 +217,8 @@ pub struct Context {
     /// Hide the state directory's name at the backing root from mirrors.
     pub skip_state_dir: bool,
     pub stop: Stop,
+    /// Which mirrors hold which paths.
+    pub rules: Arc<Rules>,
 }
 
 impl Context {
@@ -387,7 +390,7 @@ impl Worker {
             return false;
         };
         let policy = self.ctx.acks.policy();
-        policy.mode == Mode::Sync
+        self.ctx.acks.serves_sync(self.slot.index)
             || unflushed.since.elapsed() >= policy.flush_interval
             || unflushed.bytes >= policy.max_backlog_bytes / 2
             || self
@@ -424,7 +427,7 @@ impl Worker {
         if head <= applied {
             return Ok(false);
         }
-        let lingers = self.ctx.acks.policy().mode == Mode::Async || self.ctx.acks.is_degraded();
+        let lingers = !self.ctx.acks.serves_sync(self.slot.index) || self.ctx.acks.is_degraded();
         if lingers && head.0 - applied.0 < BATCH_MAX_RECORDS as u64 {
             // A plain sleep: waiting on the journal would wake this thread at every append.
             std::thread::sleep(ASYNC_LINGER);
@@ -502,7 +505,26 @@ impl Worker {
         while self.applied < self.batch.len() {
             let (record, _) = &self.batch[self.applied];
             let seq = record.seq;
-            if let Err(e) = mirror.apply_record(record) {
+            let route = route(&self.ctx.rules, slot.index, &record.op);
+            let result = match route {
+                Route::Apply => mirror.apply_record(record),
+                Route::Skip => Ok(()),
+                // NOTE: an S3 mirror skips attribute changes of a path it gets only as a directory.
+                Route::ApplyIfPresent if slot.copies.is_some() => Ok(()),
+                Route::ApplyIfPresent => match mirror.apply_record(record) {
+                    Err(e) if missing_path(&e).is_some() => Ok(()),
+                    other => other,
+                },
+                Route::Reselect => match reselect(&self.ctx, slot.index, mirror.as_mut(), record) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        resync_for_reselect(&slot, record);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = result {
                 if let Some(path) = missing_path(&e) {
                     self.count_missing_path(seq, path);
                 }
@@ -569,7 +591,14 @@ impl Worker {
             let (head, position) = self.ctx.journal.head();
             let skip = self.ctx.skip_at_root();
             let mut mirror = self.slot.mirror.lock().expect("mirror lock");
-            let result = super::manifest::resync(mirror.as_mut(), &self.ctx.backing, &skip);
+            let rules = &self.ctx.rules;
+            let index = self.slot.index;
+            let result = super::manifest::resync_selected(
+                mirror.as_mut(),
+                &self.ctx.backing,
+                &skip,
+                |path, kind| rules.selects(index, path, kind),
+            );
             if result.is_ok() {
                 mirror.resynced(head);
             }

@@ -476,11 +476,34 @@ impl<'a> Mount<'a> {
     /// Mounts as [`Mount::with_options`] does, with the environment variables `env` added to
     /// `logmirror mount` (and so to the daemon).
     pub fn with_env(dirs: &'a TestDirs, options: &[String], env: &[(String, String)]) -> Mount<'a> {
+        Mount::start(dirs, None, options, env)
+    }
+
+    /// Mounts as [`Mount::with_env`] does, with `--config FILE` as well.
+    pub fn with_config(
+        dirs: &'a TestDirs,
+        config: &Path,
+        options: &[String],
+        env: &[(String, String)],
+    ) -> Mount<'a> {
+        Mount::start(dirs, Some(config), options, env)
+    }
+
+    fn start(
+        dirs: &'a TestDirs,
+        config: Option<&Path>,
+        options: &[String],
+        env: &[(String, String)],
+    ) -> Mount<'a> {
         let n = MOUNT_COUNT.fetch_add(1, Ordering::Relaxed);
         let log_file = dirs.root.join(format!("daemon-{n}.log"));
         let log_option = format!("log_file={}", log_file.display());
 
         let mut args = vec!["mount", path_str(&dirs.backing), path_str(&dirs.mnt)];
+        if let Some(config) = config {
+            args.push("--config");
+            args.push(path_str(config));
+        }
         for option in options.iter().chain([&log_option]) {
             args.push("-o");
             args.push(option);

@@ -422,10 +422,24 @@ pub fn resync(
     backing_root: &Path,
     skip_at_root: &[&OsStr],
 ) -> Result<ResyncStats, Error> {
-    let backing = scan_tree(backing_root, skip_at_root).map_err(|e| Error::Backing {
+    resync_selected(mirror, backing_root, skip_at_root, |_, _| true)
+}
+
+/// Resyncs as [`resync`] does, with only the backing entries that `selects` keeps
+/// (by path and kind, from the mirror's path rules) as the tree to reach.
+pub fn resync_selected(
+    mirror: &mut dyn Mirror,
+    backing_root: &Path,
+    skip_at_root: &[&OsStr],
+    selects: impl Fn(&RelPath, EntryKind) -> bool,
+) -> Result<ResyncStats, Error> {
+    let mut backing = scan_tree(backing_root, skip_at_root).map_err(|e| Error::Backing {
         path: e.path,
         source: e.source,
     })?;
+    backing
+        .entries
+        .retain(|path, entry| selects(path, entry.kind));
     let current = mirror.manifest()?;
 
     let only_on_mirror = current

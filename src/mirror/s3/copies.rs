@@ -110,7 +110,13 @@ pub struct CopySettings {
     pub confirmed: Seq,
     /// A resync of the mirror is pending; the copies are compared after it.
     pub resync_pending: bool,
+    /// Returns true for the file paths that the path rules send to this mirror. A comparison
+    /// with the backing tree keeps copies of these only.
+    pub selects_file: SelectsFile,
 }
+
+/// Test of a path against a mirror's path rules.
+pub type SelectsFile = Arc<dyn Fn(&RelPath) -> bool + Send + Sync>;
 
 /// Progress of the copies, shown per S3 mirror in `logmirror status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +149,7 @@ struct Context {
     backing_root: OwnedFd,
     namespace: Arc<RwLock<()>>,
     journal: Arc<Journal>,
+    selects_file: SelectsFile,
 }
 
 /// State shared by the handle and the copier thread.
@@ -227,6 +234,7 @@ impl Copies {
             backing_root,
             namespace: settings.namespace,
             journal: settings.journal,
+            selects_file: settings.selects_file,
         });
         let shared = Arc::new(Shared::default());
         lock(&shared.status).position = settings.confirmed.0;

@@ -257,6 +257,7 @@ fn walk_at_position(ctx: &Context, position: Seq) -> Result<Option<WalkedTree>, 
     };
     let mut files = BTreeMap::new();
     walk_dir(ctx.backing_root.as_fd(), &RelPath::root(), &mut files)?;
+    files.retain(|path, _| (ctx.selects_file)(path));
     Ok(Some(WalkedTree { files, changed }))
 }
 

@@ -353,6 +353,27 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     Ok(())
 }
 
+/// Returns whether process `pid` has CAP_FSETID in its effective set, from the `CapEff`
+/// line of `/proc/PID/status`. When that file cannot be read (the process already exited),
+/// it falls back to `uid == 0`.
+pub fn has_cap_fsetid(pid: u32, uid: u32) -> bool {
+    // Bit number from linux/capability.h.
+    const CAP_FSETID: u32 = 4;
+    // NOTE: CapEff is relative to the caller's user namespace, while the kernel checks the initial one.
+    let status = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status,
+        Err(_) => return uid == 0,
+    };
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    match effective {
+        Some(caps) => caps & (1 << CAP_FSETID) != 0,
+        None => uid == 0,
+    }
+}
+
 /// A directory stream over a descriptor, for readdir with seekable offsets.
 pub struct DirStream {
     dir: *mut libc::DIR,

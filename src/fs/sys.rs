@@ -458,3 +458,15 @@ impl Drop for DirStream {
         unsafe { libc::closedir(self.dir) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_fsetid_falls_back_to_uid() {
+        // No process has pid 0, so /proc/0/status does not exist.
+        assert!(has_cap_fsetid(0, 0));
+        assert!(!has_cap_fsetid(0, 65534));
+    }
+}

@@ -1,12 +1,14 @@
 //! Appends and writes past the end of a file, through the mount and on a plain directory:
 //! O_APPEND from many processes, appends after another handle truncated the file, holes
 //! that read as zeros, and offsets beyond 4 GiB whose hole stays unallocated on the
-//! backing directory and on the mirror.
+//! backing directory and on the mirror. Also the other ways loggers add data: O_APPEND
+//! set later with F_SETFL, writev, pwritev, sendfile and splice from a pipe.
 
 mod common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::thread;
@@ -19,7 +21,8 @@ both_modes!(
     append_large_records,
     append_after_truncate,
     write_past_eof_hole,
-    write_beyond_4gib
+    write_beyond_4gib,
+    append_other_syscalls
 );
 
 const WRITERS: usize = 8;
@@ -326,5 +329,140 @@ fn write_beyond_4gib(mode: Mode) {
             .expect("read the mirror's tail");
         assert_eq!(&buf[..4096], &tail[..]);
         assert_eq!(&buf[4096..], b"appended\n");
+    });
+}
+
+fn check_len(what: &str, ret: isize) -> usize {
+    assert!(ret >= 0, "{what}: {}", std::io::Error::last_os_error());
+    ret as usize
+}
+
+/// Returns the file offset of `fd` (lseek SEEK_CUR).
+fn position(fd: &impl AsRawFd) -> i64 {
+    // SAFETY: lseek on an open descriptor.
+    unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_CUR) }
+}
+
+/// Adds data to `root/other.log` with F_SETFL O_APPEND, writev, pwritev (which appends on
+/// an O_APPEND descriptor), then with O_APPEND cleared, sendfile and splice. Returns the byte counts each call
+/// reported, the offsets after the F_SETFL steps, and the final content.
+fn append_by_other_calls(root: &Path) -> (Vec<usize>, Vec<i64>, Vec<u8>) {
+    let path = root.join("other.log");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("create");
+    let fd = file.as_raw_fd();
+    let mut counts = Vec::new();
+    let mut offsets = Vec::new();
+    (&file).write_all(b"0123456789").expect("write");
+    // SAFETY: fcntl and lseek on an open descriptor.
+    unsafe {
+        libc::lseek(fd, 2, libc::SEEK_SET);
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_APPEND), 0);
+    }
+    (&file)
+        .write_all(b"<setfl append>\n")
+        .expect("write with O_APPEND set");
+    offsets.push(position(&file));
+
+    let parts: Vec<Vec<u8>> = (0..300)
+        .map(|i| format!("part {i:03}|").into_bytes())
+        .collect();
+    let iovecs: Vec<libc::iovec> = parts
+        .iter()
+        .map(|part| libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        })
+        .collect();
+    // SAFETY: the iovecs point into `parts`, which outlives both calls.
+    counts.push(check_len("writev", unsafe {
+        libc::writev(fd, iovecs.as_ptr(), 200)
+    }));
+    // SAFETY: as for writev, with the last 100 iovecs.
+    counts.push(check_len("pwritev", unsafe {
+        libc::pwritev(fd, iovecs[200..].as_ptr(), 100, 0)
+    }));
+
+    // sendfile and splice reject an O_APPEND destination (EINVAL), so clear it and write at
+    // the end through the file offset.
+    // SAFETY: fcntl and lseek on an open descriptor.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_APPEND), 0);
+        libc::lseek(fd, 0, libc::SEEK_END);
+    }
+    fs::write(root.join("source.log"), b"sent by sendfile\n".repeat(100)).expect("write source");
+    let source = fs::File::open(root.join("source.log")).expect("open source");
+    let mut source_offset: libc::off_t = 17;
+    // SAFETY: open descriptors and a valid offset pointer.
+    counts.push(check_len("sendfile", unsafe {
+        libc::sendfile(fd, source.as_raw_fd(), &mut source_offset, 1000)
+    }));
+    let mut pipe = [0; 2];
+    // SAFETY: `pipe` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let piped = b"through a pipe\n".repeat(200);
+    // SAFETY: writes `piped` into the pipe, then splices it into the file, then closes both
+    // ends. 3000 bytes fit in the pipe buffer, so the write does not block.
+    unsafe {
+        assert_eq!(
+            libc::write(pipe[1], piped.as_ptr().cast(), piped.len()),
+            piped.len() as isize
+        );
+        counts.push(check_len(
+            "splice",
+            libc::splice(
+                pipe[0],
+                std::ptr::null_mut(),
+                fd,
+                std::ptr::null_mut(),
+                4096,
+                0,
+            ),
+        ));
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+
+    // SAFETY: lseek on an open descriptor.
+    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+    (&file)
+        .write_all(b"X")
+        .expect("write after clearing O_APPEND");
+    offsets.push(position(&file));
+    drop(file);
+    (counts, offsets, fs::read(&path).expect("read back"))
+}
+
+/// F_SETFL O_APPEND, writev, pwritev, sendfile and splice add the same bytes at the same
+/// offsets as on a plain directory, and the mirror gets the same content.
+fn append_other_syscalls(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(append_by_other_calls);
+        let parts: Vec<u8> = (0..300)
+            .flat_map(|i| format!("part {i:03}|").into_bytes())
+            .collect();
+        let mut expected = b"X123456789<setfl append>\n".to_vec();
+        expected.extend_from_slice(&parts);
+        expected.extend_from_slice(&b"sent by sendfile\n".repeat(100)[17..1017]);
+        expected.extend_from_slice(&b"through a pipe\n".repeat(200));
+        assert_eq!(
+            plain.0,
+            vec![1800, 900, 1000, 3000],
+            "counts, plain directory"
+        );
+        assert_eq!(mounted.0, plain.0, "counts, mount");
+        assert_eq!(plain.1, vec![25, 1], "offsets, plain directory");
+        assert_eq!(mounted.1, plain.1, "offsets, mount");
+        assert!(plain.2 == expected, "content, plain directory");
+        assert!(mounted.2 == expected, "content, mount");
+        case.sync();
+        let copy = fs::read(case.in_mirror("other.log")).expect("read mirror");
+        assert!(copy == expected, "content, mirror");
     });
 }

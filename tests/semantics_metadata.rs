@@ -1,17 +1,19 @@
 //! Metadata through the mount compared with a plain directory: modes, owners, timestamps
 //! with nanoseconds (before 1970 too), hard links, symlinks, xattrs, statfs, large and deep
-//! directories, and the errnos of refused namespace changes.
+//! directories, and the errnos of refused namespace changes. Also links of one inode: a
+//! rename between two of them, and hard links to a symlink and to a fifo.
 
 mod common;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::semantics::{
-    errno_of, get_xattr, list_xattrs, lstat, names_of, remove_xattr, set_xattr, statfs_type,
-    statvfs, utimensat, with_case, xattr_probe_sizes,
+    errno_of, get_xattr, list_xattrs, lstat, names_of, remove_xattr, renameat2, set_xattr,
+    statfs_type, statvfs, utimensat, with_case, xattr_probe_sizes,
 };
 use common::{Mode, wait_until};
 
@@ -19,6 +21,7 @@ both_modes!(
     modes_and_owners,
     timestamps_nanoseconds,
     hard_links_nlink,
+    links_of_one_inode,
     symlinks_relative_absolute,
     xattrs_roundtrip,
     statfs_matches_backing,
@@ -192,6 +195,67 @@ fn hard_links_nlink(mode: Mode) {
         let c = lstat(&case.in_mirror("dir/c.log"));
         assert_eq!(b.nlink(), 2, "mirror nlink");
         assert_eq!(b.ino(), c.ino(), "mirror keeps one inode for both names");
+    });
+}
+
+/// Renames one hard link over another link of the same inode (a no-op that keeps both
+/// names), tries RENAME_NOREPLACE and RENAME_EXCHANGE between them, and hard-links a
+/// symlink (not its target) and a fifo. Returns one line per step.
+fn same_inode_links(root: &Path) -> Vec<String> {
+    let describe = |name: &str| {
+        let meta = lstat(&root.join(name));
+        format!("{name} mode={:o} nlink={}", meta.mode(), meta.nlink())
+    };
+    let mut steps = Vec::new();
+    fs::write(root.join("one.log"), b"one inode\n").expect("create");
+    fs::hard_link(root.join("one.log"), root.join("two.log")).expect("link");
+    fs::rename(root.join("one.log"), root.join("two.log")).expect("rename over own link");
+    let names: Vec<String> = names_of(root)
+        .iter()
+        .map(|name| String::from_utf8_lossy(name).into_owned())
+        .collect();
+    steps.push(format!("rename names={}", names.join(",")));
+    let noreplace = renameat2(
+        &root.join("one.log"),
+        &root.join("two.log"),
+        libc::RENAME_NOREPLACE,
+    );
+    steps.push(format!("noreplace errno={}", errno_of(&noreplace)));
+    renameat2(
+        &root.join("one.log"),
+        &root.join("two.log"),
+        libc::RENAME_EXCHANGE,
+    )
+    .expect("exchange two links");
+    steps.push(describe("one.log"));
+
+    symlink("one.log", root.join("sym")).expect("symlink");
+    fs::hard_link(root.join("sym"), root.join("sym.link")).expect("link a symlink");
+    steps.push(describe("sym.link"));
+    steps.push(describe("one.log"));
+    let out = common::run(
+        Command::new("mkfifo").arg(root.join("fifo")),
+        common::COMMAND_TIMEOUT,
+    );
+    out.assert_success("mkfifo");
+    fs::hard_link(root.join("fifo"), root.join("fifo.link")).expect("link a fifo");
+    steps.push(describe("fifo.link"));
+    steps
+}
+
+fn links_of_one_inode(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(same_inode_links);
+        let expected = vec![
+            "rename names=one.log,two.log".to_string(),
+            "noreplace errno=17".to_string(),
+            "one.log mode=100644 nlink=2".to_string(),
+            "sym.link mode=120777 nlink=2".to_string(),
+            "one.log mode=100644 nlink=2".to_string(),
+            "fifo.link mode=10644 nlink=2".to_string(),
+        ];
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
     });
 }
 

@@ -1,16 +1,19 @@
 //! File names: every byte string the kernel accepts as a name, up to 255 bytes, must reach
 //! the backing directory and the mirror unchanged and distinct. That includes spaces,
 //! NFC and NFD spellings of one letter (two files), URL-like characters, a leading dash,
-//! a newline and bytes that are not UTF-8.
+//! a newline and bytes that are not UTF-8. Paths longer than PATH_MAX, reached one
+//! directory at a time, must work and reach the mirror too.
 
 mod common;
 
 use std::fs;
+use std::path::Path;
+use std::process::Command;
 
 use common::Mode;
 use common::semantics::{names_of, os, with_case};
 
-both_modes!(odd_names_kept, odd_names_renamed);
+both_modes!(odd_names_kept, odd_names_renamed, paths_beyond_path_max);
 
 fn odd_names() -> Vec<Vec<u8>> {
     let mut names: Vec<Vec<u8>> = [
@@ -136,5 +139,84 @@ fn odd_names_renamed(mode: Mode) {
             let copy = fs::read(case.in_mirror(os(new))).expect("read mirror");
             assert_eq!(copy, content_of(old));
         }
+    });
+}
+
+/// Builds (argv[2] `build`), lists (`list`) or removes (`remove`) a tree under argv[1]
+/// whose full paths exceed PATH_MAX (4096 bytes). It has 24 levels of 250-byte directory
+/// names, walked with chdir and dir_fd. At the bottom a log is renamed, hard-linked,
+/// symlinked, truncated and given an xattr. `list` prints each entry below the top directory (names
+/// shortened to their first 2 bytes) with its type, size, link count and content digest.
+const DEEP_TREE: &str = r#"
+import hashlib, os, shutil, stat, sys
+root, action = sys.argv[1], sys.argv[2]
+os.chdir(root)
+if action == "build":
+    for level in range(24):
+        name = "%02d" % level + "d" * 248
+        os.mkdir(name)
+        os.chdir(name)
+    fd = os.open("deep.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for i in range(100):
+        os.write(fd, b"deep line %03d\n" % i)
+    os.close(fd)
+    os.rename("deep.log", "deep.log.1")
+    fd = os.open("deep.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, b"after rotation\n")
+    os.close(fd)
+    os.link("deep.log.1", "hard.log")
+    os.symlink("deep.log.1", "sym.log")
+    os.setxattr("deep.log.1", "user.deep", b"yes")
+    os.truncate("deep.log.1", 1000)
+    print(len(os.getcwd()) > 6000)
+elif action == "list":
+    for top, dirs, files, dir_fd in os.fwalk("00" + "d" * 248):
+        dirs.sort()
+        short = "/".join(part[:2] for part in top.split("/"))
+        for name in sorted(dirs + files):
+            st = os.lstat(name, dir_fd=dir_fd)
+            line = "%s/%s %s size=%d nlink=%d" % (
+                short, name[:2] if name in dirs else name, stat.filemode(st.st_mode),
+                st.st_size if not stat.S_ISDIR(st.st_mode) else 0, st.st_nlink)
+            if stat.S_ISREG(st.st_mode):
+                fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+                line += " sha=" + hashlib.sha256(os.read(fd, 1 << 20)).hexdigest()[:16]
+                os.close(fd)
+                line += " xattr=%r" % os.getxattr("/proc/self/fd/%d" % dir_fd + "/" + name, "user.deep") if name == "deep.log.1" else ""
+            elif stat.S_ISLNK(st.st_mode):
+                line += " target=" + os.readlink(name, dir_fd=dir_fd)
+            print(line)
+elif action == "remove":
+    shutil.rmtree("00" + "d" * 248)
+"#;
+
+fn deep_tree(root: &Path, action: &str) -> String {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", DEEP_TREE, common::path_str(root), action]);
+    let out = common::run(&mut cmd, common::COMMAND_TIMEOUT);
+    out.assert_success(action);
+    out.stdout
+}
+
+/// A log 6000 bytes deep, past PATH_MAX, is written, rotated and linked through the mount
+/// as in a plain directory, and the mirror holds the same tree.
+fn paths_beyond_path_max(mode: Mode) {
+    with_case(mode, |case| {
+        let (built, built_plain) = case.on_both(|root| deep_tree(root, "build"));
+        assert_eq!(built_plain, "True\n", "plain directory");
+        assert_eq!(built, "True\n", "mount");
+        let expected = deep_tree(&case.plain, "list");
+        assert_eq!(
+            expected.lines().count(),
+            27,
+            "23 directories and 4 entries: {expected}"
+        );
+        assert_eq!(deep_tree(case.mnt(), "list"), expected, "mount");
+        assert_eq!(deep_tree(case.backing(), "list"), expected, "backing");
+        case.sync();
+        assert_eq!(deep_tree(case.mirror(), "list"), expected, "mirror");
+
+        // The whole-tree comparison at the end walks by full path, so remove the deep tree.
+        case.on_both(|root| deep_tree(root, "remove"));
     });
 }

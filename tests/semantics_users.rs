@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::semantics::{NOBODY, lstat, python_as_nobody, set_xattr, with_case};
 use common::{Mode, wait_until};
 
-both_modes!(unprivileged_writer, acl_not_enforced);
+both_modes!(unprivileged_writer, acl_not_enforced, setid_bits_cleared);
 
 /// Runs as nobody in the directory given as argv[1] and prints `name errno` per attempt,
 /// errno 0 for success.
@@ -210,5 +210,76 @@ fn acl_not_enforced(mode: Mode) {
                 other => Err(format!("mode {other:o}")),
             },
         );
+    });
+}
+
+/// Truncates (by path and by fd) and preallocates setuid and setgid files as nobody, and
+/// prints each file's permission bits afterwards.
+const CLEAR_AS_NOBODY: &str = r#"
+import os, sys
+os.chdir(sys.argv[1])
+os.truncate("truncate_suid", 2)
+os.truncate("truncate_both", 2)
+fd = os.open("ftruncate_suid", os.O_WRONLY)
+os.ftruncate(fd, 1)
+os.close(fd)
+fd = os.open("fallocate_suid", os.O_RDWR)
+os.posix_fallocate(fd, 0, 8192)
+os.close(fd)
+for name in ("truncate_suid", "truncate_both", "ftruncate_suid", "fallocate_suid"):
+    print(name, oct(os.stat(name).st_mode & 0o7777))
+"#;
+
+/// Returns the permission bits of each file after nobody truncated or preallocated it, then
+/// after root ran `chown(path, -1, -1)` on setuid and setgid files.
+fn clear_setid_bits(root: &Path) -> String {
+    let chmod = |name: &str, mode: u32| {
+        fs::set_permissions(root.join(name), fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    fs::set_permissions(root, fs::Permissions::from_mode(0o777)).expect("chmod root");
+    for (name, mode) in [
+        ("truncate_suid", 0o4777),
+        ("truncate_both", 0o6777),
+        ("ftruncate_suid", 0o4777),
+        ("fallocate_suid", 0o4777),
+    ] {
+        fs::write(root.join(name), b"data\n").expect("create");
+        chmod(name, mode);
+    }
+    let out = python_as_nobody(CLEAR_AS_NOBODY, &[common::path_str(root)]);
+    out.assert_success("truncate as nobody");
+    let mut report = out.stdout;
+    for (name, mode) in [
+        ("chown_suid", 0o4755),
+        ("chown_sgid", 0o2775),
+        ("chown_both", 0o6755),
+    ] {
+        fs::write(root.join(name), b"data\n").expect("create");
+        chmod(name, mode);
+        std::os::unix::fs::chown(root.join(name), None, None).expect("chown -1 -1");
+        let bits = lstat(&root.join(name)).mode() & 0o7777;
+        report.push_str(&format!("{name} {bits:#o}\n"));
+    }
+    report
+}
+
+/// Truncation and preallocation by a process without CAP_FSETID, and any chown, clear the
+/// setuid and setgid bits as on a local disk, and the mirror ends with the same bits.
+fn setid_bits_cleared(mode: Mode) {
+    with_case(mode, |case| {
+        let (mounted, plain) = case.on_both(clear_setid_bits);
+        let expected = "truncate_suid 0o777
+truncate_both 0o777
+ftruncate_suid 0o777
+fallocate_suid 0o777
+chown_suid 0o755
+chown_sgid 0o775
+chown_both 0o755
+";
+        assert_eq!(plain, expected, "plain directory");
+        assert_eq!(mounted, expected, "mount");
+        case.sync();
+        let on_mirror = lstat(&case.in_mirror("truncate_both")).mode() & 0o7777;
+        assert_eq!(on_mirror, 0o777, "mirror");
     });
 }

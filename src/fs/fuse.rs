@@ -158,7 +158,7 @@ impl Filesystem for LogFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -182,6 +182,8 @@ impl Filesystem for LogFs {
             atime,
             mtime,
             fh: fh.map(|f| f.0),
+            caller_pid: req.pid(),
+            caller_uid: req.uid(),
         };
         match LogFs::setattr(self, ino.0, change) {
             Ok((attr, seq)) => self.reply_when_acked(seq, move |r| match r {

@@ -36,6 +36,31 @@ pub struct SetAttr {
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
     pub fh: Option<u64>,
+    /// Process id and uid of the caller, to decide whether a truncation clears setuid and
+    /// setgid (callers without CAP_FSETID).
+    pub caller_pid: u32,
+    pub caller_uid: u32,
+}
+
+impl SetAttr {
+    /// Returns whether the request changes nothing. With FUSE_HANDLE_KILLPRIV_V2 the kernel
+    /// sends such a request for `chown(path, -1, -1)` and for a `fallocate` by a caller
+    /// without CAP_FSETID, and both must clear setuid and setgid
+    /// on a regular file.
+    fn changes_nothing(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+
+    /// Returns whether a truncation in this request must clear setuid and setgid, as a local
+    /// filesystem does for a caller without CAP_FSETID.
+    fn truncation_kills_suidgid(&self) -> bool {
+        self.size.is_some() && !sys::has_cap_fsetid(self.caller_pid, self.caller_uid)
+    }
 }
 
 /// One entry of a directory listing.
@@ -586,6 +611,10 @@ impl LogFs {
         let is_symlink = before.st_mode & libc::S_IFMT == libc::S_IFLNK;
         let mut seq = None;
 
+        let is_regular = before.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if is_regular && (change.changes_nothing() || change.truncation_kills_suidgid()) {
+            seq = self.kill_suidgid(&inode)?.or(seq);
+        }
         if let Some(mode) = change.mode.filter(|_| !is_symlink) {
             sys::chmod_fd(inode.fd(), mode & 0o7777).map_err(backing("chmod"))?;
             let op = path.clone().map(|path| Op::SetMode {
@@ -709,8 +738,10 @@ impl LogFs {
     }
 
     /// Clears setuid, setgid (when group-executable) and the security.capability xattr of a
-    /// file about to be written by an unprivileged process.
-    fn kill_suidgid(&self, inode: &Inode) -> Result<(), Error> {
+    /// file about to be written or truncated by an unprivileged process, or chowned. Returns
+    /// the seq of the last record it journaled.
+    fn kill_suidgid(&self, inode: &Inode) -> Result<Option<Seq>, Error> {
+        let mut seq = None;
         let st = sys::fstat(inode.fd()).map_err(backing("write"))?;
         let mut mode = st.st_mode & 0o7777;
         let group_exec = mode & libc::S_IXGRP != 0;
@@ -724,7 +755,7 @@ impl LogFs {
                 .inodes
                 .path_of(inode)
                 .map(|path| Op::SetMode { path, mode });
-            self.journal_data_change("chmod", inode, op)?;
+            seq = self.journal_data_change("chmod", inode, op)?;
         }
         let capability = OsStr::new("security.capability");
         match sys::removexattr(inode.fd(), capability) {
@@ -733,12 +764,12 @@ impl LogFs {
                     path,
                     name: capability.as_bytes().to_vec(),
                 });
-                self.journal_data_change("removexattr", inode, op)?;
+                seq = self.journal_data_change("removexattr", inode, op)?.or(seq);
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => {}
             Err(e) => return Err(backing("removexattr")(e)),
         }
-        Ok(())
+        Ok(seq)
     }
 
     /// Journals a change to an inode's data or attributes. An unlinked file needs no record:

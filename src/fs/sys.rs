@@ -353,6 +353,27 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     Ok(())
 }
 
+/// Returns whether process `pid` has CAP_FSETID in its effective set, from the `CapEff`
+/// line of `/proc/PID/status`. When that file cannot be read (the process already exited),
+/// it falls back to `uid == 0`.
+pub fn has_cap_fsetid(pid: u32, uid: u32) -> bool {
+    // Bit number from linux/capability.h.
+    const CAP_FSETID: u32 = 4;
+    // NOTE: CapEff is relative to the caller's user namespace, while the kernel checks the initial one.
+    let status = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status,
+        Err(_) => return uid == 0,
+    };
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    match effective {
+        Some(caps) => caps & (1 << CAP_FSETID) != 0,
+        None => uid == 0,
+    }
+}
+
 /// A directory stream over a descriptor, for readdir with seekable offsets.
 pub struct DirStream {
     dir: *mut libc::DIR,
@@ -435,5 +456,17 @@ impl Drop for DirStream {
     fn drop(&mut self) {
         // SAFETY: `dir` is a live stream closed exactly once here.
         unsafe { libc::closedir(self.dir) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_fsetid_falls_back_to_uid() {
+        // No process has pid 0, so /proc/0/status does not exist.
+        assert!(has_cap_fsetid(0, 0));
+        assert!(!has_cap_fsetid(0, 65534));
     }
 }

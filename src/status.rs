@@ -317,6 +317,10 @@ pub fn render(status: &Status) -> String {
             human_bytes(m.lag_bytes),
             m.lag_seconds
         );
+        if !m.rules.is_empty() {
+            let rules: Vec<String> = m.rules.iter().map(render_rule).collect();
+            let _ = writeln!(out, "  rules: {}", rules.join(", "));
+        }
         let _ = writeln!(
             out,
             "  throughput: {:.1} records/s, {}/s over the last {:.0} s; lag is {} of max_backlog",
@@ -325,10 +329,6 @@ pub fn render(status: &Status) -> String {
             m.throughput.window_seconds,
             percent(m.lag_bytes, status.policy.max_backlog_bytes)
         );
-        if !m.rules.is_empty() {
-            let rules: Vec<String> = m.rules.iter().map(render_rule).collect();
-            let _ = writeln!(out, "  rules: {}", rules.join(", "));
-        }
         if let Some(store) = &m.store {
             let _ = writeln!(
                 out,

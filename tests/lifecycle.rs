@@ -1,5 +1,6 @@
 //! Daemon life around unmount and verify: a remount right after `fusermount3 -u` while the
-//! old daemon may still drain, the privacy of the state directory, and `verify --repair`.
+//! old daemon may still drain, a mount over the dead mount of a killed daemon, the privacy
+//! of the state directory, and `verify --repair`.
 
 mod common;
 
@@ -29,6 +30,42 @@ fn remount_right_after_unmount() {
         common::read_text(&log) == expected_lines(20_100),
         "app.log content"
     );
+    assert_mirrors_match(&second);
+}
+
+#[test]
+fn mount_cleans_dead_mount() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let mut first = Mount::new(&dirs, Mode::Sync);
+    let log = dirs.mnt.join("app.log");
+    append_lines(&log, 0, 100);
+    first.kill_daemon();
+    let stat = fs::metadata(&dirs.mnt)
+        .map(|_| ())
+        .map_err(|e| e.raw_os_error());
+    assert_eq!(
+        stat,
+        Err(Some(libc::ENOTCONN)),
+        "stat of the dead mount point"
+    );
+    first.leave_dead();
+
+    // The next mount finds the dead logmirror mount, unmounts it and serves again.
+    let second = Mount::new(&dirs, Mode::Sync);
+    append_lines(&log, 100, 200);
+    assert!(
+        common::read_text(&log) == expected_lines(200),
+        "app.log content"
+    );
+    let listed = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let mounts = listed
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some(path_str(&dirs.mnt)))
+        .count();
+    assert_eq!(mounts, 1, "mounts on {:?}:\n{listed}", dirs.mnt);
     assert_mirrors_match(&second);
 }
 

@@ -1,13 +1,13 @@
-//! Unmount without a `logmirror sync` first. After `fusermount3 -u` the daemon must send the
-//! mirror every record it lacks before exiting, and a foreground daemon (`-f`) must then exit
-//! with code 0.
+//! Unmount without a `logmirror sync` first. After `fusermount3 -u` or SIGTERM the daemon
+//! must send the mirror every record it lacks before exiting, and a foreground daemon (`-f`)
+//! must then exit with code 0.
 
 mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::{Mode, Mount, STATE_DIR, TestDirs, assert_same_tree, path_str, tree_sha256};
@@ -128,13 +128,25 @@ impl Drop for ForegroundMount<'_> {
     }
 }
 
-#[test]
-fn foreground_unmount_exit_code() {
-    if !common::can_mount() {
-        return;
+impl ForegroundMount<'_> {
+    /// Waits until the daemon exits and returns its status with its output.
+    fn wait_exit(&mut self, output: &Path) -> (ExitStatus, String) {
+        let status = common::wait_until(
+            common::COMMAND_TIMEOUT,
+            "foreground daemon to exit",
+            || match self.child.try_wait().expect("poll logmirror mount -f") {
+                Some(status) => Ok(status),
+                None => Err("still running".to_string()),
+            },
+        );
+        (status, fs::read_to_string(output).unwrap_or_default())
     }
-    let dirs = TestDirs::new(1);
-    let log = File::create(dirs.root.join("foreground.out")).expect("create output file");
+}
+
+/// Starts `logmirror mount -f` in async mode with its output in `output`, and waits until
+/// the mount serves.
+fn mount_foreground<'a>(dirs: &'a TestDirs, output: &Path) -> ForegroundMount<'a> {
+    let log = File::create(output).expect("create output file");
     let mut args = vec!["mount", path_str(&dirs.backing), path_str(&dirs.mnt), "-f"];
     let options = dirs.options(Mode::Async);
     for option in &options {
@@ -164,32 +176,58 @@ fn foreground_unmount_exit_code() {
                 .try_wait()
                 .expect("poll logmirror mount -f")
             {
-                let output =
-                    fs::read_to_string(dirs.root.join("foreground.out")).unwrap_or_default();
-                panic!("logmirror mount -f exited with {status} before mounting: {output}");
+                let text = fs::read_to_string(output).unwrap_or_default();
+                panic!("logmirror mount -f exited with {status} before mounting: {text}");
             }
             Err("not in /proc/self/mountinfo".to_string())
         },
     );
+    foreground
+}
+
+#[test]
+fn foreground_unmount_exit_code() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let output = dirs.root.join("foreground.out");
+    let mut foreground = mount_foreground(&dirs, &output);
 
     write_workload(&dirs.mnt);
     common::fusermount(&["-u"], &dirs.mnt).assert_success("fusermount3 -u");
-    let status =
-        common::wait_until(
-            common::COMMAND_TIMEOUT,
-            "foreground daemon to exit",
-            || match foreground
-                .child
-                .try_wait()
-                .expect("poll logmirror mount -f")
-            {
-                Some(status) => Ok(status),
-                None => Err("still running".to_string()),
-            },
-        );
-    let output = fs::read_to_string(dirs.root.join("foreground.out")).unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "foreground daemon exit: {output}");
+    let (status, text) = foreground.wait_exit(&output);
+    assert_eq!(status.code(), Some(0), "foreground daemon exit: {text}");
 
+    assert_workload(&dirs.backing);
+    assert_mirror_equals_backing(&dirs);
+}
+
+#[test]
+fn sigterm_drains_then_exits() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let output = dirs.root.join("foreground.out");
+    let mut foreground = mount_foreground(&dirs, &output);
+
+    write_workload(&dirs.mnt);
+    let pid = libc::pid_t::try_from(foreground.child.id()).expect("pid fits pid_t");
+    // SAFETY: kill has no memory preconditions; the pid is this test's own child.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGTERM) },
+        0,
+        "kill -TERM {pid}"
+    );
+    let (status, text) = foreground.wait_exit(&output);
+    assert_eq!(status.code(), Some(0), "daemon exit after SIGTERM: {text}");
+
+    assert!(
+        !common::is_mounted(&dirs.mnt),
+        "{:?} still mounted after SIGTERM",
+        dirs.mnt
+    );
     assert_workload(&dirs.backing);
     assert_mirror_equals_backing(&dirs);
 }

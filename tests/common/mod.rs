@@ -569,10 +569,16 @@ impl<'a> Mount<'a> {
         );
     }
 
+    /// Leaves the dead mount of a killed daemon in place, for the next `logmirror mount` on
+    /// the same mount point to clean up; dropping this `Mount` then unmounts nothing.
+    pub fn leave_dead(&mut self) {
+        self.is_mounted = false;
+    }
+
     /// Unmounts a mount whose daemon died, if it is still listed.
     pub fn clear_dead(&mut self) {
         if is_mounted(self.mnt()) {
-            fusermount(&["-u"], self.mnt()).assert_success("fusermount3 -u of the dead mount");
+            unmount_when_idle(self.mnt());
         }
         self.is_mounted = false;
     }

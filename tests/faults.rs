@@ -569,6 +569,12 @@ fn s3_outage_async(outage: Outage) {
     });
     lines.append_ok(50);
     let during = lines.acked.len();
+    let status = mount.status();
+    let last_lag = status.mirrors[0].lag_records;
+    assert!(
+        last_lag >= grown_lag + 50,
+        "backlog after 50 more writes: {status:?}"
+    );
 
     fault.end(&mut garage);
     let recovered = time_until_synced(&mount);
@@ -585,9 +591,9 @@ fn s3_outage_async(outage: Outage) {
     figures
         .extra
         .push(format!("written_during_outage={}", during - 50));
-    figures
-        .extra
-        .push(format!("lag_records_seen={first_lag},{grown_lag}"));
+    figures.extra.push(format!(
+        "lag_records_seen={first_lag},{grown_lag},{last_lag}"
+    ));
     figures.report(&format!("s3_outage_async_{}", outage.name()));
 }
 

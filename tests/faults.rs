@@ -49,6 +49,11 @@ const FIGURES_FILE_VAR: &str = "LOGMIRROR_FAULTS_FIGURES";
 /// Deadline for anything the suite waits for: a writer to stop, a mirror to catch up.
 const DEADLINE: Duration = Duration::from_secs(120);
 
+/// Outages, full disks and node kills per scenario: one per 5 crash rounds, at least one.
+fn fault_cycles() -> u64 {
+    (rounds() / 5).max(1)
+}
+
 fn rounds() -> u64 {
     match std::env::var("LOGMIRROR_FAULTS_ROUNDS") {
         Ok(text) => text.parse().unwrap_or_else(|_| {
@@ -532,8 +537,9 @@ fn s3_outage_async_freeze() {
     s3_outage_async(Outage::Freeze);
 }
 
-/// Async mode: writes go on during the outage, status shows the backlog growing, and the
-/// mirror catches up and verifies once the server is back.
+/// Async mode, one outage per 5 rounds on one mount: writes go on during the outage,
+/// status shows the backlog growing, and the mirror catches up and verifies once the
+/// server is back.
 fn s3_outage_async(outage: Outage) {
     if !common::can_mount() {
         return;
@@ -545,55 +551,62 @@ fn s3_outage_async(outage: Outage) {
     let options = s3_options(&garage, "outage", Mode::Async, &[]);
     let mount = Mount::with_env(&dirs, &options, &garage.env());
     let mut lines = Lines::open(&dirs.mnt.join("app.log"), "app");
-    lines.append_ok(50);
-    mount
-        .sync(common::SYNC_TIMEOUT_SECS)
-        .assert_success("logmirror sync before the outage");
-
-    let fault = outage.begin(&garage);
-    let first_lag = wait_until(DEADLINE, "a backlog in status", || {
-        lines.append_ok(1);
-        let status = common::status(&dirs.mnt)?;
-        match status.mirrors[0].lag_records {
-            0 => Err(format!("{status:?}")),
-            lag => Ok(lag),
-        }
-    });
-    let grown_lag = wait_until(DEADLINE, "the backlog to grow", || {
-        lines.append_ok(1);
-        let status = common::status(&dirs.mnt)?;
-        match status.mirrors[0].lag_records {
-            lag if lag > first_lag => Ok(lag),
-            _ => Err(format!("{status:?}")),
-        }
-    });
-    lines.append_ok(50);
-    let during = lines.acked.len();
-    let status = mount.status();
-    let last_lag = status.mirrors[0].lag_records;
-    assert!(
-        last_lag >= grown_lag + 50,
-        "backlog after 50 more writes: {status:?}"
-    );
-
-    fault.end(&mut garage);
-    let recovered = time_until_synced(&mount);
-    let status = mount.status();
-    assert_eq!(status.mirrors[0].lag_records, 0, "{status:?}");
-    let out = mount.verify();
-    assert_eq!(out.code(), 0, "verify after the outage: {out}");
-
-    let content = common::read_text(&dirs.backing.join("app.log"));
-    let lost = count_lost_lines(&content, "app", &lines.acked, &lines.failed);
-    assert!(lines.failed.is_empty(), "failed writes: {:?}", lines.failed);
     let mut figures = Figures::default();
-    figures.record(lines.acked.len() as u64, lost, recovered);
+    let mut written_during = 0;
+    let mut counted = 0;
+    for _ in 0..fault_cycles() {
+        lines.append_ok(50);
+        mount
+            .sync(common::SYNC_TIMEOUT_SECS)
+            .assert_success("logmirror sync before the outage");
+
+        let fault = outage.begin(&garage);
+        let before = lines.acked.len();
+        let first_lag = wait_until(DEADLINE, "a backlog in status", || {
+            lines.append_ok(1);
+            let status = common::status(&dirs.mnt)?;
+            match status.mirrors[0].lag_records {
+                0 => Err(format!("{status:?}")),
+                lag => Ok(lag),
+            }
+        });
+        let grown_lag = wait_until(DEADLINE, "the backlog to grow", || {
+            lines.append_ok(1);
+            let status = common::status(&dirs.mnt)?;
+            match status.mirrors[0].lag_records {
+                lag if lag > first_lag => Ok(lag),
+                _ => Err(format!("{status:?}")),
+            }
+        });
+        lines.append_ok(50);
+        written_during += lines.acked.len() - before;
+        let status = mount.status();
+        let last_lag = status.mirrors[0].lag_records;
+        assert!(
+            last_lag >= grown_lag + 50,
+            "backlog after 50 more writes: {status:?}"
+        );
+
+        fault.end(&mut garage);
+        let recovered = time_until_synced(&mount);
+        let status = mount.status();
+        assert_eq!(status.mirrors[0].lag_records, 0, "{status:?}");
+        let out = mount.verify();
+        assert_eq!(out.code(), 0, "verify after the outage: {out}");
+
+        let content = common::read_text(&dirs.backing.join("app.log"));
+        let lost = count_lost_lines(&content, "app", &lines.acked, &lines.failed);
+        assert!(lines.failed.is_empty(), "failed writes: {:?}", lines.failed);
+        let acked_in_cycle = lines.acked.len() - counted;
+        counted = lines.acked.len();
+        figures.record(acked_in_cycle as u64, lost, recovered);
+        figures.extra.push(format!(
+            "lag_records_seen={first_lag},{grown_lag},{last_lag}"
+        ));
+    }
     figures
         .extra
-        .push(format!("written_during_outage={}", during - 50));
-    figures.extra.push(format!(
-        "lag_records_seen={first_lag},{grown_lag},{last_lag}"
-    ));
+        .push(format!("written_during_outages={written_during}"));
     figures.report(&format!("s3_outage_async_{}", outage.name()));
 }
 
@@ -930,9 +943,9 @@ fn s3_backlog_full() {
 // ---------------------------------------------------------------------------------------
 
 /// Size of the tmpfs that contains the backing directory and the state directory.
-const SMALL_DISK_BYTES: u64 = 16 << 20;
-/// Size of the file deleted to free space.
-const BALLAST_BYTES: usize = 4 << 20;
+const SMALL_DISK_BYTES: u64 = 32 << 20;
+/// Bytes of the ballast files deleted to free space, all together.
+const BALLAST_BYTES: usize = 8 << 20;
 
 #[test]
 fn disk_full_sync() {
@@ -944,10 +957,11 @@ fn disk_full_async() {
     disk_full(Mode::Async);
 }
 
-/// The backing directory, with the journal in it, on a 16 MiB tmpfs. A writer fills it
-/// and must get ENOSPC, while reads, listings and status still work. Once a file is
-/// deleted through the mount, writing resumes and the mirror matches. The journal then
-/// recovers whole at the next mount.
+/// The backing directory, with the journal in it, on a 32 MiB tmpfs. A writer fills it
+/// and must get ENOSPC, while reads, listings and status still work. Once a ballast file
+/// is deleted through the mount, writing resumes and the mirror matches. That repeats once
+/// per 5 rounds, with one ballast file each time. The journal then recovers whole at the
+/// next mount.
 fn disk_full(mode: Mode) {
     if !common::can_mount() {
         return;
@@ -959,54 +973,66 @@ fn disk_full(mode: Mode) {
     let mount = Mount::with_options(&dirs, &options);
     let other = b"another file, written before the disk filled\n";
     fs::write(dirs.mnt.join("other.txt"), other).expect("write other.txt");
-    let ballast: Vec<u8> = (0..BALLAST_BYTES).map(|i| (i % 253) as u8).collect();
-    fs::write(dirs.mnt.join("ballast.bin"), &ballast).expect("write ballast.bin");
+    let cycles = fault_cycles() as usize;
+    let ballast_bytes = BALLAST_BYTES / cycles / CHUNK_BYTES * CHUNK_BYTES;
+    let ballast: Vec<u8> = (0..ballast_bytes).map(|i| (i % 253) as u8).collect();
+    let ballast_names: Vec<String> = (0..cycles).map(|n| format!("ballast-{n}.bin")).collect();
+    for name in &ballast_names {
+        fs::write(dirs.mnt.join(name), &ballast).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    }
     mount
         .sync(common::SYNC_TIMEOUT_SECS)
         .assert_success("logmirror sync before filling the disk");
 
     let mut chunks = Chunks::open(&dirs.mnt.join("fill.bin"));
-    let errno = chunks.append_until_error(SMALL_DISK_BYTES);
-    assert_eq!(
-        errno,
-        libc::ENOSPC,
-        "errno of a write to the full disk: {}",
-        std::io::Error::from_raw_os_error(errno)
-    );
-    // A second write fails the same way: the disk is still full.
-    let again = chunks.append().expect_err("a write to the full disk");
-    assert_eq!(again, libc::ENOSPC, "second write to the full disk");
+    let mut figures = Figures::default();
+    let mut counted = 0;
+    for (cycle, name) in ballast_names.iter().enumerate() {
+        let errno = chunks.append_until_error(SMALL_DISK_BYTES);
+        assert_eq!(
+            errno,
+            libc::ENOSPC,
+            "errno of a write to the full disk: {}",
+            std::io::Error::from_raw_os_error(errno)
+        );
+        // A second write fails the same way: the disk is still full.
+        let again = chunks.append().expect_err("a write to the full disk");
+        assert_eq!(again, libc::ENOSPC, "second write to the full disk");
 
-    assert_eq!(
-        fs::read(dirs.mnt.join("other.txt")).expect("read other.txt while the disk is full"),
-        other
-    );
-    assert_eq!(
-        common::file_sha256(&dirs.mnt.join("ballast.bin")),
-        common::sha256_hex(&ballast),
-        "ballast.bin read while the disk is full"
-    );
-    assert_eq!(
-        common::list_dir(&dirs.mnt),
-        ["ballast.bin", "fill.bin", "other.txt"]
-    );
-    let status = mount.status();
-    assert_eq!(status.mirrors.len(), 1, "{status:?}");
+        assert_eq!(
+            fs::read(dirs.mnt.join("other.txt")).expect("read other.txt while the disk is full"),
+            other
+        );
+        assert_eq!(
+            common::file_sha256(&dirs.mnt.join(name)),
+            common::sha256_hex(&ballast),
+            "{name} read while the disk is full"
+        );
+        let mut expected: Vec<&str> = vec!["fill.bin", "other.txt"];
+        expected.extend(ballast_names[cycle..].iter().map(String::as_str));
+        expected.sort();
+        assert_eq!(common::list_dir(&dirs.mnt), expected);
+        let status = mount.status();
+        assert_eq!(status.mirrors.len(), 1, "{status:?}");
 
-    fs::remove_file(dirs.mnt.join("ballast.bin")).expect("delete ballast.bin to free space");
-    let recovered = chunks.time_until_append_succeeds();
-    for _ in 0..8 {
-        chunks.append().expect("write after freeing space");
+        fs::remove_file(dirs.mnt.join(name)).expect("delete a ballast file to free space");
+        let recovered = chunks.time_until_append_succeeds();
+        for _ in 0..4 {
+            chunks.append().expect("write after freeing space");
+        }
+        mount
+            .sync(common::SYNC_TIMEOUT_SECS)
+            .assert_success("logmirror sync after freeing space");
+        let content = fs::read(dirs.backing.join("fill.bin")).expect("read fill.bin");
+        let lost = count_lost_chunks(&content, &chunks.acked, &chunks.failed);
+        figures.record((chunks.acked.len() - counted) as u64, lost, recovered);
+        counted = chunks.acked.len();
     }
-    let Chunks {
-        file,
-        acked,
-        failed,
-    } = chunks;
-    drop(file);
+    figures
+        .extra
+        .push(format!("failed_writes={}", chunks.failed.len()));
+    drop(chunks);
     assert_mirrors_match(&mount);
-    let content = fs::read(dirs.backing.join("fill.bin")).expect("read fill.bin");
-    let lost = count_lost_chunks(&content, &acked, &failed);
     let head = mount.status().head_seq;
     mount.unmount();
 
@@ -1020,12 +1046,6 @@ fn disk_full(mode: Mode) {
     assert_eq!(status.mirrors[0].confirmed_seq, head, "{status:?}");
     assert_mirrors_match(&again);
     again.unmount();
-
-    let mut figures = Figures::default();
-    figures.record(acked.len() as u64, lost, recovered);
-    figures
-        .extra
-        .push(format!("failed_writes={}", failed.len()));
     figures.report(&format!("disk_full_{}", mode.as_str()));
 }
 
@@ -1060,7 +1080,7 @@ fn cluster_node_loss_sync() {
     let writer = crash_writer::start(&dirs.mnt, &acked_path);
     crash_writer::wait_for_acks(&acked_path, PROGRESS_ACKS, DEADLINE);
 
-    let kills = (rounds() / 5).max(1);
+    let kills = fault_cycles();
     let mut figures = Figures::default();
     let mut last_killed = 1;
     for kill in 0..kills {

@@ -181,24 +181,12 @@ fn crash_rounds(mode: Mode) {
     let mut synced_total = 0;
 
     for round in 0..rounds() {
-        let folder = format!("round{round:02}");
-        fs::create_dir(dirs.mnt.join(&folder)).expect("create the round's folder");
-        let acked_path = dirs.root.join(format!("acked-{round:02}.txt"));
         let sync_every = match mode {
             Mode::Sync => 0,
             Mode::Async => FSYNC_EVERY,
         };
-        let writer =
-            crash_writer::start_with_fsync(&dirs.mnt.join(&folder), &acked_path, sync_every);
         let kill_after = random.in_range(&KILL_AFTER_ACKS);
-        crash_writer::wait_for_acks(&acked_path, kill_after, DEADLINE);
-        mount.kill_daemon();
-
-        // The writer must see an error, not hang: finish() fails after its deadline.
-        let (stop, acked) = crash_writer::finish(writer, &acked_path);
-        assert_writer_stopped(&stop, acked);
-        let synced = crash_writer::read_synced(&acked_path);
-        assert!(synced <= acked, "fsynced {synced} of {acked} records");
+        let (folder, acked, synced) = kill_during_writes(&mut mount, round, kill_after, sync_every);
         synced_total += synced;
         acked_per_round.push(acked);
         if mode == Mode::Sync {
@@ -240,6 +228,32 @@ fn crash_rounds(mode: Mode) {
     figures.report(&format!("crash_{}_dir", mode.as_str()));
 }
 
+/// Starts the crash writer in the folder `roundNN/` of the mount, fsyncing every
+/// `sync_every` records (0 for never), and kills the daemon once `kill_after` records are
+/// acknowledged. Returns the folder, the acknowledged records and the fsynced ones, after
+/// checking that the writer stopped with an error instead of hanging.
+fn kill_during_writes(
+    mount: &mut Mount,
+    round: u64,
+    kill_after: u64,
+    sync_every: u64,
+) -> (String, u64, u64) {
+    let dirs = mount.dirs;
+    let folder = format!("round{round:02}");
+    fs::create_dir(dirs.mnt.join(&folder)).expect("create the round's folder");
+    let acked_path = dirs.root.join(format!("acked-{round:02}.txt"));
+    let writer = crash_writer::start_with_fsync(&dirs.mnt.join(&folder), &acked_path, sync_every);
+    crash_writer::wait_for_acks(&acked_path, kill_after, DEADLINE);
+    mount.kill_daemon();
+
+    // finish() fails when the writer does not stop within its deadline.
+    let (stop, acked) = crash_writer::finish(writer, &acked_path);
+    assert_writer_stopped(&stop, acked);
+    let synced = crash_writer::read_synced(&acked_path);
+    assert!(synced <= acked, "fsynced {synced} of {acked} records");
+    (folder, acked, synced)
+}
+
 /// Checks the crash writer's `stopped ID ERRNO_NAME` line: the first failed record follows
 /// the last acknowledged one, with the error of a dead FUSE connection.
 fn assert_writer_stopped(stop: &str, acked: u64) {
@@ -272,15 +286,8 @@ fn crash_rounds_s3_sync() {
     let mut acked_per_round = Vec::new();
 
     for round in 0..rounds() {
-        let folder = format!("round{round:02}");
-        fs::create_dir(dirs.mnt.join(&folder)).expect("create the round's folder");
-        let acked_path = dirs.root.join(format!("acked-{round:02}.txt"));
-        let writer = crash_writer::start(&dirs.mnt.join(&folder), &acked_path);
         let kill_after = random.in_range(&S3_KILL_AFTER_ACKS);
-        crash_writer::wait_for_acks(&acked_path, kill_after, DEADLINE);
-        mount.kill_daemon();
-        let (stop, acked) = crash_writer::finish(writer, &acked_path);
-        assert_writer_stopped(&stop, acked);
+        let (_, acked, _) = kill_during_writes(&mut mount, round, kill_after, 0);
         acked_per_round.push(acked);
 
         let restored = dirs.root.join(format!("restored-{round:02}"));
@@ -290,6 +297,13 @@ fn crash_rounds_s3_sync() {
         for (earlier, &acked) in acked_per_round.iter().enumerate() {
             let folder = format!("round{earlier:02}");
             lost += crash_writer::count_lost(&restored.join(&folder), acked, "restored");
+        }
+        if lost > 0 {
+            figures.report("crash_sync_s3");
+        }
+        for (earlier, &acked) in acked_per_round.iter().enumerate() {
+            let folder = format!("round{earlier:02}");
+            crash_writer::assert_acked_records(&restored.join(&folder), acked, "restored");
         }
         fs::remove_dir_all(&restored).expect("remove the restored tree");
 

@@ -493,7 +493,7 @@ fn line_text(tag: &str, id: u64) -> String {
 }
 
 /// Returns how many acknowledged lines are missing from `content`, after asserting that it
-/// holds only whole lines of `tag`, in the order [`count_lost_ids`] requires.
+/// contains only whole lines of `tag`, in the order [`count_lost_ids`] requires.
 fn count_lost_lines(content: &str, tag: &str, acked: &[u64], failed: &[(u64, i32)]) -> u64 {
     assert!(
         content.is_empty() || content.ends_with('\n'),
@@ -971,9 +971,9 @@ fn disk_full_async() {
     disk_full(Mode::Async);
 }
 
-/// The backing directory, with the journal in it, on a 32 MiB tmpfs. A writer fills it
-/// and must get ENOSPC, while reads, listings and status still work. Once a ballast file
-/// is deleted through the mount, writing resumes and the mirror matches. That repeats once
+/// Fills a 32 MiB tmpfs that contains the backing directory and the journal. The writer
+/// must get ENOSPC, while reads, listings and status still work. Once a ballast file is
+/// deleted through the mount, writing resumes and the mirror matches. That repeats once
 /// per 5 rounds, with one ballast file each time. The journal then recovers whole at the
 /// next mount.
 fn disk_full(mode: Mode) {

@@ -408,7 +408,10 @@ impl Outage {
     fn begin(self, garage: &Garage) -> OutageGuard {
         match self {
             Outage::Stop => garage.stop(),
-            Outage::Freeze => signal(garage.pid, libc::SIGSTOP),
+            Outage::Freeze => {
+                signal(garage.pid, libc::SIGSTOP);
+                wait_until_stopped(garage.pid);
+            }
         }
         OutageGuard {
             outage: self,
@@ -443,6 +446,31 @@ impl Drop for OutageGuard {
             signal(self.pid, libc::SIGCONT);
         }
     }
+}
+
+/// Waits until every thread of `pid` is in the stopped state (`T` in
+/// `/proc/PID/task/TID/stat`). kill(2) returns before a busy thread of a multi-threaded
+/// process has stopped, and such a thread could still complete a request.
+fn wait_until_stopped(pid: u32) {
+    wait_until(
+        DEADLINE,
+        "every thread of the frozen server to stop",
+        || {
+            let tasks = fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+            for task in tasks {
+                let path = task.map_err(|e| e.to_string())?.path().join("stat");
+                let stat = fs::read_to_string(&path).map_err(|e| format!("{path:?}: {e}"))?;
+                // The state letter follows the command name, which is wrapped in parentheses.
+                let state = stat
+                    .rfind(')')
+                    .and_then(|end| stat[end + 1..].trim_start().chars().next());
+                if state != Some('T') {
+                    return Err(format!("{path:?} in state {state:?}"));
+                }
+            }
+            Ok(())
+        },
+    );
 }
 
 /// Sends `signal` to `pid`, which must be a process this test started.

@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -126,6 +126,21 @@ impl GarageCluster {
         });
         let id = id.split('@').next().unwrap_or_default().to_string();
         self.nodes[n].id = id;
+
+        // `garage node id` reads the node's key without the RPC listener, so wait for the
+        // port as well; a node that exited (its port taken meanwhile) fails here.
+        let address = format!("127.0.0.1:{}", self.nodes[n].rpc_port);
+        let log = self.nodes[n].log.clone();
+        let process = self.nodes[n].process.as_mut().expect("node runs");
+        wait_until(START_TIMEOUT, "garage node to listen on RPC", || {
+            if let Ok(Some(status)) = process.try_wait() {
+                let output = fs::read_to_string(&log).unwrap_or_default();
+                panic!("garage node exited with {status} during start-up: {output}");
+            }
+            TcpStream::connect(&address)
+                .map(drop)
+                .map_err(|e| format!("connect {address}: {e}"))
+        });
     }
 
     fn form_layout(&self) {

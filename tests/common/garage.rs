@@ -163,10 +163,14 @@ impl Garage {
             COMMAND_TIMEOUT,
         );
         out.assert_success("scripts/garage-down");
-        assert!(
-            !is_process_alive(self.pid),
-            "garage pid {} still runs",
-            self.pid
+        // After a SIGKILL the process may take a moment to go away.
+        wait_until(
+            COMMAND_TIMEOUT,
+            "the stopped garage to exit",
+            || match is_process_alive(self.pid) {
+                true => Err(format!("garage pid {} still runs", self.pid)),
+                false => Ok(()),
+            },
         );
     }
 

@@ -128,7 +128,7 @@ impl GarageCluster {
         self.nodes[n].id = id;
 
         // `garage node id` reads the node's key without the RPC listener, so wait for the
-        // port as well; a node that exited (its port taken meanwhile) fails here.
+        // port as well. A node that exited, as when another program took its port, fails here.
         let address = format!("127.0.0.1:{}", self.nodes[n].rpc_port);
         let log = self.nodes[n].log.clone();
         let process = self.nodes[n].process.as_mut().expect("node runs");

@@ -17,7 +17,7 @@ mod garage;
 #[path = "common/garage_cluster.rs"]
 mod garage_cluster;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -830,41 +830,65 @@ const SMALL_BACKLOG_BYTES: u64 = 1 << 20;
 /// that a full tmpfs refuses a write whole.
 const CHUNK_BYTES: usize = 64 << 10;
 
+/// Bytes of the header line at the start of each chunk.
+const CHUNK_HEADER_BYTES: usize = 15;
+
 /// Returns chunk `id` of a stream: a header line naming the id, then filler that differs
-/// between ids.
+/// between ids. The filler bytes are 0x80 to 0xBF, never ASCII, so a chunk cut short ends
+/// exactly where the next header starts.
 fn chunk(id: u64) -> Vec<u8> {
     let mut data = format!("chunk {id:08}\n").into_bytes();
-    data.extend((data.len()..CHUNK_BYTES).map(|i| (i as u64 * 31 + id) as u8 % 251));
+    debug_assert_eq!(data.len(), CHUNK_HEADER_BYTES);
+    data.extend((data.len()..CHUNK_BYTES).map(|i| 0x80 | ((i as u64 * 31 + id) % 64) as u8));
     data
 }
 
-/// Returns how many acknowledged chunks are missing from `content`, after asserting that it
-/// consists of whole, undamaged chunks, in the order [`count_lost_ids`] requires.
-fn count_lost_chunks(content: &[u8], acked: &[u64], failed: &[u64]) -> u64 {
-    assert_eq!(
-        content.len() % CHUNK_BYTES,
-        0,
-        "the file ends in a partial chunk"
-    );
-    let ids = content.chunks(CHUNK_BYTES).enumerate().map(|(n, data)| {
-        let header = String::from_utf8_lossy(&data[..15]).into_owned();
+/// Returns how many acknowledged chunks, or acknowledged bytes of chunks written short, are
+/// missing from `content`. Asserts that every chunk in it is undamaged, in the order
+/// [`count_lost_ids`] requires, and whole unless its write failed or was short.
+fn count_lost_chunks(content: &[u8], chunks: &Chunks) -> u64 {
+    let mut lengths = BTreeMap::new();
+    let mut ids = Vec::new();
+    let mut position = 0;
+    while position < content.len() {
+        let rest = &content[position..];
+        let header = String::from_utf8_lossy(&rest[..CHUNK_HEADER_BYTES.min(rest.len())]);
         let id: u64 = header
             .strip_prefix("chunk ")
             .and_then(|rest| rest.trim_end().parse().ok())
-            .unwrap_or_else(|| panic!("chunk {n} has the header {header:?}"));
+            .unwrap_or_else(|| panic!("no chunk header at byte {position}: {header:?}"));
+        let expected = chunk(id);
+        let len = rest
+            .iter()
+            .zip(&expected)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let is_whole_expected = chunks.acked.contains(&id);
         assert!(
-            data == chunk(id).as_slice(),
-            "chunk {n} (id {id}) is damaged"
+            len == CHUNK_BYTES || !is_whole_expected,
+            "chunk {id} at byte {position} is damaged or cut after {len} bytes"
         );
-        id
-    });
-    count_lost_ids(ids, acked, failed)
+        lengths.insert(id, len);
+        ids.push(id);
+        position += len;
+    }
+    let mut written: Vec<u64> = chunks.failed.clone();
+    written.extend(chunks.short.iter().map(|(id, _)| *id));
+    let mut lost = count_lost_ids(ids.into_iter(), &chunks.acked, &written);
+    for (id, acked_bytes) in &chunks.short {
+        if lengths.get(id).is_none_or(|len| len < acked_bytes) {
+            lost += 1;
+        }
+    }
+    lost
 }
 
 /// Chunks appended to one file through the mount, with the outcome of each write(2).
 struct Chunks {
     file: File,
     acked: Vec<u64>,
+    /// Chunks whose write returned fewer bytes than the chunk has, and that count.
+    short: Vec<(u64, usize)>,
     failed: Vec<u64>,
 }
 
@@ -878,25 +902,35 @@ impl Chunks {
         Chunks {
             file,
             acked: Vec::new(),
+            short: Vec::new(),
             failed: Vec::new(),
         }
     }
 
-    /// Appends the next chunk with one write(2), and returns the errno when it failed.
+    /// Appends the next chunk with one write(2), and returns the errno when it failed. A
+    /// short write counts as success for the bytes written, as on a local disk that fills.
     fn append(&mut self) -> Result<(), i32> {
-        let id = (self.acked.len() + self.failed.len()) as u64;
+        let id = (self.acked.len() + self.short.len() + self.failed.len()) as u64;
         let data = chunk(id);
         match self.file.write(&data) {
             Ok(n) if n == data.len() => {
                 self.acked.push(id);
                 Ok(())
             }
-            Ok(n) => panic!("short write of chunk {id}: {n} of {} bytes", data.len()),
+            Ok(n) => {
+                self.short.push((id, n));
+                Ok(())
+            }
             Err(e) => {
                 self.failed.push(id);
                 Err(e.raw_os_error().unwrap_or(0))
             }
         }
+    }
+
+    /// Returns the writes that returned success, whole or short.
+    fn acknowledged(&self) -> u64 {
+        (self.acked.len() + self.short.len()) as u64
     }
 
     /// Appends chunks until a write fails and returns its errno. Panics when `max_bytes`
@@ -969,8 +1003,8 @@ fn s3_backlog_full() {
     let out = mount.verify();
     assert_eq!(out.code(), 0, "verify after the outage: {out}");
     let content = fs::read(dirs.backing.join("bulk.bin")).expect("read bulk.bin");
-    let lost = count_lost_chunks(&content, &chunks.acked, &chunks.failed);
-    figures.record(chunks.acked.len() as u64, lost, recovered);
+    let lost = count_lost_chunks(&content, &chunks);
+    figures.record(chunks.acknowledged(), lost, recovered);
     drop(chunks);
     mount.unmount();
 
@@ -1009,8 +1043,8 @@ fn s3_backlog_full() {
     let out = mount.verify();
     assert_eq!(out.code(), 0, "verify after the outage: {out}");
     let content = fs::read(dirs.backing.join("bulk.bin")).expect("read bulk.bin");
-    let lost = count_lost_chunks(&content, &chunks.acked, &chunks.failed);
-    figures.record(chunks.acked.len() as u64, lost, recovered);
+    let lost = count_lost_chunks(&content, &chunks);
+    figures.record(chunks.acknowledged(), lost, recovered);
     drop(chunks);
     mount.unmount();
     figures.report("s3_backlog_full");
@@ -1102,13 +1136,16 @@ fn disk_full(mode: Mode) {
             .sync(common::SYNC_TIMEOUT_SECS)
             .assert_success("logmirror sync after freeing space");
         let content = fs::read(dirs.backing.join("fill.bin")).expect("read fill.bin");
-        let lost = count_lost_chunks(&content, &chunks.acked, &chunks.failed);
-        figures.record((chunks.acked.len() - counted) as u64, lost, recovered);
-        counted = chunks.acked.len();
+        let lost = count_lost_chunks(&content, &chunks);
+        figures.record(chunks.acknowledged() - counted, lost, recovered);
+        counted = chunks.acknowledged();
     }
     figures
         .extra
         .push(format!("failed_writes={}", chunks.failed.len()));
+    figures
+        .extra
+        .push(format!("short_writes={}", chunks.short.len()));
     drop(chunks);
     assert_mirrors_match(&mount);
     let head = mount.status().head_seq;

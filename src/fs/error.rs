@@ -39,7 +39,9 @@ impl Error {
         match self {
             Error::Backing { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             // The local commit is incomplete; the program must not believe the write is safe.
-            Error::Journal { .. } => libc::EIO,
+            // A full disk keeps its own errno, so that the program reacts as it would to a
+            // full local disk (ENOSPC) rather than to damage (EIO).
+            Error::Journal { source, .. } => source.no_space_errno().unwrap_or(libc::EIO),
             Error::UnknownInode(_) => libc::ESTALE,
             Error::UnknownHandle(_) => libc::EBADF,
             // EPERM rather than EACCES: no permission change would allow it.
@@ -61,4 +63,34 @@ impl Error {
 /// Wraps a backing I/O error with the name of the operation.
 pub fn backing(op: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Backing { op, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal_error(errno: i32) -> Error {
+        let path = std::path::Path::new("/state/journal/00000000000000000001.seg");
+        let source = journal::Error::Io {
+            action: "write journal segment",
+            path: path.to_path_buf(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        Error::Journal {
+            op: "write",
+            source,
+        }
+    }
+
+    #[test]
+    fn journal_full_disk_keeps_errno() {
+        assert_eq!(journal_error(libc::ENOSPC).errno(), libc::ENOSPC);
+        assert_eq!(journal_error(libc::EDQUOT).errno(), libc::EDQUOT);
+    }
+
+    #[test]
+    fn journal_other_failure_is_eio() {
+        assert_eq!(journal_error(libc::EIO).errno(), libc::EIO);
+        assert_eq!(journal_error(libc::EBADF).errno(), libc::EIO);
+    }
 }

@@ -104,6 +104,17 @@ impl Error {
             source,
         }
     }
+
+    /// Returns ENOSPC or EDQUOT when a write failed because the journal's filesystem is
+    /// full or the quota is used up.
+    pub fn no_space_errno(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source
+                .raw_os_error()
+                .filter(|&errno| errno == libc::ENOSPC || errno == libc::EDQUOT),
+            _ => None,
+        }
+    }
 }
 
 /// Name-changing records the journal keeps in memory; older ones are forgotten.

@@ -1,6 +1,10 @@
 //! The crash-recovery writer: a Python program that appends checksummed records
 //! round-robin to `data0.log`... through the mount and lists each acknowledged record id in a
 //! file outside the mount, and the checks of those files after the daemon was killed.
+//!
+//! Record `i` goes to `data{i % 4}.log` at byte offset `(i / 4) * 64`, and its last 17 bytes
+//! are a sha256 prefix of the rest, so an id names both the offset and the content of an
+//! acknowledged write.
 
 use std::fs;
 use std::path::Path;
@@ -19,13 +23,17 @@ const RECORD_LIMIT: u64 = 1_000_000;
 
 /// Appends records round-robin to `data0.log`... and, after each `write(2)` that returned
 /// the full length, appends the record id to the acknowledgement list outside the mount.
-/// On the first failed write it prints `stopped ID ERRNO_NAME` and exits 0.
+/// With `sync_every` above 0 it fsyncs every file after each `sync_every` records and then
+/// appends the number of records the fsync covered to `ACKED_PATH.synced`.
+/// On the first failed write or fsync it prints `stopped ID ERRNO_NAME` and exits 0.
 const WRITER: &str = r#"
 import errno, hashlib, os, sys
 directory, acked_path, files, limit, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+sync_every = int(sys.argv[6])
 fds = [os.open(os.path.join(directory, "data%d.log" % k), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
        for k in range(files)]
 acked = open(acked_path, "a")
+synced = open(acked_path + ".synced", "a")
 for i in range(limit):
     k = i % files
     head = "rec %08d file %d " % (i, k)
@@ -41,12 +49,27 @@ for i in range(limit):
         sys.exit(4)
     acked.write("%d\n" % i)
     acked.flush()
+    if sync_every > 0 and (i + 1) % sync_every == 0:
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        except OSError as e:
+            print("stopped %d %s" % (i + 1, errno.errorcode.get(e.errno, str(e.errno))))
+            sys.exit(0)
+        synced.write("%d\n" % (i + 1))
+        synced.flush()
 print("never stopped after %d records" % limit)
 sys.exit(5)
 "#;
 
 /// Starts the writer on the mount point `mnt`, with the acknowledgement list at `acked_path`.
 pub fn start(mnt: &Path, acked_path: &Path) -> Helper {
+    start_with_fsync(mnt, acked_path, 0)
+}
+
+/// Starts the writer as [`start`] does, fsyncing every file after each `sync_every` records
+/// (0 for never) and listing the records each fsync covered (see [`read_synced`]).
+pub fn start_with_fsync(mnt: &Path, acked_path: &Path, sync_every: u64) -> Helper {
     Helper::python(
         WRITER,
         &[
@@ -55,6 +78,7 @@ pub fn start(mnt: &Path, acked_path: &Path) -> Helper {
             &FILES.to_string(),
             &RECORD_LIMIT.to_string(),
             &RECORD_BYTES.to_string(),
+            &sync_every.to_string(),
         ],
     )
 }
@@ -104,6 +128,44 @@ pub fn read_acked(path: &Path) -> u64 {
     count
 }
 
+/// Returns the number of records that every fsync up to now covered, from the list
+/// [`start_with_fsync`] keeps next to `acked_path`.
+pub fn read_synced(acked_path: &Path) -> u64 {
+    let mut name = acked_path.as_os_str().to_owned();
+    name.push(".synced");
+    let path = std::path::PathBuf::from(name);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => panic!("read {path:?}: {e}"),
+    };
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete
+        .lines()
+        .last()
+        .map_or(0, |line| line.parse().expect("fsync list holds numbers"))
+}
+
+/// Returns how many of the acknowledged records `0..acked` are missing from the
+/// `dataK.log` files in `dir`. A missing file counts all its records as lost; a damaged
+/// record panics with its position.
+pub fn count_lost(dir: &Path, acked: u64, label: &str) -> u64 {
+    let mut lost = 0;
+    for k in 0..FILES {
+        let path = dir.join(format!("data{k}.log"));
+        let found: std::collections::BTreeSet<u64> = match fs::read(&path) {
+            Ok(content) => record_ids(&content, k, &path, label).into_iter().collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => panic!("{label}: read {path:?}: {e}"),
+        };
+        lost += (k..acked)
+            .step_by(FILES as usize)
+            .filter(|id| !found.contains(id))
+            .count() as u64;
+    }
+    lost
+}
+
 /// Asserts that each `dataK.log` in `dir` contains only whole, valid records and exactly the
 /// acknowledged ids for that file in order, plus at most the one record whose write was in
 /// flight at the kill (id `acked`).
@@ -111,19 +173,7 @@ pub fn assert_acked_records(dir: &Path, acked: u64, label: &str) {
     for k in 0..FILES {
         let path = dir.join(format!("data{k}.log"));
         let content = fs::read(&path).unwrap_or_else(|e| panic!("{label}: read {path:?}: {e}"));
-        assert_eq!(
-            content.len() % RECORD_BYTES,
-            0,
-            "{label}: {path:?} ends in a partial record"
-        );
-        let ids: Vec<u64> = content
-            .chunks(RECORD_BYTES)
-            .enumerate()
-            .map(|(n, record)| {
-                parse_record(record, k)
-                    .unwrap_or_else(|e| panic!("{label}: {path:?} record {n}: {e}"))
-            })
-            .collect();
+        let ids = record_ids(&content, k, &path, label);
         let expected: Vec<u64> = (k..acked).step_by(FILES as usize).collect();
         let mut with_in_flight = expected.clone();
         if acked % FILES == k {
@@ -138,6 +188,24 @@ pub fn assert_acked_records(dir: &Path, acked: u64, label: &str) {
             ids.iter().zip(&expected).position(|(a, b)| a != b)
         );
     }
+}
+
+/// Returns the ids of the records in the content of `dataK.log`, in file order. Panics on a
+/// partial or damaged record.
+fn record_ids(content: &[u8], file: u64, path: &Path, label: &str) -> Vec<u64> {
+    assert_eq!(
+        content.len() % RECORD_BYTES,
+        0,
+        "{label}: {path:?} ends in a partial record"
+    );
+    content
+        .chunks(RECORD_BYTES)
+        .enumerate()
+        .map(|(n, record)| {
+            parse_record(record, file)
+                .unwrap_or_else(|e| panic!("{label}: {path:?} record {n}: {e}"))
+        })
+        .collect()
 }
 
 /// Checks one record's layout and checksum and returns its id.

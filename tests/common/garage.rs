@@ -83,20 +83,13 @@ impl Garage {
 
     /// Returns the environment for `logmirror` with `secret` as the secret key.
     pub fn env_with_secret(&self, secret: &str) -> Vec<(String, String)> {
-        let none = self.dir.path().join("no-aws-config");
-        let pairs = [
-            ("AWS_ACCESS_KEY_ID", self.key_id.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", secret),
-            ("AWS_REGION", &self.region),
-            ("AWS_ENDPOINT_URL", &self.endpoint),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("AWS_CONFIG_FILE", path_str(&none)),
-            ("AWS_SHARED_CREDENTIALS_FILE", path_str(&none)),
-        ];
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        s3_env(
+            self.dir.path(),
+            &self.key_id,
+            secret,
+            &self.region,
+            &self.endpoint,
+        )
     }
 
     /// Returns the secret key, for checking that no output shows it.
@@ -126,24 +119,40 @@ impl Garage {
 
     /// Returns a client for reading and writing objects directly.
     pub fn client(&self) -> TestClient {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("start a tokio runtime");
-        let credentials = Credentials::new(&self.key_id, &self.secret, None, None, "test");
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .credentials_provider(credentials)
-            .region(Region::new(self.region.clone()))
-            .endpoint_url(&self.endpoint)
-            .force_path_style(true)
-            .build();
-        TestClient {
-            runtime,
-            client: aws_sdk_s3::Client::from_conf(config),
-            bucket: self.bucket.clone(),
-        }
+        TestClient::new(
+            &self.endpoint,
+            &self.region,
+            &self.key_id,
+            &self.secret,
+            &self.bucket,
+        )
     }
+}
+
+/// Returns the environment for `logmirror` with the given key, region and endpoint. The
+/// AWS config and credential files point at the missing file `DIR/no-aws-config`, so that
+/// no profile of the machine is used.
+pub fn s3_env(
+    dir: &Path,
+    key_id: &str,
+    secret: &str,
+    region: &str,
+    endpoint: &str,
+) -> Vec<(String, String)> {
+    let none = dir.join("no-aws-config");
+    let pairs = [
+        ("AWS_ACCESS_KEY_ID", key_id),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", region),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", path_str(&none)),
+        ("AWS_SHARED_CREDENTIALS_FILE", path_str(&none)),
+    ];
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Garage {
@@ -154,10 +163,14 @@ impl Garage {
             COMMAND_TIMEOUT,
         );
         out.assert_success("scripts/garage-down");
-        assert!(
-            !is_process_alive(self.pid),
-            "garage pid {} still runs",
-            self.pid
+        // After a SIGKILL the process may take a moment to go away.
+        wait_until(
+            COMMAND_TIMEOUT,
+            "the stopped garage to exit",
+            || match is_process_alive(self.pid) {
+                true => Err(format!("garage pid {} still runs", self.pid)),
+                false => Ok(()),
+            },
         );
     }
 
@@ -217,7 +230,7 @@ impl Drop for Garage {
 }
 
 /// Returns the path of the `garage` binary: on PATH, else in cargo's bin directory.
-fn garage_binary() -> PathBuf {
+pub fn garage_binary() -> PathBuf {
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("garage"))
@@ -231,7 +244,7 @@ fn garage_binary() -> PathBuf {
         .expect("garage is installed")
 }
 
-fn is_garage_installed() -> bool {
+pub fn is_garage_installed() -> bool {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("garage").is_file()));
     let cargo_home = std::env::var_os("CARGO_HOME")
@@ -258,6 +271,48 @@ pub struct TestClient {
 }
 
 impl TestClient {
+    /// Returns a client of the bucket `bucket` at `endpoint`, with path-style requests.
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        key_id: &str,
+        secret: &str,
+        bucket: &str,
+    ) -> TestClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("start a tokio runtime");
+        let credentials = Credentials::new(key_id, secret, None, None, "test");
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(credentials)
+            .region(Region::new(region.to_string()))
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .build();
+        TestClient {
+            runtime,
+            client: aws_sdk_s3::Client::from_conf(config),
+            bucket: bucket.to_string(),
+        }
+    }
+
+    /// Stores `body` under `key`, and returns the error instead of panicking, for polling a
+    /// store that is still starting.
+    pub fn try_put(&self, key: &str, body: Vec<u8>) -> Result<(), String> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        self.runtime
+            .block_on(request.send())
+            .map(|_| ())
+            .map_err(|e| format!("put {key}: {e:?}"))
+    }
+
     /// Returns every key below `prefix`, in order.
     pub fn list(&self, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();
@@ -357,14 +412,6 @@ impl TestClient {
 
     /// Stores `body` under `key`, replacing any object there.
     pub fn put(&self, key: &str, body: Vec<u8>) {
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body));
-        self.runtime
-            .block_on(request.send())
-            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+        self.try_put(key, body).unwrap_or_else(|e| panic!("{e}"));
     }
 }

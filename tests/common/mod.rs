@@ -669,26 +669,13 @@ impl ReadOnlyBind {
         bind
     }
 
-    /// Unmounts the bind, lazily when the mirror still has files open in it. It calls
-    /// umount2 directly, because umount(8) looks at other mounts and would wait on a FUSE
-    /// mount whose daemon is stuck.
+    /// Unmounts the bind, lazily when the mirror still has files open in it.
     pub fn remove(&mut self) {
-        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
-            .expect("no NUL in path");
-        // SAFETY: the path is NUL-terminated; the mount is one this test made.
-        let mut rc = unsafe { libc::umount2(path.as_ptr(), 0) };
-        if rc != 0 {
-            // SAFETY: as above.
-            rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        }
+        let result = umount(&self.path);
         self.is_active = false;
-        assert_eq!(
-            rc,
-            0,
-            "umount of the mirror bind {:?}: {}",
-            self.path,
-            std::io::Error::last_os_error()
-        );
+        if let Err(e) = result {
+            panic!("umount of the mirror bind {:?}: {e}", self.path);
+        }
     }
 }
 
@@ -697,10 +684,63 @@ impl Drop for ReadOnlyBind {
         if self.is_active && !thread::panicking() {
             self.remove();
         } else if self.is_active {
-            let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
-                .expect("no NUL in path");
-            // SAFETY: the path is NUL-terminated; the mount is one this test made.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            umount_lazily(&self.path);
+        }
+    }
+}
+
+/// Unmounts the mount at `path` with umount2, lazily when it is busy. It calls umount2
+/// directly, because umount(8) looks at other mounts and would wait on a FUSE mount whose
+/// daemon is stuck. The mount must be one the test made.
+fn umount(path: &Path) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    // SAFETY: the path is NUL-terminated.
+    let mut rc = unsafe { libc::umount2(path.as_ptr(), 0) };
+    if rc != 0 {
+        // SAFETY: as above.
+        rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Detaches the mount at `path` without waiting, for guards dropped during a panic.
+fn umount_lazily(path: &Path) {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    // SAFETY: the path is NUL-terminated; the mount is one this test made.
+    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// A tmpfs of a fixed size mounted over an empty directory, so that a test can fill the
+/// filesystem. Dropping it unmounts it, lazily when files in it are still open.
+pub struct SmallTmpfs {
+    path: PathBuf,
+}
+
+impl SmallTmpfs {
+    /// Mounts a tmpfs of `size_bytes` (rounded up to whole pages by the kernel) on `path`.
+    pub fn new(path: &Path, size_bytes: u64) -> SmallTmpfs {
+        let out = run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size_bytes},mode=0755"))
+                .arg("logmirror-test")
+                .arg(path),
+            COMMAND_TIMEOUT,
+        );
+        out.assert_success("mount -t tmpfs");
+        SmallTmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = umount(&self.path) {
+            eprintln!("umount of the tmpfs {:?}: {e}", self.path);
         }
     }
 }

@@ -263,6 +263,7 @@ impl Store {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build());
+        // NOTE: every request goes to this one endpoint, with no failover to other nodes.
         if let Some(url) = &endpoint {
             config = config.endpoint_url(url);
         }

@@ -215,11 +215,8 @@ fn sigterm_drains_then_exits() {
     write_workload(&dirs.mnt);
     let pid = libc::pid_t::try_from(foreground.child.id()).expect("pid fits pid_t");
     // SAFETY: kill has no memory preconditions; the pid is this test's own child.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGTERM) },
-        0,
-        "kill -TERM {pid}"
-    );
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "kill -TERM {pid}");
     let (status, text) = foreground.wait_exit(&output);
     assert_eq!(status.code(), Some(0), "daemon exit after SIGTERM: {text}");
 

@@ -352,7 +352,9 @@ fn clean_dead_mount(mountpoint: &Path) {
     let Err(e) = std::fs::metadata(mountpoint) else {
         return;
     };
-    if e.raw_os_error() != Some(libc::ENOTCONN) {
+    // A request that was in flight when the daemon died fails with ECONNABORTED, later ones
+    // with ENOTCONN.
+    if !matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) {
         return;
     }
     let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());

@@ -43,13 +43,14 @@ fn mount_cleans_dead_mount() {
     let log = dirs.mnt.join("app.log");
     append_lines(&log, 0, 100);
     first.kill_daemon();
+    // The kernel answers ECONNABORTED to a request that was in flight when the connection
+    // ended, and ENOTCONN after that.
     let stat = fs::metadata(&dirs.mnt)
         .map(|_| ())
         .map_err(|e| e.raw_os_error());
-    assert_eq!(
-        stat,
-        Err(Some(libc::ENOTCONN)),
-        "stat of the dead mount point"
+    assert!(
+        matches!(stat, Err(Some(libc::ENOTCONN | libc::ECONNABORTED))),
+        "stat of the dead mount point: {stat:?}"
     );
     first.leave_dead();
 

@@ -186,6 +186,17 @@ fn assert_no_resync(mount: &Mount) {
         "a rename needed a resync: {}",
         mount.log_tail(4096)
     );
+    // A rename the mirror cannot apply fails until the worker gives up and resyncs.
+    assert!(
+        !log.contains("is missing on the mirror after"),
+        "a rename failed on a mirror: {}",
+        mount.log_tail(4096)
+    );
+    assert!(
+        !log.contains("-> down"),
+        "a mirror went down: {}",
+        mount.log_tail(4096)
+    );
 }
 
 #[test]

@@ -113,13 +113,30 @@ pub(super) fn reselect(
     let mut current = Manifest::default();
     match from {
         Some(from) if rules.selects(index, from, kind) => {
-            mirror.apply_record(record)?;
-            current.entries = subtree
+            let held = subtree
                 .entries
                 .iter()
-                .filter(|(path, entry)| rules.selects(index, &rebase(path, to, from), entry.kind))
-                .map(|(path, entry)| (path.clone(), entry.clone()))
-                .collect();
+                .filter(|(path, entry)| rules.selects(index, &rebase(path, to, from), entry.kind));
+            let parent_held = to
+                .split_last()
+                .is_none_or(|(parent, _)| rules.selects(index, &parent, EntryKind::Dir));
+            if parent_held {
+                mirror.apply_record(record)?;
+                current.entries = held
+                    .map(|(path, entry)| (path.clone(), entry.clone()))
+                    .collect();
+            } else {
+                // The rules never send the new name's directory to this mirror, so the mirror
+                // lacks it and cannot rename into it: remove what it held at the old name.
+                let old = Manifest {
+                    entries: held
+                        .map(|(path, entry)| (rebase(path, to, from), entry.clone()))
+                        .collect(),
+                };
+                for op in manifest::repair_ops(&ctx.backing, &Manifest::default(), &old)? {
+                    mirror.apply(&op?)?;
+                }
+            }
         }
         Some(_) if rules.selects(index, to, kind) => {
             // The rename replaced the entry the mirror has at the new name.

@@ -1554,33 +1554,6 @@ mod tests {
         assert_eq!(config.s3.region.as_deref(), Some("garage"));
     }
 
-    /// Keys that `-o` and the config file accept, for generated option lists.
-    const KEYS: &[&str] = &[
-        "mirror",
-        "mode",
-        "ack",
-        "state",
-        "max_backlog",
-        "when_full",
-        "on_mirror_failure",
-        "sync_timeout",
-        "drain_timeout",
-        "flush_interval",
-        "segment_size",
-        "log_file",
-        "threads",
-        "endpoint",
-        "region",
-        "path_style",
-        "retention",
-        "verify_interval",
-        "repair",
-        "ca_file",
-        "allow_http",
-        "takeover",
-        "materialize_interval",
-    ];
-
     /// Escapes a value for `-o`: a backslash before each comma and backslash.
     fn escape(value: &str) -> String {
         let mut escaped = String::new();

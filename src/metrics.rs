@@ -11,7 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::control;
 use crate::status::{MirrorStatus, Status};
@@ -282,13 +282,13 @@ fn handle(mut stream: Box<dyn Connection>, source: &control::Server) {
 /// Reads the request line and headers, up to the blank line; `None` when the client sent
 /// no complete head within the size and time limits.
 fn read_head(stream: &mut Box<dyn Connection>) -> Option<String> {
-    // The read timeout bounds each read; this bounds the whole head, so that a client that
-    // sends a byte now and then cannot hold a connection slot.
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    // The read timeout bounds each read, and this deadline bounds the whole head. A client
+    // that sends a byte now and then thus cannot hold a connection slot.
+    let deadline = Instant::now() + IO_TIMEOUT;
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 1024];
     while buffer.len() < MAX_REQUEST_BYTES {
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             return None;
         }
         let n = stream.read(&mut chunk).ok()?;

@@ -267,7 +267,7 @@ impl Rules {
     }
 
     /// Returns true when the rules send the directory `path` to `mirror`: its rule selects the mirror,
-    /// or a rule that selects the mirror may match a path below it. The answer depends on
+    /// or a rule that selects the mirror may match a path below it. The result depends on
     /// the path alone, so records, resync and verify agree on it without a look at the tree.
     pub fn selects_dir(&self, mirror: usize, path: &RelPath) -> bool {
         if path.is_root() || self.selects_file(mirror, path) {

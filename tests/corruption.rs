@@ -283,7 +283,7 @@ fn s3_object_damaged() {
     assert_eq!(keys[middle], object_key("host1", middle as u64 + 1));
 
     // A flipped payload byte: the store's checksum matches the new bytes, so only the
-    // record's CRC32C tells.
+    // record's CRC32C detects it.
     let mut flipped = objects[middle].clone();
     flipped[OBJECT_HEADER_BYTES + FRAME_HEADER_BYTES + 6] ^= 0x20;
     client.put(&keys[middle], flipped);

@@ -43,8 +43,8 @@ fn mount_cleans_dead_mount() {
     let log = dirs.mnt.join("app.log");
     append_lines(&log, 0, 100);
     first.kill_daemon();
-    // The kernel answers ECONNABORTED to a request that was in flight when the connection
-    // ended, and ENOTCONN after that.
+    // The kernel fails a request that was in flight when the connection ended with
+    // ECONNABORTED, and later requests with ENOTCONN.
     let stat = fs::metadata(&dirs.mnt)
         .map(|_| ())
         .map_err(|e| e.raw_os_error());

@@ -414,28 +414,6 @@ fn s3_restore_stops_at_gap() {
     assert!(!other.exists(), "restore left {other:?} behind");
 }
 
-/// Runs `logmirror mount` expecting a failure, and unmounts if it mounted after all.
-fn mount_expecting_failure(
-    dirs: &TestDirs,
-    options: &[String],
-    env: &[(String, String)],
-) -> common::CmdOutput {
-    let mut args = vec!["mount", path_str(&dirs.backing), path_str(&dirs.mnt)];
-    for option in options {
-        args.push("-o");
-        args.push(option);
-    }
-    let log = format!("log_file={}", dirs.root.join("daemon.log").display());
-    args.push("-o");
-    args.push(&log);
-    let out = logmirror_env(&args, env);
-    if common::is_mounted(&dirs.mnt) {
-        common::fusermount(&["-u"], &dirs.mnt);
-        panic!("mount succeeded but was expected to fail: {out}");
-    }
-    out
-}
-
 #[test]
 fn s3_mount_missing_bucket() {
     if !common::can_mount() {
@@ -449,7 +427,7 @@ fn s3_mount_missing_bucket() {
         "mirror=s3://no-such-bucket/host1".to_string(),
         garage.options(),
     ];
-    let out = mount_expecting_failure(&dirs, &options, &garage.env());
+    let out = common::mount_expecting_failure(&dirs, &options, &garage.env());
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
     assert!(out.stderr.contains("NoSuchBucket (HTTP 404)"), "{out}");
     assert!(out.stderr.contains("s3://no-such-bucket/host1"), "{out}");
@@ -468,7 +446,8 @@ fn s3_mount_wrong_credentials() {
     let dirs = TestDirs::new(0);
     let options = mount_options(&garage, Mode::Sync);
     let wrong_secret = "f".repeat(64);
-    let out = mount_expecting_failure(&dirs, &options, &garage.env_with_secret(&wrong_secret));
+    let out =
+        common::mount_expecting_failure(&dirs, &options, &garage.env_with_secret(&wrong_secret));
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
     assert!(out.stderr.contains("AccessDenied (HTTP 403)"), "{out}");
     assert!(out.stderr.contains(&mirror_spec(&garage)), "{out}");

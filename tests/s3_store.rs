@@ -38,28 +38,6 @@ fn mount_options(garage: &Garage, mode: Mode) -> Vec<String> {
     ]
 }
 
-/// Runs `logmirror mount` expecting a failure, and unmounts if it mounted after all.
-fn mount_expecting_failure(
-    dirs: &TestDirs,
-    options: &[String],
-    env: &[(String, String)],
-) -> CmdOutput {
-    let mut args = vec!["mount", path_str(&dirs.backing), path_str(&dirs.mnt)];
-    for option in options {
-        args.push("-o");
-        args.push(option);
-    }
-    let log = format!("log_file={}", dirs.root.join("failed-mount.log").display());
-    args.push("-o");
-    args.push(&log);
-    let out = logmirror_env(&args, env);
-    if common::is_mounted(&dirs.mnt) {
-        common::fusermount(&["-u"], &dirs.mnt);
-        panic!("mount succeeded but was expected to fail: {out}");
-    }
-    out
-}
-
 /// Runs `logmirror status MNT --json` and returns the first mirror's entry.
 fn mirror_status(mnt: &Path) -> serde_json::Value {
     let out = logmirror(&["status", path_str(mnt), "--json"]);
@@ -159,7 +137,7 @@ fn s3_lease_second_daemon_and_takeover() {
 
     // A second daemon with its own state directory is refused, naming the owner.
     let second_dirs = TestDirs::new(0);
-    let out = mount_expecting_failure(&second_dirs, &options, &garage.env());
+    let out = common::mount_expecting_failure(&second_dirs, &options, &garage.env());
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
     assert!(out.stderr.contains(&mirror_spec(&garage)), "{out}");
     let owner = format!(
@@ -274,7 +252,7 @@ fn s3_lost_state_dir_continues_numbering() {
     drop(first);
     fs::remove_dir_all(dirs.backing.join(STATE_DIR)).expect("remove the state directory");
 
-    let out = mount_expecting_failure(&dirs, &options, &garage.env());
+    let out = common::mount_expecting_failure(&dirs, &options, &garage.env());
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
     assert!(out.stderr.contains("is owned by host"), "{out}");
     assert!(out.stderr.contains("lost its state directory"), "{out}");
@@ -335,7 +313,7 @@ fn s3_restored_state_dir_refused() {
     // The state directory comes back from the backup, older than the bucket.
     fs::remove_dir_all(&state).expect("remove state");
     copy_tree(&backup, &state);
-    let out = mount_expecting_failure(&dirs, &options, &garage.env());
+    let out = common::mount_expecting_failure(&dirs, &options, &garage.env());
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
     assert!(
         out.stderr
@@ -532,7 +510,7 @@ fn s3_https_with_ca_file() {
         .filter(|o| !o.starts_with("ca_file="))
         .cloned()
         .collect();
-    let out = mount_expecting_failure(&dirs, &untrusted, &garage.env());
+    let out = common::mount_expecting_failure(&dirs, &untrusted, &garage.env());
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
     assert!(out.stderr.contains("invalid peer certificate"), "{out}");
     assert!(out.stderr.contains("UnknownIssuer"), "{out}");
@@ -547,7 +525,7 @@ fn s3_https_with_ca_file() {
     fs::write(&not_pem, "hello\n").expect("write not-a-ca.pem");
     let mut bad = untrusted.clone();
     bad.push(format!("ca_file={}", not_pem.display()));
-    let out = mount_expecting_failure(&dirs, &bad, &garage.env());
+    let out = common::mount_expecting_failure(&dirs, &bad, &garage.env());
     assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
     assert!(out.stderr.contains("no CERTIFICATE block found"), "{out}");
     assert!(out.stderr.contains("not-a-ca.pem"), "{out}");

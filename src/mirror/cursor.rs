@@ -41,7 +41,7 @@ pub fn path(state_dir: &Path, mirror: &str) -> PathBuf {
 }
 
 /// File in the state directory with the JSON list of every mirror whose cursor was stored,
-/// so that a cursor file that disappeared is told apart from a mirror that never had one.
+/// so that a cursor file that disappeared is distinguished from a mirror that never had one.
 const KNOWN_MIRRORS_FILE: &str = "known-mirrors.json";
 
 /// Reads a cursor; a missing file is `None`, and so is an unreadable one (logged), since a

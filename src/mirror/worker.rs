@@ -217,7 +217,7 @@ pub struct Context {
     /// Hide the state directory's name at the backing root from mirrors.
     pub skip_state_dir: bool,
     pub stop: Stop,
-    /// Which mirrors hold which paths.
+    /// Path rules that select the paths each mirror receives.
     pub rules: Arc<Rules>,
 }
 

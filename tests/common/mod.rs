@@ -244,6 +244,29 @@ pub fn logmirror_env(args: &[&str], env: &[(String, String)]) -> CmdOutput {
     run(&mut cmd, COMMAND_TIMEOUT)
 }
 
+/// Runs `logmirror mount` with `options` and `env`, expecting a failure, with the daemon log
+/// in `failed-mount.log` of the test directory. Unmounts and panics if it mounted after all.
+pub fn mount_expecting_failure(
+    dirs: &TestDirs,
+    options: &[String],
+    env: &[(String, String)],
+) -> CmdOutput {
+    let mut args = vec!["mount", path_str(&dirs.backing), path_str(&dirs.mnt)];
+    for option in options {
+        args.push("-o");
+        args.push(option);
+    }
+    let log = format!("log_file={}", dirs.root.join("failed-mount.log").display());
+    args.push("-o");
+    args.push(&log);
+    let out = logmirror_env(&args, env);
+    if is_mounted(&dirs.mnt) {
+        fusermount(&["-u"], &dirs.mnt);
+        panic!("mount succeeded but was expected to fail: {out}");
+    }
+    out
+}
+
 /// Runs `fusermount3 ARGS... PATH`.
 pub fn fusermount(args: &[&str], path: &Path) -> CmdOutput {
     run(
@@ -570,7 +593,7 @@ impl<'a> Mount<'a> {
     }
 
     /// Leaves the dead mount of a killed daemon in place, for the next `logmirror mount` on
-    /// the same mount point to clean up; dropping this `Mount` then unmounts nothing.
+    /// the same mount point to clean up. Dropping this `Mount` then unmounts nothing.
     pub fn leave_dead(&mut self) {
         self.is_mounted = false;
     }

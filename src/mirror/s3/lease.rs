@@ -26,8 +26,8 @@ const LEASE_VERSION: u32 = 1;
 pub const LEASE_VALIDITY: Duration = Duration::from_secs(5);
 
 /// How long a new lease is left alone before it is read again, on a store without
-/// conditional writes: a daemon that read "no lease" at the same moment writes its own lease
-/// within this time, and the second read shows which of the two stayed.
+/// conditional writes. A daemon that read "no lease" at the same moment writes its own lease
+/// within this time, so the second read shows which of the two leases stayed.
 pub const NEW_LEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a takeover waits after writing its lease before the new owner stores anything:

@@ -287,9 +287,8 @@ impl S3Mirror {
     /// confirmed within [`LEASE_VALIDITY`]; [`Mirror::idle`] keeps it confirmed, so that a
     /// sync-mode write seldom waits for a lease check.
     fn upload(&mut self) -> Result<(), Error> {
-        self.lease
-            .check_if_older(&self.store, LEASE_VALIDITY)
-            .map_err(|e| lease_error(&self.name, e))?;
+        let checked = self.lease.check_if_older(&self.store, LEASE_VALIDITY);
+        self.lease_checked(checked)?;
         let (first, last) = self.pending.seq_range();
         let frames = self.pending.frame_count();
         let started = Instant::now();
@@ -351,6 +350,22 @@ impl S3Mirror {
         Ok(())
     }
 
+    /// Turns the outcome of a lease check into the mirror's error. A lost lease also stops
+    /// the readable copies: the new owner writes them now.
+    fn lease_checked(&self, checked: Result<(), LeaseError>) -> Result<(), Error> {
+        let error = match checked {
+            Ok(()) => return Ok(()),
+            Err(e) => lease_error(&self.name, e),
+        };
+        if let (Error::LeaseLost { owner, .. }, Some(copies)) = (&error, &self.copies) {
+            copies.halt(&format!(
+                "the lease {} is now held by {owner}",
+                self.lease.key()
+            ));
+        }
+        Err(error)
+    }
+
     fn store_error(&self, action: &'static str, key: &str, source: StoreError) -> Error {
         Error::Store {
             mirror: self.name.clone(),
@@ -404,9 +419,8 @@ impl Mirror for S3Mirror {
 
     /// Confirms the lease before its validity runs out, so that the next upload need not.
     fn idle(&mut self) -> Result<(), Error> {
-        self.lease
-            .check_if_older(&self.store, LEASE_REFRESH)
-            .map_err(|e| lease_error(&self.name, e))
+        let checked = self.lease.check_if_older(&self.store, LEASE_REFRESH);
+        self.lease_checked(checked)
     }
 
     fn resynced(&mut self, head: Seq) {

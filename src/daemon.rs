@@ -493,6 +493,9 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
 
     let journal_dir = config.state_dir.join("journal");
     let (journal, recovery) = Journal::open(&journal_dir, config.segment_size_bytes)?;
+    let read_backing = crate::mirror::backing_reader(&config.backing)
+        .map_err(io_error("open", &config.backing))?;
+    journal.set_backing_reader(read_backing);
     let journal = Arc::new(journal);
     log::info!(
         "journal {:?}: {} records in {} segments, head seq {}, {} torn bytes cut{}",
@@ -1065,6 +1068,7 @@ fn spawn_housekeeping(ctx: Arc<Context>) {
                 if last_release.elapsed() >= Duration::from_secs(1) {
                     last_release = Instant::now();
                     let (min_seq, _) = ctx.acks.min_confirmed();
+                    ctx.journal.release_data_up_to(min_seq);
                     if let Err(e) = ctx.journal.release_up_to(min_seq) {
                         log::warn!("failed to remove confirmed journal segments: {e}");
                     }

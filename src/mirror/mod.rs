@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::journal::{Op, Record, RelPath, Seq};
 
+pub use at::backing_reader;
 pub use dir::DirMirror;
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use s3::{Copies, S3Mirror};

@@ -83,6 +83,7 @@ pub fn mount(
         source,
     };
     check_paths(&mut config)?;
+    limit_malloc_arenas();
     if foreground {
         return run(config, &mut None, reloader);
     }
@@ -112,6 +113,19 @@ pub fn mount(
             std::process::exit(1)
         }
     }
+}
+
+/// Malloc arenas the daemon may use. glibc creates up to eight per core, and each FUSE
+/// thread that allocates a write's data gets its own; freed data then stays spread over
+/// them (measured: 124 MB resident after 1 GiB of 4 KiB appends with the mirror down,
+/// against 32 MiB of data held).
+const MALLOC_ARENAS: libc::c_int = 2;
+
+/// Caps the number of glibc malloc arenas, so the daemon's memory follows what it holds.
+/// Must run before any thread starts.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator settings; no thread allocates concurrently yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {

@@ -99,7 +99,7 @@ fn deleted_segments_after_clean_unmount() {
     }
     let dirs = TestDirs::new(1);
     let options = options(&dirs, &["segment_size=1M"]);
-    // The records the mirror lacks fill several segments of 1 MiB: the first 32 MiB of
+    // The records the mirror lacks fill several segments of 1 MiB: the first 8 MiB of
     // bulk writes are held in memory and journaled by reference, the 3 MiB after them are
     // copied into the segments.
     let bulk_bytes = logmirror::journal::DATA_CACHE_BYTES as usize + (3 << 20);

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use super::{Seq, lock};
 
 /// Bytes of write data the journal holds in memory at most.
-pub const DATA_CACHE_BYTES: u64 = 32 << 20;
+pub const DATA_CACHE_BYTES: u64 = 8 << 20;
 
 /// Smallest write whose data is held here rather than copied into the segment. Below it the
 /// copy costs less than the bookkeeping.

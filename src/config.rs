@@ -26,8 +26,8 @@ pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
-         threads, endpoint, region, path_style, ca_file, allow_http, takeover, retention, \
-         verify_interval, repair, materialize_interval, metrics"
+         threads, endpoint, region, path_style, ca_file, allow_http, encrypt_key, takeover, \
+         retention, verify_interval, repair, materialize_interval, metrics"
     )]
     UnknownKey { key: String },
     #[error(
@@ -220,6 +220,10 @@ pub struct S3Options {
     /// `allow_http=true|false`: accept a plain `http://` endpoint on a host other than
     /// loopback (127.0.0.0/8, ::1, localhost). Default false.
     pub allow_http: bool,
+    /// `encrypt_key=/path`: file with the 256-bit key (64 hex digits) that encrypts journal
+    /// objects and snapshots before they leave the host, and turns the readable copies off.
+    /// It must not be readable by group or others. Default: none, objects are stored plain.
+    pub encrypt_key: Option<PathBuf>,
 }
 
 impl S3Options {
@@ -228,7 +232,8 @@ impl S3Options {
         self == &S3Options::default()
     }
 
-    /// Applies one `endpoint`, `region`, `path_style`, `ca_file` or `allow_http` option.
+    /// Applies one `endpoint`, `region`, `path_style`, `ca_file`, `allow_http` or
+    /// `encrypt_key` option. An `encrypt_key` file is read and checked here.
     /// Returns false for any other key.
     pub fn apply(&mut self, key: &str, value: &str) -> Result<bool, Error> {
         let invalid = |expected: &str| Error::InvalidValue {
@@ -255,9 +260,24 @@ impl S3Options {
             "path_style" => self.path_style = Some(parse_flag(key, value)?),
             "ca_file" => self.ca_file = Some(absolute_path(key, value)?),
             "allow_http" => self.allow_http = parse_flag(key, value)?,
+            "encrypt_key" => self.set_encrypt_key(Path::new(value))?,
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// Sets `encrypt_key` to the key file at `path`, which is read and checked now, so that
+    /// a missing, readable or malformed key file is an invalid value, not a start-up failure.
+    pub fn set_encrypt_key(&mut self, path: &Path) -> Result<(), Error> {
+        let invalid = |expected: String| Error::InvalidValue {
+            key: "encrypt_key".to_string(),
+            value: path.display().to_string(),
+            expected,
+        };
+        let path = std::path::absolute(path).map_err(|e| invalid(e.to_string()))?;
+        crate::mirror::s3::seal::read_key_file(&path).map_err(|e| invalid(e.to_string()))?;
+        self.encrypt_key = Some(path);
+        Ok(())
     }
 
     /// Checks that the endpoint option, if any, may be used: https, or plain http to a
@@ -510,6 +530,7 @@ struct FileOptions {
     repair: Option<FlagOrText>,
     ca_file: Option<PathBuf>,
     allow_http: Option<FlagOrText>,
+    encrypt_key: Option<PathBuf>,
     takeover: Option<FlagOrText>,
     materialize_interval: Option<NumberOrText>,
     metrics: Option<String>,
@@ -702,6 +723,9 @@ impl RawOptions {
         if let Some(v) = file.allow_http {
             push("allow_http", v.into_text());
         }
+        if let Some(v) = file.encrypt_key {
+            push("encrypt_key", v.to_string_lossy().into_owned());
+        }
         if let Some(v) = file.takeover {
             push("takeover", v.into_text());
         }
@@ -763,7 +787,7 @@ pub fn build(
 }
 
 /// Keys of [`S3Options`], as listed in messages.
-const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http";
+const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, encrypt_key";
 
 /// Builds the S3 connection settings of a command that reads a mirror without mounting
 /// (`restore`), from `-o` option strings that may set only the keys of [`S3Options`].
@@ -880,6 +904,7 @@ pub const KEYS: &[&str] = &[
     "repair",
     "ca_file",
     "allow_http",
+    "encrypt_key",
     "takeover",
     "materialize_interval",
     "metrics",
@@ -999,7 +1024,7 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 _ => return Err(invalid("expected true or false")),
             }
         }
-        "endpoint" | "region" | "path_style" | "ca_file" | "allow_http" => {
+        "endpoint" | "region" | "path_style" | "ca_file" | "allow_http" | "encrypt_key" => {
             config.s3.apply(key, value)?;
         }
         "takeover" => config.takeover = parse_flag(key, value)?,
@@ -1359,6 +1384,7 @@ mod tests {
                 path_style: None,
                 ca_file: None,
                 allow_http: false,
+                encrypt_key: None,
             }
         );
         let config = build_args(&["mirror=s3://logs/h,path_style=false"]).unwrap();

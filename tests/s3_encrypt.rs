@@ -214,3 +214,90 @@ fn key_file_rejected() {
         assert!(!out.stderr.contains(KEY), "the key is echoed: {out}");
     }
 }
+
+/// Returns an unsealed version 2 snapshot index of an empty tree covering objects 1 to
+/// `number`, claiming `chain` as the digest of object `number`: a fold forged without the
+/// key.
+fn forged_index(number: u64, chain: [u8; 32]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"LMSNAP\0\x01");
+    bytes.extend_from_slice(&2u32.to_le_bytes());
+    bytes.extend_from_slice(&112u32.to_le_bytes());
+    bytes.extend_from_slice(&number.to_le_bytes());
+    // journal_id, last_seq, last_seq_at_ns, last_frame_at_ns, frame_count: all zero.
+    bytes.extend_from_slice(&[0; 40]);
+    // part_count and flags: no parts, not sealed.
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&chain);
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn fake_fold_detected() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let key = key_file(&dirs, "key", KEY, 0o600);
+    write_encrypted_history(&garage, &dirs, &key);
+
+    // The intruder removes objects 1 and 2 and hides the removal behind a snapshot that
+    // claims to cover them, with the right digest of object 2 in it.
+    let client = garage.client();
+    let second = client.get(&journal_objects::object_key(PREFIX, 2));
+    client.put(
+        &format!("{PREFIX}/.logmirror/snapshot/{:020}.lmi", 2),
+        forged_index(2, journal_objects::sha256(&second)),
+    );
+    client.delete(&journal_objects::object_key(PREFIX, 1));
+    client.delete(&journal_objects::object_key(PREFIX, 2));
+
+    let out = restore(
+        &garage,
+        &dirs.root.join("restored"),
+        &["--key", path_str(&key)],
+    );
+    assert_eq!(
+        out.code(),
+        EXIT_RUNTIME,
+        "restore behind a forged fold: {out}"
+    );
+    let third = journal_objects::object_key(PREFIX, 3);
+    // The forged snapshot holds no frames, so nothing was applied before the break.
+    assert!(
+        out.stderr
+            .contains("restore failed before any record was applied"),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "object 3 ({third}) is encrypted, but the index of snapshot 2 before it is not \
+             sealed"
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn mount_rejects_readable_key() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let key = key_file(&dirs, "key", KEY, 0o640);
+    let out =
+        common::mount_expecting_failure(&dirs, &mount_options(&garage, Some(&key)), &garage.env());
+    assert_eq!(out.code(), EXIT_USAGE, "mount with a readable key: {out}");
+    let named = format!("invalid value \"{}\" for encrypt_key", key.display());
+    assert!(out.stderr.contains(&named), "{out}");
+    assert!(out.stderr.contains("mode 0640"), "{out}");
+}

@@ -1,6 +1,6 @@
 //! Client-side encryption of the S3 mirror (`encrypt_key=FILE`) on a real single-node Garage
-//! on loopback: a mount encrypts every journal object, `restore --key` gives back the exact
-//! tree, the bucket never contains the plaintext, and a missing or wrong key fails with the
+//! on loopback. A mount encrypts every journal object, `restore --key` gives back the exact
+//! tree, and the bucket never contains the plaintext. A missing or wrong key fails with the
 //! exit code and the key of the first object that cannot be opened.
 
 mod common;
@@ -65,6 +65,7 @@ fn write_encrypted_history(garage: &Garage, dirs: &TestDirs, key: &Path) -> comm
         !status.stdout.contains(KEY),
         "status shows the key: {status}"
     );
+
     fs::create_dir(mount.mnt().join("app")).expect("mkdir app");
     for batch in 0..3 {
         let text: String = (0..40)
@@ -78,6 +79,7 @@ fn write_encrypted_history(garage: &Garage, dirs: &TestDirs, key: &Path) -> comm
             .sync(common::SYNC_TIMEOUT_SECS)
             .assert_success("logmirror sync");
     }
+
     let out = mount.verify();
     assert_eq!(out.code(), 0, "verify of an encrypted history: {out}");
     let log = mount.log_tail(usize::MAX);
@@ -269,7 +271,7 @@ fn fake_fold_detected() {
         "restore behind a forged fold: {out}"
     );
     let third = journal_objects::object_key(PREFIX, 3);
-    // The forged snapshot holds no frames, so nothing was applied before the break.
+    // The forged snapshot contains no frames, so nothing was applied before the break.
     assert!(
         out.stderr
             .contains("restore failed before any record was applied"),

@@ -47,6 +47,8 @@ file, and mirrors given with -o replace the file's list):
                               mode 600: S3 journal objects and snapshots are encrypted with
                               AES-256-GCM before upload, and the readable copies are off
                               (default: none, objects are stored plain)
+  compression=zstd:LEVEL|none compress S3 journal objects and snapshot parts with zstd at
+                              LEVEL (1 to 19) before encryption (default zstd:3)
   takeover=true|false         take the lease of each S3 prefix even when another daemon owns
                               it, after that daemon's host crashed or was replaced
                               (default false)
@@ -94,7 +96,8 @@ Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.
 
 const RESTORE_HELP: &str = "\
 Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false,
-ca_file=/path, allow_http=true|false, encrypt_key=/path, as for mount.
+ca_file=/path, allow_http=true|false, encrypt_key=/path, compression=zstd:LEVEL|none,
+as for mount (restore reads compressed and plain objects whatever compression says).
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
 a profile in ~/.aws, or an instance role).
 
@@ -203,7 +206,8 @@ serves MOUNTPOINT.")]
         /// Directory to fill; created if missing. It must be empty unless --force is given.
         dir: PathBuf,
         /// Options as key=value[,key=value...]: endpoint, region, path_style, ca_file,
-        /// allow_http, encrypt_key [default: none, the AWS environment and profile apply]
+        /// allow_http, encrypt_key, compression [default: none, the AWS environment and
+        /// profile apply]
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Key file of an encrypted mirror: 64 hex digits, not readable by group or others;

@@ -26,8 +26,8 @@ pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
-         threads, endpoint, region, path_style, ca_file, allow_http, encrypt_key, takeover, \
-         retention, verify_interval, repair, materialize_interval, metrics"
+         threads, endpoint, region, path_style, ca_file, allow_http, encrypt_key, compression, \
+         takeover, retention, verify_interval, repair, materialize_interval, metrics"
     )]
     UnknownKey { key: String },
     #[error(
@@ -224,6 +224,43 @@ pub struct S3Options {
     /// objects and snapshots before they leave the host, and turns the readable copies off.
     /// It must not be readable by group or others. Default: none, objects are stored plain.
     pub encrypt_key: Option<PathBuf>,
+    /// `compression=zstd:LEVEL|none`: compression of journal objects and snapshot parts
+    /// before encryption. Default zstd at level 3; levels 1 to 19.
+    pub compression: Compression,
+}
+
+/// Compression of the S3 mirror's journal objects and snapshot parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// zstd at this level (1 to 19).
+    Zstd(i32),
+}
+
+impl Default for Compression {
+    fn default() -> Compression {
+        Compression::Zstd(DEFAULT_ZSTD_LEVEL)
+    }
+}
+
+/// Default zstd level of `compression`, a fast level. The ratio it reaches on an access log
+/// is measured in docs/BENCHMARKS.md.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Allowed zstd levels of `compression`. The zstd 1.5 CLI unlocks 20 to 22 only with
+/// `--ultra`, because they need more memory.
+const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+
+impl Compression {
+    fn parse(value: &str) -> Option<Compression> {
+        if value == "none" {
+            return Some(Compression::None);
+        }
+        let level: i32 = value.strip_prefix("zstd:")?.parse().ok()?;
+        ZSTD_LEVELS
+            .contains(&level)
+            .then_some(Compression::Zstd(level))
+    }
 }
 
 impl S3Options {
@@ -232,8 +269,8 @@ impl S3Options {
         self == &S3Options::default()
     }
 
-    /// Applies one `endpoint`, `region`, `path_style`, `ca_file`, `allow_http` or
-    /// `encrypt_key` option. An `encrypt_key` file is read and checked here.
+    /// Applies one `endpoint`, `region`, `path_style`, `ca_file`, `allow_http`,
+    /// `encrypt_key` or `compression` option. An `encrypt_key` file is read and checked here.
     /// Returns false for any other key.
     pub fn apply(&mut self, key: &str, value: &str) -> Result<bool, Error> {
         let invalid = |expected: &str| Error::InvalidValue {
@@ -261,6 +298,10 @@ impl S3Options {
             "ca_file" => self.ca_file = Some(absolute_path(key, value)?),
             "allow_http" => self.allow_http = parse_flag(key, value)?,
             "encrypt_key" => self.set_encrypt_key(Path::new(value))?,
+            "compression" => {
+                self.compression = Compression::parse(value)
+                    .ok_or_else(|| invalid("expected zstd:LEVEL with LEVEL 1 to 19, or none"))?;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -531,6 +572,7 @@ struct FileOptions {
     ca_file: Option<PathBuf>,
     allow_http: Option<FlagOrText>,
     encrypt_key: Option<PathBuf>,
+    compression: Option<String>,
     takeover: Option<FlagOrText>,
     materialize_interval: Option<NumberOrText>,
     metrics: Option<String>,
@@ -726,6 +768,9 @@ impl RawOptions {
         if let Some(v) = file.encrypt_key {
             push("encrypt_key", v.to_string_lossy().into_owned());
         }
+        if let Some(v) = file.compression {
+            push("compression", v);
+        }
         if let Some(v) = file.takeover {
             push("takeover", v.into_text());
         }
@@ -787,7 +832,7 @@ pub fn build(
 }
 
 /// Keys of [`S3Options`], as listed in messages.
-const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, encrypt_key";
+const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, encrypt_key, compression";
 
 /// Builds the S3 connection settings of a command that reads a mirror without mounting
 /// (`restore`), from `-o` option strings that may set only the keys of [`S3Options`].
@@ -905,6 +950,7 @@ pub const KEYS: &[&str] = &[
     "ca_file",
     "allow_http",
     "encrypt_key",
+    "compression",
     "takeover",
     "materialize_interval",
     "metrics",
@@ -1024,7 +1070,8 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 _ => return Err(invalid("expected true or false")),
             }
         }
-        "endpoint" | "region" | "path_style" | "ca_file" | "allow_http" | "encrypt_key" => {
+        "endpoint" | "region" | "path_style" | "ca_file" | "allow_http" | "encrypt_key"
+        | "compression" => {
             config.s3.apply(key, value)?;
         }
         "takeover" => config.takeover = parse_flag(key, value)?,
@@ -1385,6 +1432,7 @@ mod tests {
                 ca_file: None,
                 allow_http: false,
                 encrypt_key: None,
+                compression: Compression::Zstd(3),
             }
         );
         let config = build_args(&["mirror=s3://logs/h,path_style=false"]).unwrap();
@@ -1485,6 +1533,26 @@ mod tests {
             message.contains("unknown option \"takeover\" for restore"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn compression_option() {
+        let config = build_args(&["mirror=s3://logs/h"]).unwrap();
+        assert_eq!(config.s3.compression, Compression::Zstd(3));
+        let config = build_args(&["mirror=s3://logs/h,compression=none"]).unwrap();
+        assert_eq!(config.s3.compression, Compression::None);
+        let config = build_args(&["mirror=s3://logs/h,compression=zstd:19"]).unwrap();
+        assert_eq!(config.s3.compression, Compression::Zstd(19));
+        for value in ["zstd", "zstd:0", "zstd:20", "gzip:3", "zstd:x"] {
+            let option = format!("mirror=s3://logs/h,compression={value}");
+            let message = build_args(&[option.as_str()]).unwrap_err().to_string();
+            let named = format!("invalid value {value:?} for compression");
+            assert!(message.contains(&named), "{message}");
+            assert!(
+                message.contains("zstd:LEVEL with LEVEL 1 to 19"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

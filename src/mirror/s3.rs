@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MirrorSpec, S3Options, STATE_DIR_NAME};
+use crate::config::{Compression, MirrorSpec, S3Options, STATE_DIR_NAME};
 use crate::journal::{Op, Record, Seq};
 
 use super::cursor::Cursor;
@@ -123,6 +123,7 @@ pub struct S3Mirror {
     copies: Option<Arc<Copies>>,
     /// The `encrypt_key`, if set.
     seal: Option<Seal>,
+    compression: Compression,
     /// The newest object of the hash chain: the next object records its digest.
     head: ChainHead,
     /// File in the state directory that keeps `head` across restarts.
@@ -237,6 +238,7 @@ impl S3Mirror {
             newest,
             copies: None,
             seal,
+            compression: options.compression,
             head,
             head_file,
             alert,
@@ -350,10 +352,11 @@ impl S3Mirror {
                     number,
                     self.head.digest,
                     self.seal.as_ref(),
+                    self.compression,
                 )
                 .map_err(|e| Error::Setup {
                     mirror: self.name.clone(),
-                    reason: format!("cannot encrypt journal object {key}: {e}"),
+                    reason: format!("cannot encode journal object {key}: {e}"),
                 })?;
             let digest = object::sha256(&body);
             let outcome = if self.capabilities.conditional_writes {

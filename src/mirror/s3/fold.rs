@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
-use crate::config::{S3Options, STATE_DIR_NAME};
+use crate::config::{Compression, S3Options, STATE_DIR_NAME};
 use crate::journal::{Record, Seq};
 use crate::mirror::manifest::{self, Manifest};
 use crate::mirror::{DirMirror, Error, Mirror};
@@ -59,6 +59,7 @@ pub struct Folder {
     history_lock: Arc<Mutex<()>>,
     /// The `encrypt_key`, which seals the snapshot's parts and index.
     seal: Option<Seal>,
+    compression: Compression,
 }
 
 impl Folder {
@@ -75,6 +76,7 @@ impl Folder {
         let seal = load_seal(&name, options)?;
         Ok(Folder {
             seal,
+            compression: options.compression,
             name,
             prefix: prefix.to_string(),
             store,
@@ -293,7 +295,13 @@ impl Folder {
         // Parts are not chained: the index binds them by size and CRC32C, and seals them
         // together with the chain digest when encrypt_key is set.
         let bytes = pending
-            .encode(number, u64::from(part), [0; 32], self.seal.as_ref())
+            .encode(
+                number,
+                u64::from(part),
+                [0; 32],
+                self.seal.as_ref(),
+                self.compression,
+            )
             .map_err(|e| self.seal_error(&key, e))?;
         let entry = PartEntry {
             bytes: bytes.len() as u64,
@@ -312,7 +320,7 @@ impl Folder {
     fn seal_error(&self, key: &str, e: std::io::Error) -> Error {
         Error::Setup {
             mirror: self.name.clone(),
-            reason: format!("cannot encrypt snapshot object {key}: {e}"),
+            reason: format!("cannot encode snapshot object {key}: {e}"),
         }
     }
 

@@ -89,6 +89,7 @@ mod tests {
             frame_count: 1,
             previous: Some([0; 32]),
             key_id: None,
+            frames_len: None,
         }
     }
 

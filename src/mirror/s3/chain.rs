@@ -49,22 +49,22 @@ pub fn find_head(
     objects: &[(u64, String)],
 ) -> Result<(ChainHead, Option<ObjectHeader>), Error> {
     let history = replay::list_history(source.store, prefix, source.name, source.seal)?;
-    let newest_object = objects.last();
-    let snapshot_number = history.snapshot_number();
-    let Some((number, key)) = newest_object.filter(|(n, _)| *n > snapshot_number) else {
-        let head = match &history.snapshot {
-            Some(index) => ChainHead {
-                number: index.number,
-                digest: index.chain.unwrap_or_default(),
-            },
-            None => ChainHead::default(),
-        };
-        return Ok((head, None));
+    let snapshot_head = history.snapshot.as_ref().map(|index| ChainHead {
+        number: index.number,
+        digest: index.chain.unwrap_or_default(),
+    });
+    let Some((number, key)) = objects.last() else {
+        return Ok((snapshot_head.unwrap_or_default(), None));
     };
     let bytes = replay::download(source.store, source.name, key, &mut 0)?;
-    let head = ChainHead {
-        number: *number,
-        digest: object::sha256(&bytes),
+    // An interrupted fold may leave objects that its snapshot covers. The newest one still
+    // gives the header for the position check, and the chain continues after the snapshot.
+    let head = match snapshot_head {
+        Some(snapshot) if snapshot.number > *number => snapshot,
+        _ => ChainHead {
+            number: *number,
+            digest: object::sha256(&bytes),
+        },
     };
     let header = match ObjectHeader::decode(&bytes) {
         Ok(header) => header,

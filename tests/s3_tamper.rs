@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 
 use common::journal_objects::{
-    self, chained_object, create_op, hex, recorded_previous, sha256, write_op,
+    self, chained_object, create_op, hex, journal_object, recorded_previous, sha256, write_op,
 };
 use common::{EXIT_RUNTIME, Mode, Mount, STATE_DIR, TestDirs, Tree, assert_same_tree, tree_sha256};
 use garage::Garage;
@@ -102,6 +102,14 @@ fn assert_chained(garage: &Garage, first_previous: [u8; 32]) {
     }
 }
 
+/// Asserts that a restore into a new directory exits 0 and gives the tree `backing`.
+fn assert_restores(garage: &Garage, dirs: &TestDirs, backing: &Tree, what: &str) {
+    let target = dirs.root.join("restored");
+    let out = restore(garage, &target);
+    assert_eq!(out.code(), 0, "restore {what}: {out}");
+    assert_same_tree("backing", backing, "restored", &tree_sha256(&target, &[]));
+}
+
 /// Asserts exit 1 of verify and that its output contains every one of `needles`.
 fn assert_verify_fails(mount: &Mount, needles: &[&str]) {
     let out = mount.verify();
@@ -149,10 +157,7 @@ fn untouched_history_passes() {
     mount.unmount();
 
     assert_chained(&garage, [0; 32]);
-    let target = dirs.root.join("restored");
-    let out = restore(&garage, &target);
-    assert_eq!(out.code(), 0, "restore of an untouched history: {out}");
-    assert_same_tree("backing", &backing, "restored", &tree_sha256(&target, &[]));
+    assert_restores(&garage, &dirs, &backing, "of an untouched history");
 }
 
 #[test]
@@ -179,10 +184,7 @@ fn chain_continues_across_restart() {
         (1..=OBJECTS + 2).collect::<Vec<_>>()
     );
     assert_chained(&garage, [0; 32]);
-    let target = dirs.root.join("restored");
-    let out = restore(&garage, &target);
-    assert_eq!(out.code(), 0, "restore after a restart: {out}");
-    assert_same_tree("backing", &backing, "restored", &tree_sha256(&target, &[]));
+    assert_restores(&garage, &dirs, &backing, "after a restart");
 }
 
 #[test]
@@ -224,10 +226,7 @@ fn chain_continues_across_fold() {
     if !journal_numbers(&garage).is_empty() {
         assert_chained(&garage, chain);
     }
-    let target = dirs.root.join("restored");
-    let out = restore(&garage, &target);
-    assert_eq!(out.code(), 0, "restore across a fold: {out}");
-    assert_same_tree("backing", &backing, "restored", &tree_sha256(&target, &[]));
+    assert_restores(&garage, &dirs, &backing, "across a fold");
 }
 
 #[test]
@@ -436,4 +435,76 @@ fn cut_object_detected() {
     );
     assert_verify_fails(&mount, &[&replaced]);
     mount.unmount();
+}
+
+#[test]
+fn chain_continues_from_version_1() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    // Two objects of an older release, which are not chained.
+    let client = garage.client();
+    let old = [
+        journal_object(
+            1,
+            1,
+            &[create_op("old.log"), write_op("old.log", b"from v1\n")],
+        ),
+        journal_object(2, 3, &[write_op("old.log", b"from v1, again\n")]),
+    ];
+    for (number, object) in (1..).zip(&old) {
+        client.put(&object_key(number), object.clone());
+    }
+
+    let dirs = TestDirs::new(0);
+    let mount = Mount::with_env(&dirs, &mount_options(&garage, &[]), &garage.env());
+    write_batches(&mount, "app", 2);
+    let out = mount.verify();
+    assert_eq!(
+        out.code(),
+        0,
+        "verify of a history begun by version 1: {out}"
+    );
+    let backing = tree_sha256(&dirs.backing, &[STATE_DIR]);
+    mount.unmount();
+
+    let numbers = journal_numbers(&garage);
+    assert!(numbers.len() >= 4, "journal objects: {numbers:?}");
+    let third = client.get(&object_key(3));
+    assert_eq!(&third[8..12], &2u32.to_le_bytes(), "object 3 has version 2");
+    assert_eq!(hex(&recorded_previous(&third)), hex(&sha256(&old[1])));
+    assert_restores(&garage, &dirs, &backing, "of a history begun by version 1");
+}
+
+#[test]
+fn version_1_after_chain_rejected() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let (mount, _) = mount_with_history(&garage, &dirs);
+    mount.unmount();
+
+    // An unchained object of the old format after chained ones, as an intruder would add
+    // to escape the chain.
+    let number = OBJECTS + 1;
+    let downgrade = journal_object(number, 1, &[create_op("planted.log")]);
+    garage.client().put(&object_key(number), downgrade);
+    assert_restore_fails(
+        &garage,
+        &dirs,
+        "restored",
+        "restore stopped after",
+        &[
+            &object_key(number),
+            &format!("hash chain broken at object {number}"),
+            "version 1 object without a chain",
+        ],
+    );
 }

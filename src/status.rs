@@ -347,6 +347,9 @@ pub fn render(status: &Status) -> String {
                 store.checksums
             );
             let _ = writeln!(out, "  lease {}: {}", store.lease_key, store.protection);
+            if !store.encryption.is_empty() {
+                let _ = writeln!(out, "  encryption: {}", store.encryption);
+            }
         }
         if m.resync_pending {
             let _ = writeln!(out, "  resync from the backing tree pending");

@@ -142,6 +142,13 @@ pub trait Mirror: Send {
         Ok(())
     }
 
+    /// Returns a contradiction between the mirror's store and what this state directory
+    /// recorded as stored, found when the mirror opened (objects removed or replaced while
+    /// the daemon was stopped). Verify reports it as a failure.
+    fn integrity_alert(&self) -> Option<String> {
+        None
+    }
+
     /// Returns the readable copies the mirror keeps of the files, if any (S3 mirrors do).
     fn copies(&self) -> Option<Arc<Copies>> {
         None

@@ -447,6 +447,17 @@ impl MirrorStatus {
     }
 }
 
+/// Returns the `last_fold` object of the first mirror in `logmirror status MNT --json`.
+pub fn last_fold(mnt: &Path) -> Result<serde_json::Value, String> {
+    let out = logmirror(&["status", path_str(mnt), "--json"]);
+    if !out.status.success() {
+        return Err(format!("logmirror status: {out}"));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {out}"))?;
+    Ok(status["mirrors"][0]["last_fold"].clone())
+}
+
 /// Runs `logmirror status MNT --json` and parses it. `Err` contains the command output or the
 /// parse error, for use inside [`wait_until`].
 pub fn status(mnt: &Path) -> Result<Status, String> {

@@ -2,13 +2,15 @@
  * Append writer for scripts/bench: forks WRITERS processes, each appending fixed-size records
  * with write(2) to its own file DIR/writer-N.log, opened O_WRONLY|O_APPEND|O_CREAT.
  *
- * Usage: bench-writer DIR RECORD_BYTES TOTAL_BYTES WRITERS [MAX_SECONDS]
+ * Usage: bench-writer DIR RECORD_BYTES TOTAL_BYTES WRITERS [MAX_SECONDS [FSYNC_EVERY]]
  *
  * Each writer appends floor(TOTAL_BYTES / WRITERS / RECORD_BYTES) records, or fewer if
  * MAX_SECONDS (default 0, no limit) passed since the start: then it stops after the write in
  * progress. Every write(2) call is timed with CLOCK_MONOTONIC. The writers open their files
  * first and then wait on a pipe, so opening is not timed and all of them start together. The
- * elapsed time runs from that start to the end of the last write; close(2) is not timed.
+ * elapsed time runs from that start to the end of the last write; close(2) is not timed. With
+ * FSYNC_EVERY N above 0, each writer calls fsync(2) after every Nth record, and the time of that
+ * record includes the fsync.
  *
  * Prints two lines:
  *   bytes=B writes=W seconds=S p50_us=X p99_us=Y max_us=Z capped=0|1
@@ -73,8 +75,8 @@ static int parse_u64(const char *text, const char *name, uint64_t minimum, uint6
  * and stops early once MAX_NS (0: no limit) passed. Stores the number of writes in *WRITES.
  */
 static int run_writer(const char *path, int start_fd, const char *record, size_t record_bytes,
-                      uint64_t count, uint64_t max_ns, uint64_t *latencies, uint64_t *end_ns,
-                      uint64_t *writes)
+                      uint64_t count, uint64_t max_ns, uint64_t fsync_every, uint64_t *latencies,
+                      uint64_t *end_ns, uint64_t *writes)
 {
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -94,6 +96,11 @@ static int run_writer(const char *path, int start_fd, const char *record, size_t
     while (done < count) {
         uint64_t before = now_ns();
         ssize_t written = write(fd, record, record_bytes);
+        if (written >= 0 && fsync_every != 0 && (done + 1) % fsync_every == 0 && fsync(fd) != 0) {
+            fprintf(stderr, "bench-writer: fsync after write %" PRIu64 " to %s failed: %s\n", done, path,
+                    strerror(errno));
+            return 1;
+        }
         uint64_t after = now_ns();
         if (written < 0) {
             fprintf(stderr, "bench-writer: write %" PRIu64 " to %s failed: %s\n", done, path, strerror(errno));
@@ -121,14 +128,15 @@ static int run_writer(const char *path, int start_fd, const char *record, size_t
 
 int main(int argc, char **argv)
 {
-    if (argc != 5 && argc != 6) {
-        fprintf(stderr, "usage: bench-writer DIR RECORD_BYTES TOTAL_BYTES WRITERS [MAX_SECONDS]\n");
+    if (argc < 5 || argc > 7) {
+        fprintf(stderr, "usage: bench-writer DIR RECORD_BYTES TOTAL_BYTES WRITERS [MAX_SECONDS [FSYNC_EVERY]]\n");
         return 2;
     }
     const char *dir = argv[1];
-    uint64_t record_bytes, total_bytes, writers, max_seconds = 0;
+    uint64_t record_bytes, total_bytes, writers, max_seconds = 0, fsync_every = 0;
     if (parse_u64(argv[2], "RECORD_BYTES", 1, &record_bytes) || parse_u64(argv[3], "TOTAL_BYTES", 1, &total_bytes) ||
-        parse_u64(argv[4], "WRITERS", 1, &writers) || (argc == 6 && parse_u64(argv[5], "MAX_SECONDS", 0, &max_seconds)))
+        parse_u64(argv[4], "WRITERS", 1, &writers) || (argc >= 6 && parse_u64(argv[5], "MAX_SECONDS", 0, &max_seconds)) ||
+        (argc == 7 && parse_u64(argv[6], "FSYNC_EVERY", 0, &fsync_every)))
         return 2;
     if (writers > MAX_WRITERS) {
         fprintf(stderr, "bench-writer: invalid WRITERS %" PRIu64 ": maximum is %d\n", writers, MAX_WRITERS);
@@ -181,8 +189,8 @@ int main(int argc, char **argv)
         if (pid == 0) {
             close(start_pipe[1]);
             int rc = run_writer(paths[w], start_pipe[0], record, record_bytes, per_writer,
-                                max_seconds * 1000000000u, latencies + w * per_writer, &header->end_ns[w],
-                                &header->writes[w]);
+                                max_seconds * 1000000000u, fsync_every, latencies + w * per_writer,
+                                &header->end_ns[w], &header->writes[w]);
             _exit(rc);
         }
         pids[w] = pid;

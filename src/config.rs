@@ -451,9 +451,9 @@ pub struct MountConfig {
     /// `metrics=IP:PORT|/path.sock`: where the daemon serves Prometheus metrics. Default:
     /// none, no endpoint.
     pub metrics: Option<crate::metrics::Address>,
-    /// `passthrough=auto|off`: read-only opens of files that no handle writes reach the backing file
-    /// through the kernel, when the kernel and the daemon's privileges allow. Default auto
-    /// (true).
+    /// `passthrough=auto|off`: read-only opens of files that no handle writes reach the
+    /// backing file through the kernel, when the kernel and the daemon's privileges allow.
+    /// Default auto (true).
     pub passthrough: bool,
 }
 

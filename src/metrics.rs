@@ -466,7 +466,7 @@ fn render_mount(out: &mut Exposition, status: &Status) {
         (
             "logmirror_read_passthrough",
             "gauge",
-            "1 while read-only opens of files that no handle writes pass through to the backing file.",
+            "1 while read passthrough is active (passthrough=auto and the kernel allows it).",
             f64::from(u8::from(status.reads.passthrough == "active")),
         ),
         (

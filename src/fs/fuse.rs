@@ -63,7 +63,8 @@ impl LogFs {
     }
 
     /// Asks the kernel for FUSE passthrough when `passthrough=auto` and the daemon may
-    /// register backing files; otherwise read passthrough stays off, and one info line gives the reason.
+    /// register backing files. Otherwise read passthrough stays off, and one info line gives
+    /// the reason.
     fn init_passthrough(&self, config: &mut KernelConfig) {
         let reads = &self.options.reads;
         if !reads.requested() {

@@ -81,6 +81,10 @@ file, and mirrors given with -o replace the file's list):
   metrics=IP:PORT|/path.sock  serve Prometheus metrics on GET /metrics at this TCP address
                               (port 0 takes a free port, shown in status) or Unix socket
                               (default: none, no endpoint)
+  passthrough=auto|off        auto: read-only opens of files nobody writes are served by the
+                              kernel from the backing file, when the kernel and privileges
+                              allow (root); off: every read goes through the daemon
+                              (default auto)
 The --config file may also name mirrors and route paths to them, first match wins:
   [mirrors.NAME] url = \"dir:/path\" or \"s3://BUCKET/PREFIX\"
   [[rule]] path = \"GLOB\", mirrors = [NAME, ...] ([] keeps the paths local),

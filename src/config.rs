@@ -27,7 +27,7 @@ pub enum Error {
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
          threads, endpoint, region, path_style, ca_file, allow_http, encrypt_key, compression, \
-         takeover, retention, verify_interval, repair, materialize_interval, metrics"
+         takeover, retention, verify_interval, repair, materialize_interval, metrics, passthrough"
     )]
     UnknownKey { key: String },
     #[error(
@@ -512,6 +512,10 @@ pub struct MountConfig {
     /// `metrics=IP:PORT|/path.sock`: where the daemon serves Prometheus metrics. Default:
     /// none, no endpoint.
     pub metrics: Option<crate::metrics::Address>,
+    /// `passthrough=auto|off`: read-only opens of files that no handle writes reach the
+    /// backing file through the kernel, when the kernel and the daemon's privileges allow.
+    /// Default auto (true).
+    pub passthrough: bool,
 }
 
 impl MountConfig {
@@ -576,6 +580,7 @@ struct FileOptions {
     takeover: Option<FlagOrText>,
     materialize_interval: Option<NumberOrText>,
     metrics: Option<String>,
+    passthrough: Option<String>,
 }
 
 /// A value a config file may give as a boolean or as text (`path_style = true` or
@@ -780,6 +785,9 @@ impl RawOptions {
         if let Some(v) = file.metrics {
             push("metrics", v);
         }
+        if let Some(v) = file.passthrough {
+            push("passthrough", v);
+        }
         Ok(())
     }
 }
@@ -891,6 +899,7 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         takeover: false,
         materialize_interval: None,
         metrics: None,
+        passthrough: true,
     };
     for flag in raw.flags {
         if KERNEL_FLAGS.contains(&flag.as_str()) {
@@ -954,6 +963,7 @@ pub const KEYS: &[&str] = &[
     "takeover",
     "materialize_interval",
     "metrics",
+    "passthrough",
 ];
 
 fn is_known_key(key: &str) -> bool {
@@ -1075,6 +1085,13 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
             config.s3.apply(key, value)?;
         }
         "takeover" => config.takeover = parse_flag(key, value)?,
+        "passthrough" => {
+            config.passthrough = match value {
+                "auto" => true,
+                "off" => false,
+                _ => return Err(invalid("expected auto or off")),
+            }
+        }
         "metrics" => {
             config.metrics =
                 Some(crate::metrics::Address::parse(value).map_err(|expected| invalid(&expected))?)
@@ -1221,6 +1238,24 @@ mod tests {
     fn build_args(options: &[&str]) -> Result<MountConfig, Error> {
         let options: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         build(Path::new("/b"), Path::new("/m"), None, &options)
+    }
+
+    #[test]
+    fn passthrough_option() {
+        let config = build_args(&["mirror=dir:/a"]).unwrap();
+        assert!(config.passthrough, "default is auto");
+        let config = build_args(&["mirror=dir:/a,passthrough=off"]).unwrap();
+        assert!(!config.passthrough);
+        let config = build_args(&["mirror=dir:/a,passthrough=auto"]).unwrap();
+        assert!(config.passthrough);
+        let message = build_args(&["mirror=dir:/a,passthrough=on"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("invalid value \"on\" for passthrough")
+                && message.contains("auto or off"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -574,6 +574,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
     periodic::spawn(ctx.clone(), slots.clone(), folds, schedule)
         .map_err(|e| Error::Startup(format!("cannot start the periodic verify thread: {e}")))?;
 
+    let reads = Arc::new(crate::fs::Reads::new(config.passthrough));
     let info = MountInfo {
         mountpoint: config.mountpoint.display().to_string(),
         backing: config.backing.display().to_string(),
@@ -590,6 +591,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
             .as_ref()
             .map(|(_, endpoint)| endpoint.address.clone()),
         mirror_labels: config.mirror_names.clone(),
+        reads: reads.clone(),
     };
     let (listener, link) = control::Server::bind(&config.state_dir, &config.mountpoint)
         .map_err(io_error("create the control socket in", &config.state_dir))?;
@@ -616,7 +618,7 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
         .spawn(move || server.serve(listener))
         .map_err(|e| Error::Startup(format!("cannot start the control thread: {e}")))?;
 
-    let session_done = mount_session(&config, journal.clone(), acks.clone(), namespace)?;
+    let session_done = mount_session(&config, journal.clone(), acks.clone(), namespace, reads)?;
     wait_until_serving(&config.mountpoint)?;
     log::info!(
         "mounted {:?} on {:?}: mode {}, mirrors {}",
@@ -945,6 +947,7 @@ fn mount_session(
     journal: Arc<Journal>,
     acks: Arc<Acks>,
     namespace: Arc<RwLock<()>>,
+    reads: Arc<crate::fs::Reads>,
 ) -> Result<std::sync::mpsc::Receiver<()>, Error> {
     let root = crate::fs::open_root(&config.backing).map_err(io_error("open", &config.backing))?;
     let fs = LogFs::new(
@@ -956,6 +959,7 @@ fn mount_session(
             hide_state_dir: true,
             when_full_blocks: config.when_full == WhenFull::Block,
             journal_closes: config.mirrors.iter().any(MirrorSpec::is_s3),
+            reads,
         },
     )
     .map_err(io_error("open", &config.backing))?;

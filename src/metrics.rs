@@ -470,6 +470,24 @@ fn render_mount(out: &mut Exposition, status: &Status) {
             counts.written_bytes as f64,
         ),
         (
+            "logmirror_read_passthrough",
+            "gauge",
+            "1 while read passthrough is active (passthrough=auto and the kernel allows it).",
+            f64::from(u8::from(status.reads.passthrough == "active")),
+        ),
+        (
+            "logmirror_passthrough_opens_total",
+            "counter",
+            "Opens replied to with passthrough since the daemon started.",
+            status.reads.passthrough_opens as f64,
+        ),
+        (
+            "logmirror_reads_served_total",
+            "counter",
+            "Read requests the daemon served since it started (handles without passthrough).",
+            status.reads.served as f64,
+        ),
+        (
             "logmirror_backlog_bytes",
             "gauge",
             "Journal bytes not yet confirmed by every mirror.",

@@ -40,7 +40,7 @@ impl Live {
 pub fn changed_keys(old: &MountConfig, new: &MountConfig) -> Vec<(&'static str, String, String)> {
     // NOTE: sync_timeout, flush_interval, when_full, verify_interval and repair are read once
     // at mount by the acks, the filesystem and the periodic thread, so they need a remount.
-    let fields: [(&'static str, String, String); 19] = [
+    let fields: [(&'static str, String, String); 20] = [
         (
             "mirror",
             debug(&(&old.mirrors, &old.mirror_names)),
@@ -100,6 +100,11 @@ pub fn changed_keys(old: &MountConfig, new: &MountConfig) -> Vec<(&'static str, 
             debug(&(new.verify_interval, new.repair)),
         ),
         ("metrics", debug(&old.metrics), debug(&new.metrics)),
+        (
+            "passthrough",
+            debug(&old.passthrough),
+            debug(&new.passthrough),
+        ),
     ];
     fields
         .into_iter()

@@ -50,6 +50,9 @@ pub struct Status {
     /// `metrics=` is not set.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Read passthrough, and the reads the daemon served.
+    #[serde(default)]
+    pub reads: crate::fs::ReadsStatus,
     /// Seconds between two periodic verifies; 0 when they are off.
     pub verify_interval_secs: u64,
     /// A periodic verify that finds differences schedules a resync.
@@ -161,6 +164,8 @@ pub struct MountInfo {
     pub metrics: Option<String>,
     /// Name of each mirror given as `[mirrors.NAME]`, by mirror index.
     pub mirror_labels: Vec<Option<String>>,
+    /// Read passthrough setting and counters.
+    pub reads: Arc<crate::fs::Reads>,
 }
 
 /// Returns the rules that send their paths to mirror `index`; empty without rules.
@@ -243,6 +248,7 @@ pub fn collect(
         backlog_bytes: head_position.0.saturating_sub(ctx.acks.min_confirmed().1.0),
         writes_blocked: ctx.acks.writes_blocked(),
         metrics: info.metrics.clone(),
+        reads: info.reads.status(),
         verify_interval_secs: info.verify_interval_secs,
         repair: info.repair,
         retention_secs: info.retention_secs,
@@ -305,6 +311,12 @@ pub fn render(status: &Status) -> String {
     if let Some(address) = &status.metrics {
         let _ = writeln!(out, "metrics: {address}");
     }
+    let reads = &status.reads;
+    let _ = writeln!(
+        out,
+        "reads:   passthrough {}, {} passthrough opens, {} reads served by the daemon",
+        reads.passthrough, reads.passthrough_opens, reads.served
+    );
     let _ = writeln!(out, "verify:  {}", render_schedule(status));
     for m in &status.mirrors {
         let label = m

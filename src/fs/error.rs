@@ -31,6 +31,13 @@ pub enum Error {
     BacklogFull,
     #[error("operation not supported: {0}")]
     Unsupported(&'static str),
+    /// A read-write open while read-only handles of the file pass through to the backing
+    /// file (see `passthrough.rs`).
+    #[error(
+        "read-write open of inode {0} refused while read-only handles pass through; \
+         mount with passthrough=off to allow it"
+    )]
+    PassthroughReaders(u64),
 }
 
 impl Error {
@@ -49,6 +56,8 @@ impl Error {
             // Like a full disk: the program's usual reaction (retry later, alert) fits.
             Error::BacklogFull => libc::ENOSPC,
             Error::Unsupported(_) => libc::EOPNOTSUPP,
+            // What a local filesystem returns for an open for writing of a running program.
+            Error::PassthroughReaders(_) => libc::ETXTBSY,
         }
     }
 

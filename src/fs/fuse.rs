@@ -16,6 +16,8 @@ use fuser::{
 
 use super::error::Error;
 use super::ops::{Caller, SetAttr};
+use super::passthrough::Opened;
+use super::sys;
 use super::{LogFs, MAX_WRITE_BYTES, TTL};
 use crate::journal::Seq;
 
@@ -37,6 +39,16 @@ fn errno(op: &str, err: Error) -> Errno {
     Errno::from_i32(err.errno())
 }
 
+/// Open flags of a passthrough handle: with `direct_io`, reads and writes still come to the
+/// daemon (the kernel lets FOPEN_DIRECT_IO override FOPEN_PASSTHROUGH for them).
+fn fopen_flags(direct_io: bool) -> FopenFlags {
+    if direct_io {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 impl LogFs {
     /// Replies through `send` once `seq` is acknowledged under the mode in force.
     fn reply_when_acked(
@@ -48,6 +60,34 @@ impl LogFs {
             seq,
             Box::new(move |result| send(result.map_err(Errno::from_i32))),
         );
+    }
+
+    /// Asks the kernel for FUSE passthrough when `passthrough=auto` and the daemon may
+    /// register backing files. Otherwise read passthrough stays off, and one info line gives
+    /// the reason.
+    fn init_passthrough(&self, config: &mut KernelConfig) {
+        let reads = &self.options.reads;
+        if !reads.requested() {
+            return;
+        }
+        let offered = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
+        let why_not = if !offered {
+            Some("the kernel does not offer FUSE passthrough")
+        } else if !sys::has_cap_sys_admin() {
+            Some("the daemon lacks CAP_SYS_ADMIN, which backing files need")
+        } else {
+            None
+        };
+        if let Some(why_not) = why_not {
+            log::info!("read passthrough off: {why_not}; reads go through the daemon");
+            reads.set_active(false);
+            return;
+        }
+        // NOTE: depth 1 rejects backing files on a stacked filesystem (overlayfs); their
+        // reads go through the daemon. Depth 2 would keep overlayfs from stacking on us.
+        let active = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        reads.set_active(active);
     }
 
     /// Replies to a request that made an entry, once its record is acknowledged.
@@ -135,6 +175,7 @@ impl Filesystem for LogFs {
         config
             .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
             .ok();
+        self.init_passthrough(config);
         Ok(())
     }
 
@@ -290,8 +331,11 @@ impl Filesystem for LogFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match LogFs::open(self, ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        match LogFs::open(self, ino.0, flags.0, &|fd| reply.open_backing(fd)) {
+            Ok((fh, Opened::Cached)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, Opened::Passthrough { id, direct_io })) => {
+                reply.opened_passthrough(FileHandle(fh), fopen_flags(direct_io), &id)
+            }
             Err(e) => reply.error(errno("open", e)),
         }
     }
@@ -307,7 +351,7 @@ impl Filesystem for LogFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match LogFs::read(self, fh.0, offset, size) {
+        match LogFs::read_request(self, fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno("read", e)),
         }
@@ -501,16 +545,34 @@ impl Filesystem for LogFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match LogFs::create(self, caller(req), parent.0, name, mode, umask, flags) {
-            Ok((attr, fh, seq)) => self.reply_when_acked(seq, move |r| match r {
-                Ok(()) => reply.created(
+        let open_backing = |fd: std::os::fd::BorrowedFd<'_>| reply.open_backing(fd);
+        let result = LogFs::create(
+            self,
+            caller(req),
+            parent.0,
+            name,
+            mode & !umask,
+            flags,
+            &open_backing,
+        );
+        match result {
+            Ok((attr, fh, seq, opened)) => self.reply_when_acked(seq, move |r| match (r, opened) {
+                (Ok(()), Opened::Cached) => reply.created(
                     &TTL,
                     &attr,
                     Generation(0),
                     FileHandle(fh),
                     FopenFlags::empty(),
                 ),
-                Err(e) => reply.error(e),
+                (Ok(()), Opened::Passthrough { id, direct_io }) => reply.created_passthrough(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    fopen_flags(direct_io),
+                    &id,
+                ),
+                (Err(e), _) => reply.error(e),
             }),
             Err(e) => reply.error(errno("create", e)),
         }

@@ -17,6 +17,10 @@ pub struct FileHandle {
     pub sync_writes: bool,
     /// The inode, when the handle was opened for writing; counted in its `writers`.
     pub writes_to: Option<Arc<Inode>>,
+    /// The inode, whose `open_modes` counts the handle until its release.
+    pub inode: Arc<Inode>,
+    /// The kernel opened the handle with FOPEN_PASSTHROUGH.
+    pub passthrough: bool,
 }
 
 impl FileHandle {

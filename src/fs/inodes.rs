@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::passthrough::OpenModes;
 use crate::journal::RelPath;
 
 pub const ROOT_INO: u64 = 1;
@@ -47,6 +48,8 @@ pub struct Inode {
     /// Path rule of the file's records, with the [`InodeTable::names_generation`] it was
     /// found at. A rename, link or unlink anywhere makes it stale.
     pub rule: Mutex<Option<(u64, usize)>>,
+    /// Open handles by the I/O mode the kernel gave them (see `passthrough.rs`).
+    pub open_modes: Mutex<OpenModes>,
 }
 
 impl Inode {
@@ -106,6 +109,7 @@ impl InodeTable {
             writers: AtomicU64::new(0),
             changed: AtomicBool::new(false),
             rule: Mutex::new(None),
+            open_modes: Mutex::new(OpenModes::default()),
         });
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, root);
@@ -148,6 +152,7 @@ impl InodeTable {
                 writers: AtomicU64::new(0),
                 changed: AtomicBool::new(false),
                 rule: Mutex::new(None),
+                open_modes: Mutex::new(OpenModes::default()),
             })
         });
         inode.lookups.fetch_add(1, Ordering::Relaxed);

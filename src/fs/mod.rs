@@ -4,8 +4,9 @@
 //! `fuse.rs` adapts fuser callbacks, `ops.rs` does the work against the backing directory,
 //! `inodes.rs` and `handles.rs` keep the descriptors, `sys.rs` wraps the libc calls.
 //! `find.rs` searches the backing tree for an inode without a known name, `deferred.rs`
-//! runs writes that wait for room in the async backlog, and `background.rs` runs fsync
-//! requests off the FUSE threads.
+//! runs writes that wait for room in the async backlog, `background.rs` runs fsync
+//! requests off the FUSE threads, and `passthrough.rs` lets read-only opens reach the
+//! backing file without the daemon.
 
 mod background;
 mod deferred;
@@ -16,10 +17,12 @@ mod handles;
 mod inodes;
 mod mount;
 mod ops;
+mod passthrough;
 mod sys;
 
 pub use error::Error;
 pub use mount::{FS_TYPE, mount_kernel};
+pub use passthrough::{Reads, ReadsStatus};
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
@@ -57,6 +60,8 @@ pub struct FsOptions {
     /// Journal a `CloseWrite` record when the last writer of a changed file closes it. Only
     /// the readable copies of S3 mirrors use them.
     pub journal_closes: bool,
+    /// Read passthrough setting and counters, shared with status.
+    pub reads: Arc<Reads>,
 }
 
 /// The mounted filesystem. Handlers take `&self` and run on several FUSE threads at once.

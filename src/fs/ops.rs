@@ -4,7 +4,7 @@
 //! Nothing here replies to the kernel or waits for a mirror.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +15,7 @@ use fuser::{FileAttr, FileType, TimeOrNow};
 use super::error::{Error, backing};
 use super::handles::{DirHandle, FileHandle};
 use super::inodes::{Inode, Link, ROOT_INO};
+use super::passthrough::{OpenBacking, Opened};
 use super::sys::{self, DirStream};
 use super::{LogFs, MAX_WRITE_BYTES};
 use crate::journal::{Journal, Op, RelPath, Seq, Timestamp};
@@ -366,20 +367,21 @@ impl LogFs {
         sys::readlink_fd(inode.fd()).map_err(backing("readlink"))
     }
 
+    /// Creates or opens `name` in `parent`; `mode` has the caller's umask applied.
     pub fn create(
         &self,
         caller: Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
-        umask: u32,
         flags: i32,
-    ) -> Result<(FileAttr, u64, Option<Seq>), Error> {
+        open_backing: OpenBacking<'_>,
+    ) -> Result<(FileAttr, u64, Option<Seq>, Opened), Error> {
         self.reject_reserved(parent, name)?;
         let _names = self.namespace.write().expect("namespace lock");
         let parent_inode = self.inode(parent)?;
 
-        let mode = mode & !umask & 0o7777;
+        let mode = mode & 0o7777;
         let access = flags & libc::O_ACCMODE;
         let base = access | libc::O_NOFOLLOW;
         let (fd, created) = match sys::openat(
@@ -399,32 +401,40 @@ impl LogFs {
             self.chown_new(&parent_inode, fd.as_fd(), caller)?;
         }
         let attr = self.remember_child(parent, &parent_inode, name)?;
+        let inode = self.inode(attr.ino.0)?;
+        let opened = self.open_mode(&inode, flags, fd.as_fd(), open_backing)?;
+        let passthrough = matches!(opened, Opened::Passthrough { .. });
+        let uncount = |e: Error| {
+            let mut modes = inode.open_modes.lock().expect("open modes lock");
+            modes.release(passthrough);
+            e
+        };
 
         let path = self.child_path(&parent_inode, name);
         let mut seq = None;
         if created {
-            let st = sys::fstat(fd.as_fd()).map_err(backing("create"))?;
+            let st = sys::fstat(fd.as_fd())
+                .map_err(backing("create"))
+                .map_err(uncount)?;
             let op = path.map(|path| Op::Create {
                 path,
                 mode: st.st_mode & 0o7777,
                 uid: st.st_uid,
                 gid: st.st_gid,
             });
-            seq = self.journal("create", op)?;
+            seq = self.journal("create", op).map_err(uncount)?;
         } else if flags & libc::O_TRUNC != 0 {
-            sys::ftruncate(fd.as_fd(), 0).map_err(backing("truncate"))?;
-            seq = self.journal("truncate", path.map(|path| Op::Truncate { path, size: 0 }))?;
+            sys::ftruncate(fd.as_fd(), 0)
+                .map_err(backing("truncate"))
+                .map_err(uncount)?;
+            let op = path.map(|path| Op::Truncate { path, size: 0 });
+            seq = self.journal("truncate", op).map_err(uncount)?;
         }
-        let inode = self.inode(attr.ino.0)?;
         if created || flags & libc::O_TRUNC != 0 {
             inode.changed.store(true, Ordering::SeqCst);
         }
-        let fh = self.handles.insert_file(FileHandle {
-            fd,
-            sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
-            writes_to: is_writable(flags).then(|| count_writer(inode)),
-        });
-        Ok((attr, fh, seq))
+        let fh = self.insert_handle(fd, flags, inode, &opened);
+        Ok((attr, fh, seq, opened))
     }
 
     pub fn mknod(
@@ -671,15 +681,62 @@ impl LogFs {
         sys::ftruncate(fd.as_fd(), size).map_err(backing("truncate"))
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Error> {
+    pub fn open(
+        &self,
+        ino: u64,
+        flags: i32,
+        open_backing: OpenBacking<'_>,
+    ) -> Result<(u64, Opened), Error> {
         let inode = self.inode(ino)?;
         let keep = libc::O_ACCMODE | libc::O_NOATIME;
         let fd = sys::reopen(inode.fd(), flags & keep).map_err(backing("open"))?;
-        Ok(self.handles.insert_file(FileHandle {
+        let opened = self.open_mode(&inode, flags, fd.as_fd(), open_backing)?;
+        let fh = self.insert_handle(fd, flags, inode, &opened);
+        Ok((fh, opened))
+    }
+
+    /// Chooses the I/O mode of a new handle of `inode` and counts the handle in it.
+    fn open_mode(
+        &self,
+        inode: &Inode,
+        flags: i32,
+        fd: BorrowedFd<'_>,
+        open_backing: OpenBacking<'_>,
+    ) -> Result<Opened, Error> {
+        let mut modes = inode.open_modes.lock().expect("open modes lock");
+        let access = flags & libc::O_ACCMODE;
+        let opened = self
+            .options
+            .reads
+            .choose(&mut modes, access, fd, open_backing);
+        opened.ok_or_else(|| {
+            let path = self
+                .path_of(inode)
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            log::warn!(
+                "read-write open of {path:?} (ino={}) refused with ETXTBSY while read-only \
+                 handles pass through; mount with passthrough=off to allow it",
+                inode.ino
+            );
+            Error::PassthroughReaders(inode.ino)
+        })
+    }
+
+    fn insert_handle(&self, fd: OwnedFd, flags: i32, inode: Arc<Inode>, opened: &Opened) -> u64 {
+        self.handles.insert_file(FileHandle {
             fd,
             sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
-            writes_to: is_writable(flags).then(|| count_writer(inode)),
-        }))
+            writes_to: is_writable(flags).then(|| count_writer(inode.clone())),
+            inode,
+            passthrough: matches!(opened, Opened::Passthrough { .. }),
+        })
+    }
+
+    /// Reads for a FUSE read request, which only handles without passthrough get.
+    pub fn read_request(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
+        self.options.reads.count_served();
+        self.read(fh, offset, size)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
@@ -839,6 +896,9 @@ impl LogFs {
         let Some(handle) = self.handles.remove_file(fh) else {
             return;
         };
+        let mut modes = handle.inode.open_modes.lock().expect("open modes lock");
+        modes.release(handle.passthrough);
+        drop(modes);
         let Some(inode) = &handle.writes_to else {
             return;
         };

@@ -359,6 +359,22 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 pub fn has_cap_fsetid(pid: u32, uid: u32) -> bool {
     // Bit number from linux/capability.h.
     const CAP_FSETID: u32 = 4;
+    has_capability(pid, uid, CAP_FSETID)
+}
+
+/// Returns true when this process has CAP_SYS_ADMIN, which registering a backing file for
+/// FUSE passthrough needs.
+pub fn has_cap_sys_admin() -> bool {
+    // Bit number from linux/capability.h.
+    const CAP_SYS_ADMIN: u32 = 21;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    has_capability(std::process::id(), uid, CAP_SYS_ADMIN)
+}
+
+/// Returns true when capability `bit` is in the effective set of process `pid`; when that
+/// cannot be read, whether `uid` is root.
+fn has_capability(pid: u32, uid: u32, bit: u32) -> bool {
     // NOTE: CapEff is relative to the caller's user namespace, while the kernel checks the initial one.
     let status = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(status) => status,
@@ -369,7 +385,7 @@ pub fn has_cap_fsetid(pid: u32, uid: u32) -> bool {
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
     match effective {
-        Some(caps) => caps & (1 << CAP_FSETID) != 0,
+        Some(caps) => caps & (1 << bit) != 0,
         None => uid == 0,
     }
 }

@@ -411,6 +411,18 @@ pub struct Status {
     pub head_seq: u64,
     pub journal_bytes: u64,
     pub mirrors: Vec<MirrorStatus>,
+    #[serde(default)]
+    pub reads: Reads,
+}
+
+/// The `reads` object of [`Status`]: read passthrough and the reads the daemon served.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Reads {
+    /// active, off or unavailable.
+    pub passthrough: String,
+    pub served: u64,
+    pub passthrough_opens: u64,
+    pub read_write_refused: u64,
 }
 
 /// One mirror's entry in [`Status`].

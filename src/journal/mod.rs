@@ -193,6 +193,9 @@ struct State {
     /// Segments rolled away from since the last group commit, which must be synced by the
     /// next one.
     unsynced: Vec<OpenSegment>,
+    /// Threads blocked in `wait_beyond`. An append signals `head_changed` only when some
+    /// thread waits, because the signal costs a futex system call even with no waiter.
+    waiters: usize,
 }
 
 /// A segment in the directory, as published to readers.
@@ -303,6 +306,7 @@ impl Journal {
             segments: found.segments,
             active: found.active,
             unsynced: Vec::new(),
+            waiters: 0,
         };
         let recovery = Recovery {
             first_seq: state.first_seq(),
@@ -508,12 +512,14 @@ impl Journal {
                 // A timeout too large to add to the clock waits in steps of a day.
                 None => Duration::from_secs(86_400),
             };
+            state.waiters += 1;
             state = self
                 .inner
                 .head_changed
                 .wait_timeout(state, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            state.waiters -= 1;
         }
         state.head
     }

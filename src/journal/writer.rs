@@ -145,8 +145,11 @@ impl Writer {
             active.len_bytes = self.len_bytes;
             active.data_bytes = self.data_bytes;
         }
+        let someone_waits = state.waiters > 0;
         drop(state);
-        head_changed.notify_all();
+        if someone_waits {
+            head_changed.notify_all();
+        }
         Ok((seq, self.position))
     }
 

@@ -84,7 +84,7 @@ file, and mirrors given with -o replace the file's list):
   passthrough=auto|off        auto: read-only opens of files nobody writes are served by the
                               kernel from the backing file, when the kernel and privileges
                               allow (root); off: every read goes through the daemon
-                              (default auto)
+                              (default off)
 The --config file may also name mirrors and route paths to them, first match wins:
   [mirrors.NAME] url = \"dir:/path\" or \"s3://BUCKET/PREFIX\"
   [[rule]] path = \"GLOB\", mirrors = [NAME, ...] ([] keeps the paths local),

@@ -899,7 +899,7 @@ fn resolve(backing: &Path, mountpoint: &Path, raw: RawOptions) -> Result<MountCo
         takeover: false,
         materialize_interval: None,
         metrics: None,
-        passthrough: true,
+        passthrough: false,
     };
     for flag in raw.flags {
         if KERNEL_FLAGS.contains(&flag.as_str()) {
@@ -1243,7 +1243,7 @@ mod tests {
     #[test]
     fn passthrough_option() {
         let config = build_args(&["mirror=dir:/a"]).unwrap();
-        assert!(config.passthrough, "default is auto");
+        assert!(!config.passthrough, "default is off");
         let config = build_args(&["mirror=dir:/a,passthrough=off"]).unwrap();
         assert!(!config.passthrough);
         let config = build_args(&["mirror=dir:/a,passthrough=auto"]).unwrap();

@@ -29,7 +29,9 @@ fn reads(mount: &Mount) -> Reads {
 /// Mounts with passthrough=auto. Returns `None` (the test skips) when the kernel or the
 /// privileges here do not allow passthrough, unless the FUSE tests are required to run.
 fn mount_with_passthrough(dirs: &TestDirs) -> Option<Mount<'_>> {
-    let mount = Mount::new(dirs, Mode::Async);
+    let mut options = dirs.options(Mode::Async);
+    options.push("passthrough=auto".to_string());
+    let mount = Mount::with_options(dirs, &options);
     let state = reads(&mount).passthrough;
     if state == "active" {
         return Some(mount);

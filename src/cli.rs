@@ -43,6 +43,19 @@ file, and mirrors given with -o replace the file's list):
                               the system's root certificates (default: none, the system's
                               root certificates apply)
   allow_http=true|false       accept plain http to a host that is not loopback (default false)
+  history=managed|append-only S3: append-only never deletes or overwrites objects under
+                              PREFIX/.logmirror/ except the lease, for keys without delete
+                              rights; folds then run from `logmirror fold` (default managed)
+  retention_lock=DAYS         S3: Object Lock retention on each journal object and snapshot;
+                              the bucket must have Object Lock enabled (default: none;
+                              1 to 36500)
+  retention_lock_mode=compliance|governance
+                              S3: Object Lock mode of retention_lock (default compliance)
+  sse=aes256|aws:kms|c        S3: server-side encryption of every upload; the store must
+                              confirm it at mount (default: none, the bucket's default)
+  sse_kms_key_id=ID           S3: KMS key for sse=aws:kms (default: the AWS managed key)
+  sse_c_key=/path             S3: file of mode 0600 with the 256-bit key for sse=c, as 32
+                              bytes or their base64 (default: none)
   takeover=true|false         take the lease of each S3 prefix even when another daemon owns
                               it, after that daemon's host crashed or was replaced
                               (default false)
@@ -90,7 +103,10 @@ Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.
 
 const RESTORE_HELP: &str = "\
 Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false,
-ca_file=/path, allow_http=true|false, as for mount.
+ca_file=/path, allow_http=true|false, sse=aes256|aws:kms|c, sse_kms_key_id=ID,
+sse_c_key=/path, as for mount. Objects stored with sse=c can only be read with the same
+sse=c and sse_c_key. history, retention_lock and retention_lock_mode are accepted and
+change nothing here. A key with read rights only is enough.
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
 a profile in ~/.aws, or an instance role).
 
@@ -111,6 +127,19 @@ applied and its commit time.
 
 Exit codes: 0 restored, 1 the restore failed or stopped, or the point is not in the history,
 2 invalid arguments or DIR not empty.";
+
+const FOLD_HELP: &str = "\
+Does what retention= does in a mount, once, with the credentials of this process: they must
+be allowed to list, read, create and delete objects under PREFIX/.logmirror/. Run it from a
+host or account other than the mounts', with a key they do not hold, so that a compromised
+mount host cannot remove history. Options (-o): endpoint, region, path_style, ca_file,
+allow_http, sse, sse_kms_key_id, sse_c_key, retention_lock, retention_lock_mode; with
+retention_lock, objects whose retention has not ended stay and a later fold removes them.
+
+A running mount's verify may fail once with NoSuchKey while a fold removes objects; the next
+verify lists the new snapshot.
+
+Exit codes: 0 folded or nothing old enough, 1 the fold failed, 2 invalid arguments.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -213,6 +242,21 @@ serves MOUNTPOINT.")]
         #[command(flatten)]
         progress: ProgressArgs,
     },
+    /// Fold an S3 mirror's old journal objects into a snapshot and remove them, for mounts
+    /// with history=append-only whose keys may not delete.
+    #[command(after_help = FOLD_HELP)]
+    Fold {
+        /// The mirror, as given to mount: s3://BUCKET/PREFIX.
+        mirror: String,
+        /// Fold the journal objects whose records are all older than this DURATION, as in
+        /// 30d or 12h.
+        #[arg(value_name = "RETENTION", value_parser = parse_timeout)]
+        retention: Duration,
+        /// Options as key=value[,key=value...], as for restore [default: none, the AWS
+        /// environment and profile apply]
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+    },
     /// Write the man pages into MAN_DIR and the bash, zsh and fish completions into
     /// COMPLETIONS_DIR (run by scripts/gen-docs).
     #[command(hide = true)]
@@ -277,6 +321,11 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             run_restore(&mirror, &dir, restore)
         }
+        Command::Fold {
+            mirror,
+            retention,
+            options,
+        } => run_fold(&mirror, retention, &options),
         Command::GenerateDocs {
             man_dir,
             completions_dir,
@@ -441,6 +490,33 @@ fn verify(
 }
 
 /// Settings of a `restore` besides the mirror and the directory.
+fn run_fold(mirror: &str, retention: Duration, options: &[String]) -> anyhow::Result<ExitCode> {
+    let spec = config::MirrorSpec::parse(mirror)?;
+    let config::MirrorSpec::S3 { bucket, prefix } = &spec else {
+        return Err(config::Error::InvalidValue {
+            key: "mirror".into(),
+            value: mirror.into(),
+            expected: "expected s3://BUCKET/PREFIX; a directory mirror keeps no history to fold"
+                .into(),
+        }
+        .into());
+    };
+    let options = config::build_s3_options(options)?;
+    let folded = logmirror::mirror::s3::fold_once(bucket, prefix, &options, retention)
+        .with_context(|| format!("fold {}", spec.name()))?;
+    match folded {
+        Some(stats) => println!(
+            "folded {} journal objects into snapshot {}; removed {} objects; last seq {}",
+            stats.objects_folded, stats.snapshot, stats.objects_removed, stats.last_seq
+        ),
+        None => println!(
+            "nothing to fold: no journal object of {} is older than {retention:?}",
+            spec.name()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 struct RestoreRequest<'a> {
     options: &'a [String],
     point: restore::PointInTime,

@@ -22,6 +22,8 @@ mod position;
 mod replay;
 mod snapshot;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::DirBuilderExt;
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MirrorSpec, S3Options, STATE_DIR_NAME};
+use crate::config::{History, MirrorSpec, S3Options, STATE_DIR_NAME};
 use crate::journal::{Op, Record, Seq};
 
 use super::cursor::Cursor;
@@ -41,7 +43,7 @@ use super::manifest::{self, Manifest};
 use super::{Error, Mirror};
 
 pub use copies::{Copies, CopiesStatus, CopySettings};
-pub use fold::{FoldStats, Folder};
+pub use fold::{FoldStats, Folder, fold_once};
 pub use lease::lease_key;
 pub use object::{journal_prefix, object_key, parse_object_key};
 pub use replay::{ReplayEnd, ReplayStats, ReplayTarget};
@@ -132,8 +134,30 @@ impl S3Mirror {
         lease_options: &LeaseOptions<'_>,
     ) -> Result<S3Mirror, Error> {
         let name = s3_name(bucket, prefix);
-        let mut store = connect(&name, bucket, options)?;
-        let capabilities = probe(&mut store, prefix, &name)?;
+        let store = connect(&name, bucket, options)?;
+        S3Mirror::open_with_store(
+            store,
+            &name,
+            prefix,
+            options,
+            journal_id,
+            scratch,
+            lease_options,
+        )
+    }
+
+    /// Opens the mirror `name` at `prefix` of `store`, as [`S3Mirror::open`] does.
+    fn open_with_store(
+        mut store: Store,
+        name: &str,
+        prefix: &str,
+        options: &S3Options,
+        journal_id: u64,
+        scratch: &Path,
+        lease_options: &LeaseOptions<'_>,
+    ) -> Result<S3Mirror, Error> {
+        let name = name.to_string();
+        let capabilities = probe(&mut store, prefix, &name, options.history)?;
 
         let owner = LeaseRecord::for_this_process(lease_options.state_dir, journal_id)
             .map_err(|e| lease_error(&name, LeaseError::Token(e)))?;
@@ -417,6 +441,19 @@ impl Mirror for S3Mirror {
 
     fn release(&mut self) -> Result<(), Error> {
         match self.lease.release(&self.store) {
+            // Credentials that may not delete leave the lease; the next mount from the same
+            // state directory reclaims it without takeover.
+            Err(LeaseError::Store { key, source })
+                if source.code.as_deref() == Some("AccessDenied") =>
+            {
+                warn!(
+                    "mirror {}: the store refused to delete the lease object {key} \
+                     (AccessDenied); it stays until a mount from this state directory \
+                     reclaims it",
+                    self.name
+                );
+                Ok(())
+            }
             Ok(true) => {
                 info!(
                     "mirror {}: released the lease {}",
@@ -533,8 +570,14 @@ fn connect(name: &str, bucket: &str, options: &S3Options) -> Result<Store, Error
 }
 
 /// Measures the store's handling of preconditions and checksums with probe objects below
-/// the prefix, and logs the result.
-fn probe(store: &mut Store, prefix: &str, name: &str) -> Result<Capabilities, Error> {
+/// the prefix, checks that it supports the Object Lock and encryption the options ask for,
+/// and logs the result. With `history=append-only` the probe objects stay in the bucket.
+fn probe(
+    store: &mut Store,
+    prefix: &str,
+    name: &str,
+    history: History,
+) -> Result<Capabilities, Error> {
     let token = lease::random_hex(8).map_err(|e| Error::Setup {
         mirror: name.to_string(),
         reason: format!("cannot create a probe key: {e}"),
@@ -544,12 +587,50 @@ fn probe(store: &mut Store, prefix: &str, name: &str) -> Result<Capabilities, Er
     } else {
         format!("{prefix}/{STATE_DIR_NAME}/probe-{token}")
     };
-    let capabilities = store.probe(&key).map_err(|source| Error::Store {
+    let remove = history == History::Managed;
+    let probe_error = |key: &str, source: StoreError| Error::Store {
         mirror: name.to_string(),
         action: "probe with",
-        key: key.clone(),
+        key: key.to_string(),
         source: Box::new(source),
-    })?;
+    };
+    let capabilities = store
+        .probe(&key, remove)
+        .map_err(|source| probe_error(&key, source))?;
+    if !remove {
+        debug!("mirror {name}: history=append-only, so the probe objects {key}* stay");
+    }
+    if let Some(lock) = store.retention_lock() {
+        let supported = store
+            .check_object_lock()
+            .map_err(|source| probe_error(&key, source))?;
+        if let Err(reason) = supported {
+            return Err(Error::Setup {
+                mirror: name.to_string(),
+                reason: format!(
+                    "retention_lock={} needs S3 Object Lock, which the store at {} does not \
+                     provide: {reason}. Use a bucket created with Object Lock enabled, or \
+                     remove retention_lock",
+                    lock.days,
+                    store.endpoint()
+                ),
+            });
+        }
+    }
+    let sse_key = format!("{key}.sse");
+    let confirmed = store
+        .check_encryption(&sse_key, remove)
+        .map_err(|source| probe_error(&sse_key, source))?;
+    if let Err(reason) = confirmed {
+        return Err(Error::Setup {
+            mirror: name.to_string(),
+            reason: format!(
+                "{reason} (store at {}). Remove the sse option, or use a store that \
+                 supports it",
+                store.endpoint()
+            ),
+        });
+    }
     info!(
         "mirror {name}: endpoint={} conditional_writes={} checksums={}",
         store.endpoint(),

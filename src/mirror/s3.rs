@@ -588,11 +588,31 @@ fn probe(
         format!("{prefix}/{STATE_DIR_NAME}/probe-{token}")
     };
     let remove = history == History::Managed;
-    let probe_error = |key: &str, source: StoreError| Error::Store {
-        mirror: name.to_string(),
-        action: "probe with",
-        key: key.to_string(),
-        source: Box::new(source),
+    let history_dir = key.rsplit_once('/').map_or("", |(dir, _)| dir);
+    let probe_error = |key: &str, source: StoreError| {
+        if source.code.as_deref() != Some("AccessDenied") {
+            return Error::Store {
+                mirror: name.to_string(),
+                action: "probe with",
+                key: key.to_string(),
+                source: Box::new(source),
+            };
+        }
+        let hint = match remove {
+            true => {
+                "; with a key that may create but not delete objects, set \
+                     history=append-only"
+            }
+            false => "",
+        };
+        Error::Setup {
+            mirror: name.to_string(),
+            reason: format!(
+                "the store refused the probe with {key}: {source}. A mount needs rights to \
+                 list, read and create objects below {history_dir}/{hint}; the \
+                 least privilege per use is in docs/SECURITY.md"
+            ),
+        }
     };
     let capabilities = store
         .probe(&key, remove)

@@ -143,7 +143,8 @@ fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
 /// Returns true for a response that a later attempt may turn into a success: a server
 /// error, throttling, or a timeout the store reports.
 fn is_retryable_response(status: u16, code: &str) -> bool {
-    status >= 500 || status == 429 || RETRYABLE_CODES.contains(&code)
+    // 501 Not Implemented names a request the store does not support, which stays so.
+    (status >= 500 && status != 501) || status == 429 || RETRYABLE_CODES.contains(&code)
 }
 
 /// Joins the messages of an error and its sources, leaving out a message that repeats the
@@ -897,6 +898,7 @@ mod tests {
             (500, "InternalError", true),
             (503, "SlowDown", true),
             (503, "", true),
+            (501, "NotImplemented", false),
             (429, "", true),
             (400, "RequestTimeout", true),
             (403, "RequestTimeTooSkewed", false),

@@ -240,7 +240,7 @@ pub struct S3Options {
     pub sse_c_key: Option<PathBuf>,
 }
 
-/// What the mount may do to the history objects under `PREFIX/.logmirror/`.
+/// Rights the mount uses on the history objects under `PREFIX/.logmirror/`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum History {
     /// Probe objects are removed and `retention=` folds remove old journal objects.

@@ -289,6 +289,8 @@ impl S3Mirror {
     /// Starts the readable copies: from now on every record the mirror stores also updates
     /// the copy of the file it changes.
     pub fn start_copies(&mut self, settings: CopySettings) -> Result<(), Error> {
+        // NOTE: copies use the mirror's bucket and key, which may overwrite and delete them,
+        // also with history=append-only.
         let copies = Copies::start(settings, self.store.clone(), &self.name, &self.prefix)?;
         self.copies = Some(copies);
         Ok(())
@@ -618,6 +620,7 @@ fn probe(
         .probe(&key, remove)
         .map_err(|source| probe_error(&key, source))?;
     if !remove {
+        // NOTE: with history=append-only every mount leaves its probe objects behind.
         debug!("mirror {name}: history=append-only, so the probe objects {key}* stay");
     }
     if let Some(lock) = store.retention_lock() {

@@ -30,7 +30,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::config::{RetentionLock, S3Options};
 
-use protection::{lock_mode_header, to_date_time, with_sse, with_sse_c};
+use protection::{content_md5, lock_mode_header, to_date_time, with_sse, with_sse_c};
 
 pub use protection::{Encryption, retain_until};
 pub use requests::{ByteRange, ObjectInfo};
@@ -527,10 +527,13 @@ impl Store {
                 .body(ByteStream::from(body.to_vec()))
                 .checksum_crc32_c(crc);
             request = with_sse!(request, self.encryption.as_ref());
+            // S3 requires Content-MD5 (or an SDK checksum algorithm header) on a PUT with a
+            // retention; Content-MD5 is the form every S3 version with Object Lock accepts.
             if let Some((mode, until)) = lock {
                 request = request
                     .object_lock_mode(lock_mode_header(mode))
-                    .object_lock_retain_until_date(to_date_time(until));
+                    .object_lock_retain_until_date(to_date_time(until))
+                    .content_md5(content_md5(body));
             }
             request = match condition {
                 Condition::Always => request,

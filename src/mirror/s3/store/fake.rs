@@ -5,7 +5,9 @@
 //! `PREFIX/.logmirror/`, except the lease object, a PUT must carry `If-None-Match: *` and a
 //! DELETE is refused, both with `AccessDenied`. The Object Lock rules are S3's: a PUT with a
 //! retention needs a bucket with Object Lock and a date in the future, and a DELETE of an
-//! object before its date is refused. Never used outside `#[cfg(test)]`.
+//! object before its date is refused, as S3 refuses deleting a locked version. The bucket
+//! keeps no versions, so it does not model S3's delete markers. Never used outside
+//! `#[cfg(test)]`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -152,13 +154,6 @@ impl Requests for FakeBucket {
                 return Err(self.refuse("PUT", key, 404, "NoSuchKey"));
             }
             _ => {}
-        }
-        if let Some(object) = existing
-            && object
-                .lock
-                .is_some_and(|(_, until)| until > SystemTime::now())
-        {
-            return Err(self.refuse("PUT", key, 403, "AccessDenied"));
         }
         let etag = {
             let mut count = self.etags.lock().unwrap();

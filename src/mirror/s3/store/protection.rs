@@ -90,11 +90,12 @@ impl Encryption {
 
 /// Returns base64 of `key` and base64 of its MD5, as the SSE-C headers carry them.
 fn customer_headers(key: &[u8; 32]) -> (String, String) {
-    let md5 = Md5::digest(key);
-    (
-        aws_smithy_types::base64::encode(key),
-        aws_smithy_types::base64::encode(md5.as_slice()),
-    )
+    (aws_smithy_types::base64::encode(key), content_md5(key))
+}
+
+/// Returns the value of a `Content-MD5` header for `body`: base64 of its MD5.
+pub fn content_md5(body: &[u8]) -> String {
+    aws_smithy_types::base64::encode(Md5::digest(body).as_slice())
 }
 
 /// Returns the date until which an object uploaded at `now` stays locked.
@@ -381,6 +382,11 @@ mod tests {
         assert!((expected..=expected + 60).contains(&sent), "{until}");
         assert_eq!(header(&headers, "if-none-match"), Some("*"));
         assert!(header(&headers, "x-amz-checksum-crc32c").is_some());
+        // MD5 of "body" is 841a2d689ad86bd1611447453c22c6fc.
+        assert_eq!(
+            header(&headers, "content-md5"),
+            Some("hBotaJrYa9FhFEdFPCLG/A==")
+        );
 
         // A lease or probe write carries no retention.
         store.put("lease", b"body", Condition::Always).expect("put");

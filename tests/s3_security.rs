@@ -295,3 +295,69 @@ fn sse_c_key_file_mode_checked() {
     assert_eq!(out.code(), EXIT_USAGE, "{out}");
     assert!(out.stderr.contains("mode 0644"), "{out}");
 }
+
+/// Waits until the object at `key`, read with the SSE-C key, contains exactly `expected`.
+fn wait_for_encrypted_copy(
+    client: &garage::TestClient,
+    key: &str,
+    sse_key: &[u8; 32],
+    expected: &[u8],
+) {
+    common::wait_until(
+        common::COMMAND_TIMEOUT,
+        &format!("copy {key:?}"),
+        || match client.get_with_key(key, Some(sse_key)) {
+            Ok(bytes) if bytes == expected => Ok(()),
+            Ok(bytes) => Err(format!(
+                "{} bytes, expected {}",
+                bytes.len(),
+                expected.len()
+            )),
+            Err(e) => Err(e),
+        },
+    );
+}
+
+#[test]
+fn sse_c_large_copy_appended_and_renamed() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let (path, key) = key_file(&dirs, 0o600);
+    let sse = format!("sse=c,sse_c_key={}", path.display());
+    let options = mount_options(&garage, &[&sse, "materialize_interval=1s"]);
+    let mount = Mount::with_env(&dirs, &options, &garage.env());
+    let client = garage.client();
+
+    // Above 5 MiB, an append keeps the stored prefix with UploadPartCopy, whose source
+    // must be read with the key.
+    let mut content: Vec<u8> = (0..6 << 20)
+        .map(|i: u32| b"abcdefghij\n"[(i % 11) as usize])
+        .collect();
+    fs::write(mount.mnt().join("big.log"), &content).expect("write big.log");
+    wait_for_encrypted_copy(&client, &format!("{PREFIX}/big.log"), &key, &content);
+    let tail = b"one more line\n";
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(mount.mnt().join("big.log"))
+        .expect("open big.log");
+    std::io::Write::write_all(&mut file, tail).expect("append");
+    drop(file);
+    content.extend_from_slice(tail);
+    wait_for_encrypted_copy(&client, &format!("{PREFIX}/big.log"), &key, &content);
+
+    // A rename moves the copy with CopyObject, whose source needs the key too.
+    fs::rename(mount.mnt().join("big.log"), mount.mnt().join("big.log.1")).expect("rename");
+    wait_for_encrypted_copy(&client, &format!("{PREFIX}/big.log.1"), &key, &content);
+    mount.verify().assert_success("logmirror verify");
+    mount.unmount();
+    assert!(
+        client
+            .get_with_key(&format!("{PREFIX}/big.log.1"), None)
+            .is_err()
+    );
+}

@@ -19,6 +19,7 @@ pub mod key;
 mod lease;
 mod object;
 mod position;
+mod probe;
 mod replay;
 mod snapshot;
 mod store;
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{History, MirrorSpec, S3Options, STATE_DIR_NAME};
+use crate::config::{MirrorSpec, S3Options, STATE_DIR_NAME};
 use crate::journal::{Op, Record, Seq};
 
 use super::cursor::Cursor;
@@ -55,6 +56,7 @@ use lease::{
 };
 use object::{ObjectHeader, PendingObject};
 use position::Verdict;
+use probe::{checksums_text, probe};
 use store::{PutOutcome, Store};
 
 /// Size at which `apply` stores the pending object before adding more, so that a long
@@ -569,126 +571,6 @@ fn connect(name: &str, bucket: &str, options: &S3Options) -> Result<Store, Error
         key: bucket.to_string(),
         source: Box::new(source),
     })
-}
-
-/// Measures the store's handling of preconditions and checksums with probe objects below
-/// the prefix, checks that it supports the Object Lock and encryption the options ask for,
-/// and logs the result. With `history=append-only` the probe objects stay in the bucket.
-fn probe(
-    store: &mut Store,
-    prefix: &str,
-    name: &str,
-    history: History,
-) -> Result<Capabilities, Error> {
-    let token = lease::random_hex(8).map_err(|e| Error::Setup {
-        mirror: name.to_string(),
-        reason: format!("cannot create a probe key: {e}"),
-    })?;
-    let key = if prefix.is_empty() {
-        format!("{STATE_DIR_NAME}/probe-{token}")
-    } else {
-        format!("{prefix}/{STATE_DIR_NAME}/probe-{token}")
-    };
-    let remove = history == History::Managed;
-    let history_dir = key.rsplit_once('/').map_or("", |(dir, _)| dir);
-    let probe_error = |key: &str, source: StoreError| {
-        if source.code.as_deref() != Some("AccessDenied") {
-            return Error::Store {
-                mirror: name.to_string(),
-                action: "probe with",
-                key: key.to_string(),
-                source: Box::new(source),
-            };
-        }
-        let hint = match remove {
-            true => {
-                "; with a key that may create but not delete objects, set \
-                     history=append-only"
-            }
-            false => "",
-        };
-        Error::Setup {
-            mirror: name.to_string(),
-            reason: format!(
-                "the store refused the probe with {key}: {source}. A mount needs rights to \
-                 list, read and create objects below {history_dir}/{hint}; the \
-                 least privilege per use is in docs/SECURITY.md"
-            ),
-        }
-    };
-    let capabilities = store
-        .probe(&key, remove)
-        .map_err(|source| probe_error(&key, source))?;
-    if !remove {
-        // NOTE: with history=append-only every mount leaves its probe objects behind.
-        debug!("mirror {name}: history=append-only, so the probe objects {key}* stay");
-    }
-    if let Some(lock) = store.retention_lock() {
-        let supported = store
-            .check_object_lock()
-            .map_err(|source| probe_error(&key, source))?;
-        if let Err(reason) = supported {
-            return Err(Error::Setup {
-                mirror: name.to_string(),
-                reason: format!(
-                    "retention_lock={} needs S3 Object Lock, which the store at {} does not \
-                     provide: {reason}. Use a bucket created with Object Lock enabled, or \
-                     remove retention_lock",
-                    lock.days,
-                    store.endpoint()
-                ),
-            });
-        }
-    }
-    let sse_key = format!("{key}.sse");
-    let confirmed = store
-        .check_encryption(&sse_key, remove)
-        .map_err(|source| probe_error(&sse_key, source))?;
-    if let Err(reason) = confirmed {
-        return Err(Error::Setup {
-            mirror: name.to_string(),
-            reason: format!(
-                "{reason} (store at {}). Remove the sse option, or use a store that \
-                 supports it",
-                store.endpoint()
-            ),
-        });
-    }
-    info!(
-        "mirror {name}: endpoint={} conditional_writes={} checksums={}",
-        store.endpoint(),
-        if capabilities.conditional_writes {
-            "yes"
-        } else {
-            "no"
-        },
-        checksums_text(capabilities)
-    );
-    if !capabilities.conditional_writes {
-        warn!(
-            "mirror {name}: the store ignores If-None-Match, so it cannot refuse a second \
-             writer by itself; falling back to a read-after-write lease, read again after a \
-             pause when taken and confirmed every {}s; a takeover while an upload of the old \
-             owner hangs for more than {}s can let both store an object",
-            LEASE_VALIDITY.as_secs(),
-            (TAKEOVER_WAIT - LEASE_VALIDITY).as_secs()
-        );
-    }
-    if !capabilities.checksums_verified {
-        warn!(
-            "mirror {name}: the store ignores x-amz-checksum-crc32c; an object damaged on the \
-             way is found only when verify or restore checks its records"
-        );
-    }
-    Ok(capabilities)
-}
-
-fn checksums_text(capabilities: Capabilities) -> &'static str {
-    if capabilities.checksums_verified {
-        "verified"
-    } else {
-        "ignored"
-    }
 }
 
 fn lease_error(name: &str, error: LeaseError) -> Error {

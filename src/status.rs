@@ -342,6 +342,13 @@ pub fn render(status: &Status) -> String {
                 store.checksums
             );
             let _ = writeln!(out, "  lease {}: {}", store.lease_key, store.protection);
+            let _ = writeln!(
+                out,
+                "  history: {}, Object Lock: {}, encryption: {}",
+                store.history,
+                store.retention_lock.as_deref().unwrap_or("none"),
+                store.encryption.as_deref().unwrap_or("none")
+            );
         }
         if m.resync_pending {
             let _ = writeln!(out, "  resync from the backing tree pending");

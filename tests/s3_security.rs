@@ -144,6 +144,13 @@ fn append_only_leaves_probes_and_fold_runs_apart() {
     let options = mount_options(&garage, &["history=append-only"]);
     let mount = Mount::with_env(&dirs, &options, &writer_env);
     write_logs(&mount);
+    let store = mount.status().mirrors[0]
+        .store
+        .clone()
+        .expect("store in status");
+    assert_eq!(store.history, "append-only");
+    assert_eq!(store.retention_lock, None);
+    assert_eq!(store.encryption, None);
     mount.unmount();
 
     let client = garage.client();
@@ -243,6 +250,15 @@ fn sse_c_end_to_end() {
     let sse = format!("sse=c,sse_c_key={}", path.display());
     let mount = Mount::with_env(&dirs, &mount_options(&garage, &[&sse]), &garage.env());
     write_logs(&mount);
+    let store = mount.status().mirrors[0]
+        .store
+        .clone()
+        .expect("store in status");
+    assert_eq!(store.history, "managed");
+    assert_eq!(store.encryption.as_deref(), Some("sse=c"));
+    let text = common::logmirror(&["status", path_str(mount.mnt())]);
+    let line = "history: managed, Object Lock: none, encryption: sse=c";
+    assert!(text.stdout.contains(line), "{text}");
     mount.unmount();
 
     let client = garage.client();

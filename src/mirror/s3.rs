@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MirrorSpec, S3Options, STATE_DIR_NAME};
+use crate::config::{History, LockMode, MirrorSpec, S3Options, STATE_DIR_NAME};
 use crate::journal::{Op, Record, Seq};
 
 use super::cursor::Cursor;
@@ -85,6 +85,15 @@ pub struct StoreReport {
     pub lease_key: String,
     /// Protection of the lease and the journal keys against a second writer.
     pub protection: String,
+    /// `managed` or `append-only`, from `history=`.
+    #[serde(default)]
+    pub history: String,
+    /// Object Lock retention of journal objects and snapshots, as in `30 days, compliance`.
+    #[serde(default)]
+    pub retention_lock: Option<String>,
+    /// Server-side encryption requested, as in `sse=c`.
+    #[serde(default)]
+    pub encryption: Option<String>,
 }
 
 /// Owner settings of an S3 mirror's lease.
@@ -117,6 +126,8 @@ pub struct S3Mirror {
     newest: Option<ObjectHeader>,
     /// The readable copies, once started.
     copies: Option<Arc<Copies>>,
+    /// What the mount may do to the history objects, from `history=`.
+    history: History,
 }
 
 impl S3Mirror {
@@ -232,6 +243,7 @@ impl S3Mirror {
             capabilities,
             newest,
             copies: None,
+            history: options.history,
         })
     }
 
@@ -254,12 +266,26 @@ impl S3Mirror {
                  when taken (the store ignores conditional writes)"
             )
         };
+        let history = match self.history {
+            History::Managed => "managed",
+            History::AppendOnly => "append-only",
+        };
+        let retention_lock = self.store.retention_lock().map(|lock| {
+            let mode = match lock.mode {
+                LockMode::Compliance => "compliance",
+                LockMode::Governance => "governance",
+            };
+            format!("{} days, {mode}", lock.days)
+        });
         StoreReport {
             endpoint: self.store.endpoint().to_string(),
             conditional_writes: self.capabilities.conditional_writes,
             checksums: checksums_text(self.capabilities).to_string(),
             lease_key: self.lease.key().to_string(),
             protection,
+            history: history.to_string(),
+            retention_lock,
+            encryption: self.store.encryption().map(|e| e.option_text().to_string()),
         }
     }
 

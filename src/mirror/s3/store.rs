@@ -348,6 +348,11 @@ impl Store {
         })
     }
 
+    /// Returns the server-side encryption sent with the requests, if any.
+    pub fn encryption(&self) -> Option<&Encryption> {
+        self.encryption.as_ref()
+    }
+
     /// Returns the Object Lock retention put on journal objects and snapshots, if any.
     pub fn retention_lock(&self) -> Option<RetentionLock> {
         self.lock

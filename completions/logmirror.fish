@@ -46,7 +46,7 @@ complete -c logmirror -n "__fish_logmirror_using_subcommand verify" -l timeout -
 complete -c logmirror -n "__fish_logmirror_using_subcommand verify" -l progress-interval -d 'Time between two progress lines on stderr when it is not a terminal, as in 10s or 1m (on a terminal, one line is redrawn in place)' -r
 complete -c logmirror -n "__fish_logmirror_using_subcommand verify" -l repair -d 'Schedule a resync from the backing tree for each mirror that differs; `logmirror sync` then waits until it is done [default: off]'
 complete -c logmirror -n "__fish_logmirror_using_subcommand verify" -s h -l help -d 'Print help'
-complete -c logmirror -n "__fish_logmirror_using_subcommand restore" -s o -d 'Options as key=value[,key=value...]: endpoint, region, path_style, ca_file, allow_http [default: none, the AWS environment and profile apply]' -r
+complete -c logmirror -n "__fish_logmirror_using_subcommand restore" -s o -d 'Options as key=value[,key=value...]: endpoint, region, path_style, ca_file, allow_http, sse, sse_kms_key_id, sse_c_key [default: none, the AWS environment and profile apply]' -r
 complete -c logmirror -n "__fish_logmirror_using_subcommand restore" -l at -d 'Restore the tree as of this time: RFC 3339 with an offset, as in 2026-12-04T10:00:00Z, or seconds since the Unix epoch [default: the newest record]' -r
 complete -c logmirror -n "__fish_logmirror_using_subcommand restore" -l seq -d 'Restore the tree as of right after the record with this seq [default: the newest record]' -r
 complete -c logmirror -n "__fish_logmirror_using_subcommand restore" -l progress-interval -d 'Time between two progress lines on stderr when it is not a terminal, as in 10s or 1m (on a terminal, one line is redrawn in place)' -r

@@ -225,7 +225,8 @@ serves MOUNTPOINT.")]
         /// Directory to fill; created if missing. It must be empty unless --force is given.
         dir: PathBuf,
         /// Options as key=value[,key=value...]: endpoint, region, path_style, ca_file,
-        /// allow_http [default: none, the AWS environment and profile apply]
+        /// allow_http, sse, sse_kms_key_id, sse_c_key [default: none, the AWS environment and
+        /// profile apply]
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Replay into a directory that is not empty [default: off]

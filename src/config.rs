@@ -970,7 +970,7 @@ pub fn build(
 }
 
 /// Keys of [`S3Options`], as listed in messages.
-const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, history, \
+pub(crate) const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, history, \
                        retention_lock, retention_lock_mode, sse, sse_kms_key_id, sse_c_key";
 
 /// Builds the S3 connection settings of a command that reads a mirror without mounting

@@ -235,7 +235,10 @@ fn retention_lock_sent_with_history() {
     let deleted = store(&bucket, &options).delete(&keys[0], Condition::Always);
     assert_eq!(deleted.unwrap_err().code.as_deref(), Some("AccessDenied"));
     let report = mirror.report();
-    assert_eq!(report.retention_lock.as_deref(), Some("30 days, governance"));
+    assert_eq!(
+        report.retention_lock.as_deref(),
+        Some("30 days, governance")
+    );
     assert_eq!(report.history, "managed");
     mirror.release().expect("release");
 }

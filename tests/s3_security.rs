@@ -160,8 +160,20 @@ fn append_only_leaves_probes_and_fold_runs_apart() {
     let journal = client.list(JOURNAL_PREFIX);
     assert!(!journal.is_empty(), "no journal objects stored");
 
-    // With retention 0 every journal object is old enough to fold.
+    // A key that may not write cannot fold; the history stays as it is.
     let spec = mirror_spec(&garage);
+    let (reader_env, _) = garage.key_with("reader", &["--read"]);
+    let denied = logmirror_env(&["fold", &spec, "0", "-o", &garage.options()], &reader_env);
+    assert_eq!(
+        denied.code(),
+        EXIT_RUNTIME,
+        "fold with a read-only key: {denied}"
+    );
+    assert!(denied.stderr.contains("AccessDenied"), "{denied}");
+    assert!(denied.stderr.contains(&format!("fold {spec}")), "{denied}");
+    assert_eq!(client.list(JOURNAL_PREFIX), journal);
+
+    // With retention 0 every journal object is old enough to fold.
     let out = logmirror_env(
         &["fold", &spec, "0", "-o", &garage.options()],
         &garage.env(),

@@ -352,14 +352,17 @@ impl S3Mirror {
             let number = self.next_number;
             let key = object_key(&self.prefix, number);
             let body = self.pending.encode(self.journal_id, number);
-            let outcome = if self.capabilities.conditional_writes {
-                self.store.put_new(&key, body)
-            } else {
-                // The lease is the only protection here (see DESIGN.md, "Ownership").
-                self.store
-                    .put(&key, body, store::Condition::Always)
-                    .map(|_| PutOutcome::Stored)
-            };
+            // An append-only policy accepts only PUTs with If-None-Match, so they carry it
+            // even to a store that ignores it.
+            let outcome =
+                if self.capabilities.conditional_writes || self.history == History::AppendOnly {
+                    self.store.put_new(&key, body)
+                } else {
+                    // The lease is the only protection here (see DESIGN.md, "Ownership").
+                    self.store
+                        .put_history(&key, body, store::Condition::Always)
+                        .map(|_| PutOutcome::Stored)
+                };
             let outcome = outcome.map_err(|source| self.store_error("upload of", &key, source))?;
             if outcome == PutOutcome::Stored {
                 debug!(

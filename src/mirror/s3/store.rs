@@ -578,17 +578,7 @@ impl Store {
     ///
     /// With `retention_lock=`, the object is locked until that many days from now.
     pub fn put_new(&self, key: &str, body: &[u8]) -> Result<PutOutcome, StoreError> {
-        let crc = checksum_header(body);
-        let request = PutRequest {
-            key,
-            body,
-            crc: &crc,
-            condition: Condition::Absent,
-            lock: self
-                .lock
-                .map(|lock| (lock.mode, retain_until(lock, SystemTime::now()))),
-        };
-        match self.put_request(&request) {
+        match self.put_history(key, body, Condition::Absent) {
             Ok(_) => Ok(PutOutcome::Stored),
             Err(e) if e.status == Some(412) => {
                 let existing = self.get(key)?;
@@ -602,6 +592,27 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Stores the history object `body` under `key` with its CRC32C and `condition`, and
+    /// with `retention_lock=`, locked until that many days from now. Returns the new ETag.
+    pub fn put_history(
+        &self,
+        key: &str,
+        body: &[u8],
+        condition: Condition<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        let crc = checksum_header(body);
+        let request = PutRequest {
+            key,
+            body,
+            crc: &crc,
+            condition,
+            lock: self
+                .lock
+                .map(|lock| (lock.mode, retain_until(lock, SystemTime::now()))),
+        };
+        Ok(self.put_request(&request)?.etag)
     }
 
     /// Deletes `key` under the precondition `condition` (left out when the store rejects

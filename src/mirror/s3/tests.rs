@@ -346,3 +346,36 @@ fn sse_unconfirmed_rejects_mount() {
     assert!(message.contains("did not confirm"), "{message}");
     assert_eq!(journal_keys(&bucket), Vec::<String>::new());
 }
+
+#[test]
+fn append_only_without_conditional_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(FakeBucket::new(Rules {
+        append_only: Some(PREFIX.into()),
+        ignores_conditions: true,
+        ..Rules::default()
+    }));
+    let mut mirror = open(&bucket, &options(History::AppendOnly), dir.path()).expect("open");
+    assert!(!mirror.report().conditional_writes);
+    store_file(&mut mirror, 1, "a.log", b"first\n", now_ns());
+    mirror.release().expect("release");
+    assert_eq!(journal_keys(&bucket), vec![object_key(PREFIX, 1)]);
+    assert_eq!(refusals(&bucket, "AccessDenied"), Vec::<String>::new());
+}
+
+#[test]
+fn retention_lock_without_conditional_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(FakeBucket::new(Rules {
+        object_lock: true,
+        ignores_conditions: true,
+        ..Rules::default()
+    }));
+    let mut mirror = open(&bucket, &locked_options(7, None), dir.path()).expect("open");
+    assert!(!mirror.report().conditional_writes);
+    store_file(&mut mirror, 1, "a.log", b"first\n", now_ns());
+    let key = object_key(PREFIX, 1);
+    let lock = bucket.objects.lock().unwrap()[&key].lock;
+    assert_eq!(lock.map(|(mode, _)| mode), Some(LockMode::Compliance));
+    mirror.release().expect("release");
+}

@@ -52,6 +52,9 @@ pub struct Rules {
     pub object_lock: bool,
     /// Responses confirm the requested encryption, as AWS does.
     pub confirms_encryption: bool,
+    /// PUTs ignore `If-None-Match` and `If-Match`, as Garage 2.5.0 does; the append-only
+    /// rule still checks that the header was sent.
+    pub ignores_conditions: bool,
 }
 
 /// An in-process bucket.
@@ -143,7 +146,11 @@ impl Requests for FakeBucket {
         }
         let mut objects = self.objects.lock().unwrap();
         let existing = objects.get(key);
-        match (request.condition, existing) {
+        let condition = match self.rules.ignores_conditions {
+            true => Condition::Always,
+            false => request.condition,
+        };
+        match (condition, existing) {
             (Condition::Absent, Some(_)) => {
                 return Err(self.refuse("PUT", key, 412, "PreconditionFailed"));
             }

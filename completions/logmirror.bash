@@ -231,13 +231,17 @@ _logmirror() {
             return 0
             ;;
         logmirror__subcmd__restore)
-            opts="-o -h --force --at --seq --progress-interval --help"
+            opts="-o -h --key --force --at --seq --progress-interval --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

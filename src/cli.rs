@@ -43,6 +43,12 @@ file, and mirrors given with -o replace the file's list):
                               the system's root certificates (default: none, the system's
                               root certificates apply)
   allow_http=true|false       accept plain http to a host that is not loopback (default false)
+  encrypt_key=/path           file with a 256-bit key as 64 hex digits (openssl rand -hex 32),
+                              mode 600: S3 journal objects and snapshots are encrypted with
+                              AES-256-GCM before upload, and the readable copies are off
+                              (default: none, objects are stored plain)
+  compression=zstd:LEVEL|none compress S3 journal objects and snapshot parts with zstd at
+                              LEVEL (1 to 19) before encryption (default zstd:3)
   history=managed|append-only S3: append-only never deletes or overwrites objects under
                               PREFIX/.logmirror/ except the lease, for keys without delete
                               rights; folds then run from `logmirror fold` (default managed)
@@ -103,17 +109,21 @@ Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.
 
 const RESTORE_HELP: &str = "\
 Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false,
-ca_file=/path, allow_http=true|false, sse=aes256|aws:kms|c, sse_kms_key_id=ID,
-sse_c_key=/path, as for mount. Objects stored with sse=c can only be read with the same
-sse=c and sse_c_key. history, retention_lock and retention_lock_mode are accepted and
-change nothing here. A key with read rights only is enough.
+ca_file=/path, allow_http=true|false, encrypt_key=/path, compression=zstd:LEVEL|none,
+sse=aes256|aws:kms|c, sse_kms_key_id=ID, sse_c_key=/path, as for mount (restore reads
+compressed and plain objects whatever compression says). Objects stored with sse=c can only
+be read with the same sse=c and sse_c_key. history, retention_lock and retention_lock_mode
+are accepted and change nothing here. A key with read rights only is enough.
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
 a profile in ~/.aws, or an instance role).
 
 The mirror's newest snapshot (with retention=) and every journal object after it are
 checked (the store's CRC32C, the header, each record's CRC32C and path) before their records
-are replayed, and nothing is written outside DIR. A damaged or missing object stops the
-restore with its key; DIR then contains the tree as of the object before it.
+are replayed, and nothing is written outside DIR. Each object must also record the SHA-256 of
+the object before it (the hash chain), so a removed, replaced or reordered object is found.
+A damaged or missing object, or a break in the chain, stops the restore with its key and
+number; DIR then contains the tree as of the object before it. An encrypted history needs
+--key FILE (or -o encrypt_key=FILE), the key file the mount used.
 
 --seq N stops right after record N. --at TIME gives the newest state committed at or before
 TIME, and the ops of one resync go in whole or not at all. Seqs start again at 1 when a
@@ -225,10 +235,14 @@ serves MOUNTPOINT.")]
         /// Directory to fill; created if missing. It must be empty unless --force is given.
         dir: PathBuf,
         /// Options as key=value[,key=value...]: endpoint, region, path_style, ca_file,
-        /// allow_http, sse, sse_kms_key_id, sse_c_key [default: none, the AWS environment and
-        /// profile apply]
+        /// allow_http, encrypt_key, compression, sse, sse_kms_key_id, sse_c_key [default: none,
+        /// the AWS environment and profile apply]
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
+        /// Key file of an encrypted mirror: 64 hex digits, not readable by group or others;
+        /// the same as -o encrypt_key=FILE [default: none]
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         /// Replay into a directory that is not empty [default: off]
         #[arg(long)]
         force: bool,
@@ -307,6 +321,7 @@ pub fn run(cli: Cli) -> ExitCode {
             force,
             at,
             seq,
+            key,
             progress,
         } => {
             let point = match (at, seq) {
@@ -316,6 +331,7 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             let restore = RestoreRequest {
                 options: &options,
+                key,
                 point,
                 force,
                 progress_interval: progress.progress_interval,
@@ -520,6 +536,8 @@ fn run_fold(mirror: &str, retention: Duration, options: &[String]) -> anyhow::Re
 
 struct RestoreRequest<'a> {
     options: &'a [String],
+    /// `--key FILE`, the same as `-o encrypt_key=FILE`.
+    key: Option<PathBuf>,
     point: restore::PointInTime,
     force: bool,
     progress_interval: Duration,
@@ -527,7 +545,10 @@ struct RestoreRequest<'a> {
 
 fn run_restore(mirror: &str, dir: &PathBuf, request: RestoreRequest) -> anyhow::Result<ExitCode> {
     let spec = config::MirrorSpec::parse(mirror)?;
-    let s3 = config::build_s3_options(request.options)?;
+    let mut s3 = config::build_s3_options(request.options)?;
+    if let Some(key) = &request.key {
+        s3.set_encrypt_key(key)?;
+    }
     let mut progress = RestoreProgress(ProgressLine::new(
         std::io::stderr(),
         std::io::stderr().is_terminal(),

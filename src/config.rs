@@ -26,9 +26,9 @@ pub enum Error {
     #[error(
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
-         threads, endpoint, region, path_style, ca_file, allow_http, takeover, retention, \
-         verify_interval, repair, materialize_interval, metrics, history, retention_lock, \
-         retention_lock_mode, sse, sse_kms_key_id, sse_c_key"
+         threads, endpoint, region, path_style, ca_file, allow_http, encrypt_key, compression, \
+         takeover, retention, verify_interval, repair, materialize_interval, metrics, history, \
+         retention_lock, retention_lock_mode, sse, sse_kms_key_id, sse_c_key"
     )]
     UnknownKey { key: String },
     #[error(
@@ -221,6 +221,13 @@ pub struct S3Options {
     /// `allow_http=true|false`: accept a plain `http://` endpoint on a host other than
     /// loopback (127.0.0.0/8, ::1, localhost). Default false.
     pub allow_http: bool,
+    /// `encrypt_key=/path`: file with the 256-bit key (64 hex digits) that encrypts journal
+    /// objects and snapshots before they leave the host, and turns the readable copies off.
+    /// It must not be readable by group or others. Default: none, objects are stored plain.
+    pub encrypt_key: Option<PathBuf>,
+    /// `compression=zstd:LEVEL|none`: compression of journal objects and snapshot parts
+    /// before encryption. Default zstd at level 3; levels 1 to 19.
+    pub compression: Compression,
     /// `history=managed|append-only`: whether the mount may delete or overwrite objects
     /// under `PREFIX/.logmirror/` other than its lease. Default managed.
     pub history: History,
@@ -238,6 +245,40 @@ pub struct S3Options {
     /// `sse_c_key=/path`: file of mode 0600 or stricter with the 256-bit key for `sse=c`,
     /// as 32 raw bytes or their base64. The key itself is read when the store connects.
     pub sse_c_key: Option<PathBuf>,
+}
+
+/// Compression of the S3 mirror's journal objects and snapshot parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// zstd at this level (1 to 19).
+    Zstd(i32),
+}
+
+impl Default for Compression {
+    fn default() -> Compression {
+        Compression::Zstd(DEFAULT_ZSTD_LEVEL)
+    }
+}
+
+/// Default zstd level of `compression`, a fast level. The ratio it reaches on an access log
+/// is measured in docs/BENCHMARKS.md.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Allowed zstd levels of `compression`. The zstd 1.5 CLI unlocks 20 to 22 only with
+/// `--ultra`, because they need more memory.
+const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+
+impl Compression {
+    fn parse(value: &str) -> Option<Compression> {
+        if value == "none" {
+            return Some(Compression::None);
+        }
+        let level: i32 = value.strip_prefix("zstd:")?.parse().ok()?;
+        ZSTD_LEVELS
+            .contains(&level)
+            .then_some(Compression::Zstd(level))
+    }
 }
 
 /// Rights the mount uses on the history objects under `PREFIX/.logmirror/`.
@@ -288,7 +329,8 @@ impl S3Options {
         self == &S3Options::default()
     }
 
-    /// Applies one `endpoint`, `region`, `path_style`, `ca_file` or `allow_http` option.
+    /// Applies one `endpoint`, `region`, `path_style`, `ca_file`, `allow_http`,
+    /// `encrypt_key` or `compression` option. An `encrypt_key` file is read and checked here.
     /// Returns false for any other key.
     pub fn apply(&mut self, key: &str, value: &str) -> Result<bool, Error> {
         let invalid = |expected: &str| Error::InvalidValue {
@@ -357,6 +399,11 @@ impl S3Options {
                 self.sse_kms_key_id = Some(value.to_string());
             }
             "sse_c_key" => self.sse_c_key = Some(absolute_path(key, value)?),
+            "encrypt_key" => self.set_encrypt_key(Path::new(value))?,
+            "compression" => {
+                self.compression = Compression::parse(value)
+                    .ok_or_else(|| invalid("expected zstd:LEVEL with LEVEL 1 to 19, or none"))?;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -397,6 +444,20 @@ impl S3Options {
             )),
             (_, None) => Ok(()),
         }
+    }
+
+    /// Sets `encrypt_key` to the key file at `path`, which is read and checked now, so that
+    /// a missing, readable or malformed key file is an invalid value, not a start-up failure.
+    pub fn set_encrypt_key(&mut self, path: &Path) -> Result<(), Error> {
+        let invalid = |expected: String| Error::InvalidValue {
+            key: "encrypt_key".to_string(),
+            value: path.display().to_string(),
+            expected,
+        };
+        let path = std::path::absolute(path).map_err(|e| invalid(e.to_string()))?;
+        crate::mirror::s3::seal::read_key_file(&path).map_err(|e| invalid(e.to_string()))?;
+        self.encrypt_key = Some(path);
+        Ok(())
     }
 
     /// Checks that the endpoint option, if any, may be used: https, or plain http to a
@@ -693,6 +754,8 @@ struct FileOptions {
     repair: Option<FlagOrText>,
     ca_file: Option<PathBuf>,
     allow_http: Option<FlagOrText>,
+    encrypt_key: Option<PathBuf>,
+    compression: Option<String>,
     takeover: Option<FlagOrText>,
     materialize_interval: Option<NumberOrText>,
     metrics: Option<String>,
@@ -891,6 +954,12 @@ impl RawOptions {
         if let Some(v) = file.allow_http {
             push("allow_http", v.into_text());
         }
+        if let Some(v) = file.encrypt_key {
+            push("encrypt_key", v.to_string_lossy().into_owned());
+        }
+        if let Some(v) = file.compression {
+            push("compression", v);
+        }
         if let Some(v) = file.takeover {
             push("takeover", v.into_text());
         }
@@ -970,8 +1039,9 @@ pub fn build(
 }
 
 /// Keys of [`S3Options`], as listed in messages.
-pub(crate) const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, history, \
-                       retention_lock, retention_lock_mode, sse, sse_kms_key_id, sse_c_key";
+pub(crate) const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, \
+                                  encrypt_key, compression, history, retention_lock, \
+                                  retention_lock_mode, sse, sse_kms_key_id, sse_c_key";
 
 /// Builds the S3 connection settings of a command that reads a mirror without mounting
 /// (`restore`), from `-o` option strings that may set only the keys of [`S3Options`].
@@ -1089,6 +1159,8 @@ pub const KEYS: &[&str] = &[
     "repair",
     "ca_file",
     "allow_http",
+    "encrypt_key",
+    "compression",
     "takeover",
     "materialize_interval",
     "metrics",
@@ -1219,6 +1291,8 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
         | "path_style"
         | "ca_file"
         | "allow_http"
+        | "encrypt_key"
+        | "compression"
         | "history"
         | "retention_lock"
         | "retention_lock_mode"
@@ -1794,6 +1868,26 @@ mod tests {
             message.contains("unknown option \"takeover\" for restore"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn compression_option() {
+        let config = build_args(&["mirror=s3://logs/h"]).unwrap();
+        assert_eq!(config.s3.compression, Compression::Zstd(3));
+        let config = build_args(&["mirror=s3://logs/h,compression=none"]).unwrap();
+        assert_eq!(config.s3.compression, Compression::None);
+        let config = build_args(&["mirror=s3://logs/h,compression=zstd:19"]).unwrap();
+        assert_eq!(config.s3.compression, Compression::Zstd(19));
+        for value in ["zstd", "zstd:0", "zstd:20", "gzip:3", "zstd:x"] {
+            let option = format!("mirror=s3://logs/h,compression={value}");
+            let message = build_args(&[option.as_str()]).unwrap_err().to_string();
+            let named = format!("invalid value {value:?} for compression");
+            assert!(message.contains(&named), "{message}");
+            assert!(
+                message.contains("zstd:LEVEL with LEVEL 1 to 19"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

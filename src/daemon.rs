@@ -83,6 +83,7 @@ pub fn mount(
         source,
     };
     check_paths(&mut config)?;
+    limit_malloc_arenas();
     if foreground {
         return run(config, &mut None, reloader);
     }
@@ -112,6 +113,19 @@ pub fn mount(
             std::process::exit(1)
         }
     }
+}
+
+/// Malloc arenas the daemon may use. glibc creates up to eight per core, and each FUSE
+/// thread that allocates a write's data gets its own; freed data then stays spread over
+/// them (measured: 124 MB resident after 1 GiB of 4 KiB appends with the mirror down,
+/// against 32 MiB of data held).
+const MALLOC_ARENAS: libc::c_int = 2;
+
+/// Caps the number of glibc malloc arenas, so the daemon's memory follows what it holds.
+/// Must run before any thread starts.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator settings; no thread allocates concurrently yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
@@ -493,6 +507,9 @@ fn run(config: MountConfig, notify: &mut Option<File>, reloader: Reloader) -> Re
 
     let journal_dir = config.state_dir.join("journal");
     let (journal, recovery) = Journal::open(&journal_dir, config.segment_size_bytes)?;
+    let read_backing = crate::mirror::backing_reader(&config.backing)
+        .map_err(io_error("open", &config.backing))?;
+    journal.set_backing_reader(read_backing);
     let journal = Arc::new(journal);
     log::info!(
         "journal {:?}: {} records in {} segments, head seq {}, {} torn bytes cut{}",
@@ -1065,6 +1082,7 @@ fn spawn_housekeeping(ctx: Arc<Context>) {
                 if last_release.elapsed() >= Duration::from_secs(1) {
                     last_release = Instant::now();
                     let (min_seq, _) = ctx.acks.min_confirmed();
+                    ctx.journal.release_data_up_to(min_seq);
                     if let Err(e) = ctx.journal.release_up_to(min_seq) {
                         log::warn!("failed to remove confirmed journal segments: {e}");
                     }

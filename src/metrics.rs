@@ -440,6 +440,12 @@ fn render_mount(out: &mut Exposition, status: &Status) {
             status.journal_bytes as f64,
         ),
         (
+            "logmirror_journal_memory_bytes",
+            "gauge",
+            "Write data journaled by reference and held in memory until every mirror has it.",
+            status.journal_memory_bytes as f64,
+        ),
+        (
             "logmirror_journal_records_total",
             "counter",
             "Journal records appended since the daemon started.",

@@ -33,6 +33,9 @@ pub struct Status {
     pub journal_first_seq: u64,
     /// Size of the journal's segment files on disk.
     pub journal_bytes: u64,
+    /// Data of writes journaled by reference, held in memory until every mirror has it.
+    #[serde(default)]
+    pub journal_memory_bytes: u64,
     /// Records and writes appended to the journal since the daemon started.
     #[serde(default)]
     pub appended: Appended,
@@ -230,6 +233,7 @@ pub fn collect(
         head_seq: head.0,
         journal_first_seq: ctx.journal.first_seq().0,
         journal_bytes: ctx.journal.size_bytes(),
+        journal_memory_bytes: ctx.journal.data_held_bytes(),
         appended: Appended {
             records: appended.records,
             bytes: appended.bytes,
@@ -273,10 +277,11 @@ pub fn render(status: &Status) -> String {
     let _ = writeln!(out, "policy:  {}", render_policy(&status.policy));
     let _ = writeln!(
         out,
-        "journal: head seq {}, oldest seq {}, {}",
+        "journal: head seq {}, oldest seq {}, {} on disk, {} of write data in memory",
         status.head_seq,
         status.journal_first_seq,
-        human_bytes(status.journal_bytes)
+        human_bytes(status.journal_bytes),
+        human_bytes(status.journal_memory_bytes)
     );
     let appended = &status.appended;
     let _ = writeln!(
@@ -344,11 +349,14 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(out, "  lease {}: {}", store.lease_key, store.protection);
             let _ = writeln!(
                 out,
-                "  history: {}, Object Lock: {}, encryption: {}",
+                "  history: {}, Object Lock: {}, server-side encryption: {}",
                 store.history,
                 store.retention_lock.as_deref().unwrap_or("none"),
-                store.encryption.as_deref().unwrap_or("none")
+                store.sse.as_deref().unwrap_or("none")
             );
+            if !store.encryption.is_empty() {
+                let _ = writeln!(out, "  encryption: {}", store.encryption);
+            }
         }
         if m.resync_pending {
             let _ = writeln!(out, "  resync from the backing tree pending");
@@ -369,6 +377,9 @@ pub fn render(status: &Status) -> String {
             );
             if let Some(error) = &copies.last_error {
                 let _ = writeln!(out, "  readable copies, last error: {error}");
+            }
+            if let Some(reason) = &copies.stopped {
+                let _ = writeln!(out, "  readable copies stopped: {reason}");
             }
         }
         if let Some(error) = &m.last_error {

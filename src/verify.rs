@@ -175,12 +175,21 @@ fn compare(
     let whole = manifest::scan_tree(&ctx.backing, skip)
         .map_err(|e| format!("reading the backing tree: {}", error_chain(&e)))?;
     let backing = ctx.rules.select(slot.index, &whole);
-    let mirror = slot
-        .mirror
-        .lock()
-        .expect("mirror lock")
-        .manifest()
-        .map_err(|e| format!("reading the mirror: {}", error_chain(&e)))?;
+    let (alert, mirror) = {
+        let mut mirror = slot.mirror.lock().expect("mirror lock");
+        (mirror.integrity_alert(), mirror.manifest())
+    };
+    let mirror = match (alert, mirror) {
+        (None, Ok(mirror)) => mirror,
+        (None, Err(e)) => return Err(format!("reading the mirror: {}", error_chain(&e))),
+        (Some(alert), Ok(_)) => return Err(format!("history check failed: {alert}")),
+        (Some(alert), Err(e)) => {
+            return Err(format!(
+                "history check failed: {alert}; reading the mirror: {}",
+                error_chain(&e)
+            ));
+        }
+    };
     let mut lines: Vec<String> = manifest::diff(&backing, &mirror)
         .into_iter()
         .map(|difference| match difference {

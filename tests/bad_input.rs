@@ -796,17 +796,17 @@ fn cases() -> Vec<Case> {
             names: |f| format!("journal object {} is invalid", f.key(1)),
         },
         Case {
-            name: "restore object of version 2",
+            name: "restore object of version 3",
             needs: Needs::Garage,
             command: |f| {
-                let object = journal_object_version(2, 1, 1, &[create_op("a.log")]);
+                let object = journal_object_version(3, 1, 1, &[create_op("a.log")]);
                 restore(f, &[(1, object)])
             },
             code: EXIT_RUNTIME,
             class: "restore failed before any record was applied",
             names: |f| {
                 format!(
-                    "journal object {} is invalid at byte 0: unsupported object format version 2",
+                    "journal object {} is invalid at byte 0: unsupported object format version 3",
                     f.key(1)
                 )
             },

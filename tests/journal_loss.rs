@@ -99,8 +99,11 @@ fn deleted_segments_after_clean_unmount() {
     }
     let dirs = TestDirs::new(1);
     let options = options(&dirs, &["segment_size=1M"]);
-    // The records the mirror lacks fill several segments of 1 MiB.
-    write_with_mirror_down(&dirs, &options, 3 << 20);
+    // The records the mirror lacks fill several segments of 1 MiB: the first 8 MiB of
+    // bulk writes are held in memory and journaled by reference, the 3 MiB after them are
+    // copied into the segments.
+    let bulk_bytes = logmirror::journal::DATA_CACHE_BYTES as usize + (3 << 20);
+    write_with_mirror_down(&dirs, &options, bulk_bytes);
 
     let (seq, _) = mirror_cursor(&dirs);
     let newer: Vec<_> = segments(&dirs)
@@ -112,5 +115,50 @@ fn deleted_segments_after_clean_unmount() {
         fs::remove_file(path).unwrap_or_else(|e| panic!("remove {path:?}: {e}"));
     }
 
-    assert_recovered(&dirs, &options, 3 << 20);
+    assert_recovered(&dirs, &options, bulk_bytes);
+}
+
+/// Writes of 64 KiB are journaled by reference. After a clean unmount that left them
+/// unconfirmed, the next mount reads their data from the backing file: the mirror catches
+/// up from the journal, with no resync.
+#[test]
+fn referenced_writes_read_from_backing_after_clean_unmount() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let options = options(&dirs, &[]);
+    write_with_mirror_down(&dirs, &options, 1 << 20);
+
+    let mount = Mount::with_options(&dirs, &options);
+    let tree = assert_mirrors_match(&mount);
+    assert_eq!(tree.entries["bulk.bin"], common::sha256_hex(&bulk(1 << 20)));
+    let log = common::read_text(&mount.log_file);
+    assert!(!log.contains("resync"), "{log}");
+}
+
+/// A file changed in the backing directory behind the daemon's back no longer holds the
+/// bytes a referenced write recorded. The mirror must not receive other bytes under that
+/// record: it is resynced, and ends equal to the backing tree.
+#[test]
+fn changed_backing_file_resyncs_instead_of_replaying() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let options = options(&dirs, &[]);
+    write_with_mirror_down(&dirs, &options, 1 << 20);
+    let mut changed = bulk(1 << 20);
+    changed[100_000] ^= 0xff;
+    fs::write(dirs.backing.join("bulk.bin"), &changed).expect("change bulk.bin in the backing");
+
+    let mount = Mount::with_options(&dirs, &options);
+    let tree = assert_mirrors_match(&mount);
+    assert_eq!(tree.entries["bulk.bin"], common::sha256_hex(&changed));
+    let log = common::read_text(&mount.log_file);
+    assert!(log.contains("is no longer held"), "{log}");
+    assert!(
+        log.contains("resyncing the mirror from the backing tree"),
+        "{log}"
+    );
 }

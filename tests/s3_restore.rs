@@ -13,20 +13,18 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{
-    EXIT_RUNTIME, EXIT_USAGE, Mode, Mount, STATE_DIR, TestDirs, Tree, assert_same_tree, logmirror,
-    logmirror_env, path_str, tree_sha256,
+    EXIT_RUNTIME, EXIT_USAGE, Mode, Mount, STATE_DIR, TestDirs, Tree, assert_same_tree, tree_sha256,
 };
 use garage::Garage;
 
 const PREFIX: &str = "host1";
-const JOURNAL_PREFIX: &str = "host1/.logmirror/journal/";
 const SNAPSHOT_PREFIX: &str = "host1/.logmirror/snapshot/";
 
 fn mirror_spec(garage: &Garage) -> String {
-    format!("s3://{}/{PREFIX}", garage.bucket)
+    garage.mirror_spec(PREFIX)
 }
 
 fn mount_options(garage: &Garage, extra: &[&str]) -> Vec<String> {
@@ -41,10 +39,7 @@ fn mount_options(garage: &Garage, extra: &[&str]) -> Vec<String> {
 
 /// Runs `logmirror restore` of the test mirror into `dir`, with `extra` arguments.
 fn restore(garage: &Garage, dir: &Path, extra: &[&str]) -> common::CmdOutput {
-    let spec = mirror_spec(garage);
-    let mut args = vec!["restore", spec.as_str(), path_str(dir)];
-    args.extend_from_slice(extra);
-    logmirror_env(&args, &garage.env())
+    garage.restore(PREFIX, dir, extra)
 }
 
 /// Restores into a new directory `name` with `extra` arguments, asserts exit 0, and returns
@@ -323,18 +318,8 @@ fn restore_force_keeps_symlink_target() {
     assert_eq!(common::read_text(&outside.join("victim")), "untouched\n");
 }
 
-/// Returns the numbers of the journal objects in the bucket.
 fn journal_numbers(garage: &Garage) -> Vec<u64> {
-    garage
-        .client()
-        .list(JOURNAL_PREFIX)
-        .iter()
-        .map(|key| {
-            let name = key.strip_prefix(JOURNAL_PREFIX).expect("key under prefix");
-            let digits = name.strip_suffix(".lmj").expect("journal object key");
-            digits.parse().expect("20 digits")
-        })
-        .collect()
+    garage.journal_numbers(PREFIX)
 }
 
 /// Returns the numbers of the snapshot indexes in the bucket.
@@ -348,36 +333,8 @@ fn snapshot_numbers(garage: &Garage) -> Vec<u64> {
         .collect()
 }
 
-/// Returns the `last_fold` object of the first mirror in `status --json`.
-fn last_fold(mount: &Mount) -> Result<serde_json::Value, String> {
-    let out = logmirror(&["status", path_str(mount.mnt()), "--json"]);
-    if !out.status.success() {
-        return Err(format!("logmirror status: {out}"));
-    }
-    let status: serde_json::Value =
-        serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {out}"))?;
-    Ok(status["mirrors"][0]["last_fold"].clone())
-}
-
-/// Waits until a fold covered every journal object up to `number` and removed them, and
-/// returns the snapshot number.
 fn wait_folded(mount: &Mount, garage: &Garage, number: u64) -> u64 {
-    common::wait_until(
-        Duration::from_secs(120),
-        "a fold covering the journal objects",
-        || {
-            let fold = last_fold(mount)?;
-            if let Some(error) = fold["error"].as_str() {
-                return Err(format!("fold failed: {error}"));
-            }
-            let snapshot = fold["snapshot"].as_u64().unwrap_or(0);
-            let objects = journal_numbers(garage);
-            if snapshot < number || objects.iter().any(|n| *n <= snapshot) {
-                return Err(format!("last_fold {fold}, journal objects {objects:?}"));
-            }
-            Ok(snapshot)
-        },
-    )
+    garage.wait_folded(PREFIX, mount.mnt(), number)
 }
 
 #[test]

@@ -150,7 +150,7 @@ fn append_only_leaves_probes_and_fold_runs_apart() {
         .expect("store in status");
     assert_eq!(store.history, "append-only");
     assert_eq!(store.retention_lock, None);
-    assert_eq!(store.encryption, None);
+    assert_eq!(store.sse, None);
     mount.unmount();
 
     let client = garage.client();
@@ -267,9 +267,9 @@ fn sse_c_end_to_end() {
         .clone()
         .expect("store in status");
     assert_eq!(store.history, "managed");
-    assert_eq!(store.encryption.as_deref(), Some("sse=c"));
+    assert_eq!(store.sse.as_deref(), Some("sse=c"));
     let text = common::logmirror(&["status", path_str(mount.mnt())]);
-    let line = "history: managed, Object Lock: none, encryption: sse=c";
+    let line = "history: managed, Object Lock: none, server-side encryption: sse=c";
     assert!(text.stdout.contains(line), "{text}");
     mount.unmount();
 

@@ -186,6 +186,18 @@ fn s3_lease_second_daemon_and_takeover() {
     let lost = format!("lost the lease of the prefix to host {}", hostname());
     assert!(error.contains(&lost), "{error}");
     assert!(error.contains(&format!("pid {}", second.pid())), "{error}");
+    // Its readable copies stop too: the new owner writes them now.
+    let stopped = mirror_status(&first_dirs.mnt)["copies"]["stopped"].clone();
+    let held_by = format!("the lease {LEASE_KEY} is now held by host {}", hostname());
+    assert!(
+        stopped.as_str().is_some_and(|s| s.starts_with(&held_by)),
+        "{stopped}"
+    );
+    let text = logmirror(&["status", path_str(&first_dirs.mnt)]);
+    assert!(
+        text.stdout.contains("readable copies stopped: the lease"),
+        "{text}"
+    );
 
     second
         .sync(common::SYNC_TIMEOUT_SECS)

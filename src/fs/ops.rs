@@ -206,11 +206,11 @@ impl LogFs {
         op: Option<Op>,
         inode: Option<&Inode>,
     ) -> Result<Option<Seq>, Error> {
-        let Some(op) = op else {
+        let Some(mut op) = op else {
             self.request_resync(op_name, "its path is not known");
             return Ok(None);
         };
-        match self.journal.append(&op) {
+        match self.journal.append_owned(&mut op) {
             Ok((seq, _)) => {
                 self.note_rule(seq, &op, inode);
                 Ok(Some(seq))

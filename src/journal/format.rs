@@ -24,8 +24,9 @@
 //! ```
 //!
 //! The header's CRC32C covers its first 40 bytes. `magic` is `LMJRNL\0\x01`. The stream
-//! position of a frame is `base_position` plus the frame bytes before it in the segment, so
-//! headers never count toward a `Position`.
+//! position of a frame is `base_position` plus the frame bytes before it in the segment and
+//! the data bytes those frames refer to (tag 18), so headers never count toward a `Position`
+//! and a write counts its data once, whether the frame carries it or refers to it.
 //!
 //! The payload is one tag byte followed by the op's fields in declaration order. Integers take
 //! their natural width, byte strings and paths are a u32 length followed by the bytes, and an
@@ -51,6 +52,13 @@
 //! | 15  | SetXattr    | path, name bytes, value bytes, flags i32                |
 //! | 16  | RemoveXattr | path, name bytes                                        |
 //! | 17  | CloseWrite  | path                                                    |
+//! | 18  | Write (data by reference) | path, offset u64, length u32, data crc32c u32 |
+//!
+//! Tag 18 is a write whose data the frame does not carry: `length` bytes at `offset` of the
+//! backing file, with the CRC32C `data crc32c`. The journal holds the bytes in memory until
+//! every mirror confirmed the record; a reader that finds them gone there reads them from
+//! the backing file and checks the CRC. Such frames occur only in segments, never in S3
+//! journal objects, which always carry the data (tag 1).
 
 use super::Position;
 use super::record::{Op, Record, RelPath, Seq, Timestamp};
@@ -102,6 +110,19 @@ pub enum FormatError {
     InvalidPath(String),
     #[error("invalid option flag {0}, expected 0 or 1")]
     InvalidOptionFlag(u8),
+    #[error("a write by reference (tag 18) outside a journal segment")]
+    ReferenceOutsideSegment,
+}
+
+/// Tag of a write whose data stays in the backing file.
+const WRITE_REF_TAG: u8 = 18;
+
+/// The data that a tag-18 frame refers to instead of carrying it: `len` bytes at the write's
+/// offset in the backing file, whose CRC32C is `crc`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DataRef {
+    pub len: u32,
+    pub crc: u32,
 }
 
 /// The fixed fields at the start of every segment file.
@@ -265,6 +286,39 @@ pub(super) fn payload_len(op: &Op) -> usize {
     1 + fields
 }
 
+/// Returns the encoded size of a write by reference to data of the file at `path`.
+pub(super) fn ref_payload_len(path: &RelPath) -> usize {
+    1 + 4 + path.as_bytes().len() + 8 + 4 + 4
+}
+
+/// Encodes the frame of a write by reference into `buf`, replacing its contents. Its op
+/// reads back as `Op::Write` with empty data, plus the `DataRef`.
+pub(super) fn encode_ref_frame(
+    seq: Seq,
+    committed_at_ns: u64,
+    path: &RelPath,
+    offset: u64,
+    data: DataRef,
+    buf: &mut Vec<u8>,
+) {
+    let payload_len = ref_payload_len(path);
+    buf.clear();
+    buf.reserve(FRAME_HEADER_LEN + payload_len);
+    buf.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&seq.0.to_le_bytes());
+    buf.extend_from_slice(&committed_at_ns.to_le_bytes());
+    let mut out = Encoder(buf);
+    out.u8(WRITE_REF_TAG);
+    out.path(path);
+    out.u64(offset);
+    out.u32(data.len);
+    out.u32(data.crc);
+    debug_assert_eq!(buf.len(), FRAME_HEADER_LEN + payload_len);
+    let crc = crc32c::crc32c(&buf[8..]);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Encodes one record frame into `buf`, replacing its contents.
 ///
 /// The caller checks `payload_len` against `MAX_PAYLOAD_BYTES` first, so the cast to the u32
@@ -323,16 +377,25 @@ pub(super) fn decode_frame_at(bytes: &[u8]) -> Result<(Record, usize), FormatErr
         return Err(incomplete(frame_len));
     };
     check_crc(&header_bytes, payload)?;
-    Ok((decode_record(&header, payload)?, frame_len))
+    match decode_record(&header, payload)? {
+        (record, None) => Ok((record, frame_len)),
+        (_, Some(_)) => Err(FormatError::ReferenceOutsideSegment),
+    }
 }
 
-/// Builds the record from a frame whose length, CRC and seq were already checked.
-pub(super) fn decode_record(header: &FrameHeader, payload: &[u8]) -> Result<Record, FormatError> {
-    Ok(Record {
+/// Builds the record from a frame whose length, CRC and seq were already checked. A write by
+/// reference comes back as `Op::Write` with empty data, and the `DataRef` to fill it from.
+pub(super) fn decode_record(
+    header: &FrameHeader,
+    payload: &[u8],
+) -> Result<(Record, Option<DataRef>), FormatError> {
+    let (op, data) = decode_op(payload)?;
+    let record = Record {
         seq: header.seq,
         committed_at_ns: header.committed_at_ns,
-        op: decode_op(payload)?,
-    })
+        op,
+    };
+    Ok((record, data))
 }
 
 fn encode_op(op: &Op, buf: &mut Vec<u8>) {
@@ -471,8 +534,9 @@ fn encode_op(op: &Op, buf: &mut Vec<u8>) {
     }
 }
 
-fn decode_op(payload: &[u8]) -> Result<Op, FormatError> {
+fn decode_op(payload: &[u8]) -> Result<(Op, Option<DataRef>), FormatError> {
     let mut input = Decoder(payload);
+    let mut data_ref = None;
     let op = match input.u8()? {
         1 => Op::Write {
             path: input.path()?,
@@ -556,12 +620,24 @@ fn decode_op(payload: &[u8]) -> Result<Op, FormatError> {
         17 => Op::CloseWrite {
             path: input.path()?,
         },
+        WRITE_REF_TAG => {
+            let op = Op::Write {
+                path: input.path()?,
+                offset: input.u64()?,
+                data: Vec::new(),
+            };
+            data_ref = Some(DataRef {
+                len: input.u32()?,
+                crc: input.u32()?,
+            });
+            op
+        }
         tag => return Err(FormatError::UnknownTag(tag)),
     };
     if !input.0.is_empty() {
         return Err(FormatError::TrailingBytes(input.0.len()));
     }
-    Ok(op)
+    Ok((op, data_ref))
 }
 
 /// Returns the `N` bytes at `at`; callers pass slices they already checked to be long enough.
@@ -707,7 +783,7 @@ mod tests {
         assert_eq!(header.frame_len(), frame.len() as u64);
         let payload = &frame[FRAME_HEADER_LEN..];
         check_crc(&header_bytes, payload)?;
-        decode_record(&header, payload)
+        decode_record(&header, payload).map(|(record, _)| record)
     }
 
     fn encode(seq: Seq, committed_at_ns: u64, op: &Op) -> Vec<u8> {
@@ -954,7 +1030,8 @@ mod tests {
     #[test]
     fn payload_rejects_invalid_ops() {
         assert_eq!(decode_op(&[0]), Err(FormatError::UnknownTag(0)));
-        assert_eq!(decode_op(&[18]), Err(FormatError::UnknownTag(18)));
+        assert_eq!(decode_op(&[19]), Err(FormatError::UnknownTag(19)));
+        assert_eq!(decode_op(&[18]), Err(FormatError::PayloadTruncated));
         // Unlink of "a" with one byte too many, then one too few.
         assert_eq!(
             decode_op(&[7, 1, 0, 0, 0, b'a', 0]),
@@ -975,11 +1052,46 @@ mod tests {
         );
         assert_eq!(
             decode_op(&[12, 0, 0, 0, 0, 0, 0]),
-            Ok(Op::SetOwner {
-                path: RelPath::root(),
-                uid: None,
-                gid: None
-            })
+            Ok((
+                Op::SetOwner {
+                    path: RelPath::root(),
+                    uid: None,
+                    gid: None
+                },
+                None
+            ))
+        );
+    }
+
+    #[test]
+    fn write_by_reference_round_trips_and_stays_in_segments() {
+        let file = path("logs/app.log");
+        let data = DataRef {
+            len: 4096,
+            crc: 0xdead_beef,
+        };
+        let mut frame = Vec::new();
+        encode_ref_frame(Seq(9), 77, &file, 1 << 33, data, &mut frame);
+        assert_eq!(frame.len(), FRAME_HEADER_LEN + ref_payload_len(&file));
+        assert_eq!(frame[FRAME_HEADER_LEN], WRITE_REF_TAG);
+
+        let header = FrameHeader::parse(&array_at(&frame, 0));
+        check_crc(&array_at(&frame, 0), &frame[FRAME_HEADER_LEN..]).unwrap();
+        let (record, found) = decode_record(&header, &frame[FRAME_HEADER_LEN..]).unwrap();
+        assert_eq!(found, Some(data));
+        assert_eq!((record.seq, record.committed_at_ns), (Seq(9), 77));
+        assert_eq!(
+            record.op,
+            Op::Write {
+                path: file,
+                offset: 1 << 33,
+                data: Vec::new()
+            }
+        );
+        // Other stores (S3 journal objects) must carry the data itself.
+        assert_eq!(
+            decode_frame_at(&frame),
+            Err(FormatError::ReferenceOutsideSegment)
         );
     }
 
@@ -1003,9 +1115,18 @@ mod tests {
             bytes in prop::collection::vec(any::<u8>(), 0..128),
         ) {
             // Any outcome but a panic is fine; a decoded op must encode back to the input.
-            if let Ok(op) = decode_op(&bytes) {
-                let frame = encode(Seq(1), 0, &op);
-                prop_assert_eq!(&frame[FRAME_HEADER_LEN..], &bytes[..]);
+            match decode_op(&bytes) {
+                Ok((op, None)) => {
+                    let frame = encode(Seq(1), 0, &op);
+                    prop_assert_eq!(&frame[FRAME_HEADER_LEN..], &bytes[..]);
+                }
+                Ok((Op::Write { path, offset, .. }, Some(data))) => {
+                    let mut frame = Vec::new();
+                    encode_ref_frame(Seq(1), 0, &path, offset, data, &mut frame);
+                    prop_assert_eq!(&frame[FRAME_HEADER_LEN..], &bytes[..]);
+                }
+                Ok(other) => prop_assert!(false, "a reference decoded as {:?}", other),
+                Err(_) => {}
             }
         }
     }

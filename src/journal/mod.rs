@@ -8,12 +8,14 @@
 //! On disk: a directory of segment files, each a header followed by CRC32C-framed records
 //! (layout in `format.rs` and docs/FORMAT.md).
 
+mod cache;
 mod commit;
 mod format;
 mod reader;
 mod record;
 mod writer;
 
+pub use cache::{DATA_CACHE_BYTES, MIN_REFERENCED_BYTES};
 pub use format::FormatError;
 pub use reader::Reader;
 pub use record::{Op, Record, RelPath, Seq, Timestamp};
@@ -22,11 +24,19 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use cache::DataCache;
 use commit::Commit;
-use writer::Writer;
+use format::DataRef;
+use writer::{Entry, Writer};
+
+/// Reads `buf.len()` bytes at an offset of a file below the backing root, for a write whose
+/// data the journal no longer holds in memory. Returns the bytes read, fewer at the file's
+/// end.
+pub type BackingReader =
+    Box<dyn Fn(&RelPath, u64, &mut [u8]) -> std::io::Result<usize> + Send + Sync>;
 
 /// Byte position in the journal stream: the number of journal bytes (headers excluded)
 /// written before a point since the journal was created. Lag in bytes is the difference of
@@ -94,6 +104,12 @@ pub enum Error {
     Released { after: Seq, first: Seq },
     #[error("record of {bytes} bytes exceeds the maximum record size of {max} bytes")]
     TooLarge { bytes: usize, max: usize },
+    #[error("the data of the write at seq {seq} to {path} is no longer held: {reason}")]
+    DataGone {
+        seq: Seq,
+        path: RelPath,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -152,6 +168,11 @@ struct Inner {
     /// Signalled whenever the published head moves.
     head_changed: Condvar,
     commit: Commit,
+    /// Data of the writes by reference that some mirror may still need.
+    data: DataCache,
+    /// Reads that data from the backing file once `data` no longer holds it (after a
+    /// restart). Unset in a journal opened without a backing directory.
+    backing: OnceLock<BackingReader>,
     /// Serializes `release_up_to`, so that a failed removal can put its segments back in
     /// front of the list without another release having removed the ones after them.
     release: Mutex<()>,
@@ -181,13 +202,17 @@ struct SegmentInfo {
     base_position: Position,
     /// Length of the file: header plus whole, published frames.
     len_bytes: u64,
+    /// Data bytes that those frames refer to (tag 18).
+    data_bytes: u64,
     path: PathBuf,
 }
 
 impl SegmentInfo {
     /// Returns the stream position just after the segment's last published frame.
     fn end_position(&self) -> Position {
-        Position(self.base_position.0 + (self.len_bytes - format::HEADER_LEN as u64))
+        Position(
+            self.base_position.0 + (self.len_bytes - format::HEADER_LEN as u64) + self.data_bytes,
+        )
     }
 }
 
@@ -202,6 +227,43 @@ struct OpenSegment {
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// Puts the data of a write by reference into `record`: from memory, or else from the
+    /// backing file when its bytes still have the CRC32C that the frame recorded.
+    fn fill_write(&self, record: &mut Record, data: DataRef) -> Result<(), Error> {
+        let Op::Write {
+            path,
+            offset,
+            data: bytes,
+        } = &mut record.op
+        else {
+            return Ok(());
+        };
+        if let Some(held) = self.data.get(record.seq) {
+            *bytes = held;
+            return Ok(());
+        }
+        let gone = |reason: String| Error::DataGone {
+            seq: record.seq,
+            path: path.clone(),
+            reason,
+        };
+        let Some(read) = self.backing.get() else {
+            return Err(gone(
+                "it is not in memory and no backing directory is set".into(),
+            ));
+        };
+        let mut buf = vec![0u8; data.len as usize];
+        let len = read(path, *offset, &mut buf)
+            .map_err(|e| gone(format!("reading it from the backing file failed: {e}")))?;
+        if len != buf.len() || crc32c::crc32c(&buf) != data.crc {
+            return Err(gone(
+                "the backing file changed since (overwritten, truncated or renamed)".into(),
+            ));
+        }
+        *bytes = buf;
+        Ok(())
     }
 }
 
@@ -270,6 +332,8 @@ impl Journal {
             head_changed: Condvar::new(),
             // Recovery synced every segment, so every record found is durable.
             commit: Commit::new(found.head),
+            data: DataCache::new(DATA_CACHE_BYTES),
+            backing: OnceLock::new(),
             release: Mutex::new(()),
             _dir_lock: dir_lock,
         };
@@ -291,12 +355,65 @@ impl Journal {
     /// position. The record survives a crash of the daemon once this returns, and a crash
     /// of the machine once `sync_to` covers it.
     pub fn append(&self, op: &Op) -> Result<(Seq, Position), Error> {
-        let appended =
-            lock(&self.inner.writer).append(op, &self.inner.state, &self.inner.head_changed)?;
-        if let Op::Write { data, .. } = op {
+        let appended = lock(&self.inner.writer).append(
+            Entry::Op(op),
+            &self.inner.state,
+            &self.inner.head_changed,
+            |_| {},
+        )?;
+        self.count(op, op_data_len(op), appended.0);
+        Ok(appended)
+    }
+
+    /// Appends like `append`, but a write of at least [`MIN_REFERENCED_BYTES`] whose data
+    /// has room in memory keeps its data out of the segment: the data moves out of `op`
+    /// (which keeps empty data) into the journal's memory, and the record refers to it by
+    /// length and CRC32C. The caller must have written the same bytes to the backing file,
+    /// where a reader finds them if the daemon restarts before every mirror confirmed them.
+    pub fn append_owned(&self, op: &mut Op) -> Result<(Seq, Position), Error> {
+        let Op::Write { path, offset, data } = op else {
+            return self.append(op);
+        };
+        let len = data.len();
+        if len < MIN_REFERENCED_BYTES
+            || u32::try_from(len).is_err()
+            || !self.inner.data.reserve(len)
+        {
+            return self.append(op);
+        }
+        let reference = Entry::Reference {
+            path,
+            offset: *offset,
+            data: DataRef {
+                len: len as u32,
+                crc: crc32c::crc32c(data),
+            },
+        };
+        let owned = std::mem::take(data);
+        let appended = lock(&self.inner.writer).append(
+            reference,
+            &self.inner.state,
+            &self.inner.head_changed,
+            |seq| self.inner.data.insert(seq, owned),
+        );
+        match appended {
+            Ok(appended) => {
+                self.count(op, len, appended.0);
+                Ok(appended)
+            }
+            Err(e) => {
+                self.inner.data.unreserve(len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Updates the counts and the list of name changes after appending `op` as `seq`.
+    fn count(&self, op: &Op, data_len: usize, seq: Seq) {
+        if let Op::Write { .. } = op {
             self.writes.fetch_add(1, Ordering::Relaxed);
             self.written_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+                .fetch_add(data_len as u64, Ordering::Relaxed);
         }
         let changed = op.changed_names();
         if !changed.is_empty() {
@@ -307,9 +424,24 @@ impl Journal {
                 names.forgotten_up_to = seq;
             }
             let paths = changed.into_iter().cloned().collect();
-            names.recent.push_back((appended.0, paths));
+            names.recent.push_back((seq, paths));
         }
-        Ok(appended)
+    }
+
+    /// Sets how readers get the data of writes by reference that memory no longer holds.
+    /// Only the first call counts.
+    pub fn set_backing_reader(&self, read: BackingReader) {
+        let _ = self.inner.backing.set(read);
+    }
+
+    /// Drops from memory the data of the writes up to `seq`, which every mirror confirmed.
+    pub fn release_data_up_to(&self, seq: Seq) {
+        self.inner.data.release_up_to(seq);
+    }
+
+    /// Returns the bytes of write data held in memory for mirrors.
+    pub fn data_held_bytes(&self) -> u64 {
+        self.inner.data.bytes()
     }
 
     /// Returns every path that a record after `after` created, removed or renamed (see
@@ -433,6 +565,14 @@ impl Journal {
     /// Returns the directory holding the segments.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Returns the data length of a write, 0 for other ops.
+fn op_data_len(op: &Op) -> usize {
+    match op {
+        Op::Write { data, .. } => data.len(),
+        _ => 0,
     }
 }
 
@@ -886,5 +1026,132 @@ mod tests {
         };
         journal.append(&write_op(1, 1)).unwrap();
         assert_eq!(waiter.join().unwrap(), Seq(1));
+    }
+
+    /// Appends `op` with `append_owned`, as the fs does, and returns its seq.
+    fn append_owned(journal: &Journal, op: &Op) -> Seq {
+        journal.append_owned(&mut op.clone()).unwrap().0
+    }
+
+    /// Returns the error that reading the journal's first record gives.
+    fn first_read_error(journal: &Journal) -> Error {
+        let mut reader = journal.read_after(Seq(0)).unwrap();
+        reader.next().unwrap().unwrap_err()
+    }
+
+    fn segment_bytes(dir: &Path) -> u64 {
+        segment_names(dir)
+            .iter()
+            .map(|name| std::fs::metadata(dir.join(name)).unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn large_writes_stay_out_of_segments_and_read_back_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        let big = write_op(1, 64 << 10);
+        let small = write_op(2, MIN_REFERENCED_BYTES - 1);
+        append_owned(&journal, &big);
+        append_owned(&journal, &small);
+
+        // The big write's data is in memory only; the small one is copied as before.
+        let frames = segment_bytes(tmp.path()) - format::HEADER_LEN as u64;
+        assert!(frames < 2 * 1024, "segment frames take {frames} bytes");
+        assert_eq!(journal.data_held_bytes(), 64 << 10);
+        let records = read_all(&journal, Seq(0));
+        assert_eq!(records[0].0.op, big);
+        assert_eq!(records[1].0.op, small);
+        // Positions count the data once, as if the frame carried it.
+        let inline = |op: &Op| (format::FRAME_HEADER_LEN + format::payload_len(op)) as u64;
+        let referring = (format::FRAME_HEADER_LEN + format::ref_payload_len(big.path())) as u64;
+        assert_eq!(records[0].1, Position(referring + (64 << 10)));
+        assert_eq!(
+            records[1].1,
+            Position(referring + (64 << 10) + inline(&small))
+        );
+        assert_eq!(journal.head().1, records[1].1);
+
+        journal.release_data_up_to(Seq(1));
+        assert_eq!(journal.data_held_bytes(), 0);
+        let error = first_read_error(&journal);
+        assert!(
+            matches!(&error, Error::DataGone { seq: Seq(1), .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn released_data_is_read_from_the_backing_file_when_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backing = tmp.path().join("backing");
+        std::fs::create_dir_all(backing.join("logs")).unwrap();
+        let (journal, _) = Journal::open(&tmp.path().join("journal"), 1 << 20).unwrap();
+        let op = write_op(0, 8192);
+        let Op::Write { path, offset, data } = &op else {
+            unreachable!()
+        };
+        let file = backing.join(path.to_string());
+        let mut content = vec![0u8; *offset as usize];
+        content.extend_from_slice(data);
+        std::fs::write(&file, &content).unwrap();
+        append_owned(&journal, &op);
+        journal.release_data_up_to(Seq(1));
+        journal.set_backing_reader(crate::mirror::backing_reader(&backing).unwrap());
+        assert_eq!(read_all(&journal, Seq(0))[0].0.op, op);
+
+        // Bytes changed since the write: the reader refuses them rather than mirror them.
+        content[*offset as usize] ^= 1;
+        std::fs::write(&file, &content).unwrap();
+        let error = first_read_error(&journal);
+        assert!(error.to_string().contains("changed since"), "{error}");
+    }
+
+    #[test]
+    fn reopened_journal_keeps_positions_of_referenced_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let segment_size = 1024;
+        let expected = {
+            let (journal, _) = Journal::open(tmp.path(), segment_size).unwrap();
+            for n in 1..=40 {
+                append_owned(&journal, &write_op(n, if n % 3 == 0 { 100 } else { 4096 }));
+            }
+            assert!(segment_names(tmp.path()).len() > 1, "segments rolled over");
+            let positions: Vec<Position> =
+                read_all(&journal, Seq(0)).iter().map(|(_, p)| *p).collect();
+            assert_eq!(positions.last(), Some(&journal.head().1));
+            positions
+        };
+        let (journal, recovery) = Journal::open(tmp.path(), segment_size).unwrap();
+        assert_eq!(recovery.head_position, expected[39]);
+        // A record that carries its data reads with the position it had. The data of the
+        // next one did not survive the restart, and no backing directory is set.
+        let mut reader = journal.read_after(Seq(2)).unwrap();
+        let (third, position) = reader.next().unwrap().unwrap();
+        assert_eq!((third.op, position), (write_op(3, 100), expected[2]));
+        assert!(matches!(
+            reader.next(),
+            Some(Err(Error::DataGone { seq: Seq(4), .. }))
+        ));
+    }
+
+    #[test]
+    fn full_budget_copies_data_into_the_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 30).unwrap();
+        let chunk = 1 << 20;
+        let count = DATA_CACHE_BYTES as usize / chunk + 3;
+        for n in 0..count {
+            append_owned(&journal, &write_op(n as u64, chunk));
+        }
+        assert_eq!(journal.data_held_bytes(), DATA_CACHE_BYTES);
+        let frames = segment_bytes(tmp.path()) - format::HEADER_LEN as u64;
+        assert!(
+            frames > 3 * chunk as u64,
+            "3 writes carry their data: {frames}"
+        );
+        let records = read_all(&journal, Seq(0));
+        assert_eq!(records.len(), count);
+        assert_eq!(records[count - 1].0.op, write_op(count as u64 - 1, chunk));
     }
 }

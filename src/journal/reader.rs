@@ -11,7 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{self, FRAME_HEADER_LEN, FormatError, FrameHeader, HEADER_LEN, SegmentHeader};
+use super::format::{
+    self, DataRef, FRAME_HEADER_LEN, FormatError, FrameHeader, HEADER_LEN, SegmentHeader,
+};
 use super::writer;
 use super::{Error, Inner, OpenSegment, Position, Record, SegmentInfo, Seq};
 
@@ -40,6 +42,8 @@ pub(super) enum Frame {
     Record {
         record: Record,
         frame_len: u64,
+        /// Set for a write by reference, whose data the caller fills in.
+        data: Option<DataRef>,
     },
     /// No bytes are left before the bound.
     End,
@@ -107,7 +111,11 @@ pub(super) fn read_frame(
         });
     }
     match format::decode_record(&header, &payload) {
-        Ok(record) => Ok(Frame::Record { record, frame_len }),
+        Ok((record, data)) => Ok(Frame::Record {
+            record,
+            frame_len,
+            data,
+        }),
         Err(reason) => Ok(Frame::Invalid(reason)),
     }
 }
@@ -171,12 +179,15 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, Error> {
         records += scan.records;
         previous_end = Some((
             Seq(scan.header.first_seq.0 + scan.records),
-            Position(scan.header.base_position.0 + (len_bytes - HEADER_LEN as u64)),
+            Position(
+                scan.header.base_position.0 + (len_bytes - HEADER_LEN as u64) + scan.data_bytes,
+            ),
         ));
         segments.push(SegmentInfo {
             first_seq: scan.header.first_seq,
             base_position: scan.header.base_position,
             len_bytes,
+            data_bytes: scan.data_bytes,
             path: path.clone(),
         });
         if is_newest {
@@ -298,6 +309,7 @@ fn create_journal(
             first_seq,
             base_position: header.base_position,
             len_bytes: HEADER_LEN as u64,
+            data_bytes: 0,
             path: path.clone(),
         }],
         head: Seq(first_seq.0 - 1),
@@ -320,6 +332,8 @@ struct SegmentScan {
     records: u64,
     /// Bytes up to the end of the last whole, valid record, header included.
     valid_len: u64,
+    /// Data bytes that the valid records refer to (tag 18).
+    data_bytes: u64,
     file_len: u64,
     damage: Option<Damage>,
 }
@@ -389,6 +403,7 @@ fn scan_segment(
         header,
         records: 0,
         valid_len: HEADER_LEN as u64,
+        data_bytes: 0,
         file_len,
         damage: None,
     };
@@ -397,8 +412,11 @@ fn scan_segment(
         let remaining = file_len - scan.valid_len;
         match read_frame(&mut src, remaining, expected_seq).map_err(read_error)? {
             Frame::End => break,
-            Frame::Record { frame_len, .. } => {
+            Frame::Record {
+                frame_len, data, ..
+            } => {
                 scan.valid_len += frame_len;
+                scan.data_bytes += data.map_or(0, |d| u64::from(d.len));
                 scan.records += 1;
                 expected_seq = Seq(expected_seq.0 + 1);
             }
@@ -517,23 +535,25 @@ pub struct Reader {
     next_seq: Seq,
     /// Stream position of the next frame to read.
     position: Position,
+    /// First seq of the segment holding the next frame, and the frame's offset in that file.
+    /// Positions count referenced data that the file does not hold, so the offset is
+    /// tracked apart.
+    at: (Seq, u64),
     cursor: Option<Cursor>,
 }
 
-/// An open segment file, positioned at the reader's `position`.
+/// An open segment file, positioned at the reader's offset.
 struct Cursor {
     first_seq: Seq,
     path: PathBuf,
-    base_position: Position,
     source: BufReader<BoundedFile>,
 }
 
 impl Cursor {
-    /// Opens `segment` at stream position `position`, which lies inside it.
-    fn open(segment: &SegmentInfo, position: Position) -> Result<Cursor, Error> {
+    /// Opens `segment` at byte `offset` of its file.
+    fn open(segment: &SegmentInfo, offset: u64) -> Result<Cursor, Error> {
         let file = File::open(&segment.path)
             .map_err(|e| Error::io("open journal segment", &segment.path, e))?;
-        let offset = HEADER_LEN as u64 + (position.0 - segment.base_position.0);
         let bounded = BoundedFile {
             file,
             offset,
@@ -542,14 +562,8 @@ impl Cursor {
         Ok(Cursor {
             first_seq: segment.first_seq,
             path: segment.path.clone(),
-            base_position: segment.base_position,
             source: BufReader::with_capacity(READ_BUFFER_BYTES, bounded),
         })
-    }
-
-    /// Returns the file offset of stream position `position`.
-    fn offset_of(&self, position: Position) -> u64 {
-        HEADER_LEN as u64 + (position.0 - self.base_position.0)
     }
 }
 
@@ -586,8 +600,9 @@ impl Reader {
             });
         };
         // Opened under the lock, so `release_up_to` cannot remove the file in between.
-        let cursor = Cursor::open(segment, segment.base_position)?;
+        let cursor = Cursor::open(segment, HEADER_LEN as u64)?;
         let (next_seq, position) = (segment.first_seq, segment.base_position);
+        let at = (segment.first_seq, HEADER_LEN as u64);
         drop(state);
 
         Ok(Reader {
@@ -595,6 +610,7 @@ impl Reader {
             after,
             next_seq,
             position,
+            at,
             cursor: Some(cursor),
         })
     }
@@ -605,24 +621,36 @@ impl Reader {
             if self.position >= head {
                 return Ok(None);
             }
-            let end = self.seek()?.min(head);
+            let end = self.seek()?;
             let Some(cursor) = self.cursor.as_mut() else {
                 return Ok(None);
             };
-            cursor.source.get_mut().limit = cursor.offset_of(end);
+            cursor.source.get_mut().limit = end;
 
-            let remaining = end.0.saturating_sub(self.position.0);
+            let remaining = end.saturating_sub(self.at.1);
             let frame = read_frame(&mut cursor.source, remaining, self.next_seq)
                 .map_err(|e| Error::io("read journal segment", &cursor.path, e))?;
-            let (record, frame_len) = match frame {
-                Frame::Record { record, frame_len } => (record, frame_len),
+            let (mut record, frame_len, data) = match frame {
+                Frame::Record {
+                    record,
+                    frame_len,
+                    data,
+                } => (record, frame_len, data),
                 Frame::End => return Ok(None),
                 Frame::Torn { reason, .. } | Frame::Invalid(reason) => {
-                    let offset = cursor.offset_of(self.position);
-                    return Err(corrupt_at(&cursor.path, offset, reason.to_string()));
+                    return Err(corrupt_at(&cursor.path, self.at.1, reason.to_string()));
                 }
             };
-            self.position = Position(self.position.0 + frame_len);
+            let referred = match data {
+                Some(data) if record.seq > self.after => {
+                    self.inner.fill_write(&mut record, data)?;
+                    u64::from(data.len)
+                }
+                Some(data) => u64::from(data.len),
+                None => 0,
+            };
+            self.at.1 += frame_len;
+            self.position = Position(self.position.0 + frame_len + referred);
             self.next_seq = Seq(self.next_seq.0 + 1);
             if record.seq > self.after {
                 return Ok(Some((record, self.position)));
@@ -631,8 +659,9 @@ impl Reader {
     }
 
     /// Points the cursor at the segment holding `position`, opening it when the reader
-    /// crossed into the next segment, and returns where that segment's records end.
-    fn seek(&mut self) -> Result<Position, Error> {
+    /// crossed into the next segment or after an error, and returns the length of that
+    /// segment's published frames (header included).
+    fn seek(&mut self) -> Result<u64, Error> {
         let state = self.inner.state();
         let holding = state
             .segments
@@ -643,14 +672,18 @@ impl Reader {
                 first: state.segments[0].first_seq,
             });
         };
+        // The reader enters a segment only at its first frame.
+        if segment.first_seq != self.at.0 {
+            self.at = (segment.first_seq, HEADER_LEN as u64);
+        }
         let is_current = self
             .cursor
             .as_ref()
             .is_some_and(|c| c.first_seq == segment.first_seq);
         if !is_current {
-            self.cursor = Some(Cursor::open(segment, self.position)?);
+            self.cursor = Some(Cursor::open(segment, self.at.1)?);
         }
-        Ok(segment.end_position())
+        Ok(segment.len_bytes)
     }
 }
 

@@ -12,9 +12,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::format::{self, SegmentHeader};
+use super::format::{self, DataRef, SegmentHeader};
 use super::reader::Recovered;
-use super::{Error, Op, OpenSegment, Position, SegmentInfo, Seq, State, lock};
+use super::{Error, Op, OpenSegment, Position, RelPath, SegmentInfo, Seq, State, lock};
+
+/// What one append puts in the segment.
+pub(super) enum Entry<'a> {
+    /// The op, data included.
+    Op(&'a Op),
+    /// A write whose data the journal holds elsewhere (tag 18).
+    Reference {
+        path: &'a RelPath,
+        offset: u64,
+        data: DataRef,
+    },
+}
 
 /// Maximum capacity of the frame buffer kept between appends. A buffer grown past this by a
 /// large record is freed after the append.
@@ -27,6 +39,8 @@ pub(super) struct Writer {
     active: OpenSegment,
     /// Length of the active segment file: header plus whole frames.
     len_bytes: u64,
+    /// Data bytes that the active segment's frames refer to.
+    data_bytes: u64,
     /// Records in the active segment.
     records: u64,
     head: Seq,
@@ -49,6 +63,7 @@ impl Writer {
             segment_size_bytes,
             active: found.active.clone(),
             len_bytes: newest.len_bytes,
+            data_bytes: newest.data_bytes,
             records: found.active_records,
             head: found.head,
             position: found.head_position,
@@ -58,11 +73,14 @@ impl Writer {
     }
 
     /// Appends one record and publishes it in `state`, waking `head_changed` waiters.
+    /// `written` runs with the record's seq once its bytes are in the file, before readers
+    /// can see it.
     pub fn append(
         &mut self,
-        op: &Op,
+        entry: Entry<'_>,
         state: &Mutex<State>,
         head_changed: &Condvar,
+        written: impl FnOnce(Seq),
     ) -> Result<(Seq, Position), Error> {
         if let Some(kind) = self.failure {
             let source = io::Error::new(
@@ -75,7 +93,12 @@ impl Writer {
                 source,
             ));
         }
-        let payload_len = format::payload_len(op);
+        let (payload_len, referred) = match entry {
+            Entry::Op(op) => (format::payload_len(op), 0),
+            Entry::Reference { path, data, .. } => {
+                (format::ref_payload_len(path), u64::from(data.len))
+            }
+        };
         if payload_len > format::MAX_PAYLOAD_BYTES {
             return Err(Error::TooLarge {
                 bytes: payload_len,
@@ -87,7 +110,12 @@ impl Writer {
         }
 
         let seq = self.head.next();
-        format::encode_frame(seq, now_ns(), op, payload_len, &mut self.frame);
+        match entry {
+            Entry::Op(op) => format::encode_frame(seq, now_ns(), op, payload_len, &mut self.frame),
+            Entry::Reference { path, offset, data } => {
+                format::encode_ref_frame(seq, now_ns(), path, offset, data, &mut self.frame)
+            }
+        }
         if let Err(source) = self.active.file.write_all_at(&self.frame, self.len_bytes) {
             self.cut_partial_write();
             return Err(Error::io(
@@ -97,11 +125,13 @@ impl Writer {
             ));
         }
 
+        written(seq);
         let frame_len = self.frame.len() as u64;
         self.len_bytes += frame_len;
+        self.data_bytes += referred;
         self.records += 1;
         self.head = seq;
-        self.position = Position(self.position.0 + frame_len);
+        self.position = Position(self.position.0 + frame_len + referred);
         if self.frame.capacity() > MAX_RETAINED_FRAME_BUFFER_BYTES {
             self.frame = Vec::new();
         }
@@ -113,6 +143,7 @@ impl Writer {
         if let Some(active) = state.segments.last_mut() {
             debug_assert_eq!(active.first_seq, self.active.first_seq);
             active.len_bytes = self.len_bytes;
+            active.data_bytes = self.data_bytes;
         }
         drop(state);
         head_changed.notify_all();
@@ -149,6 +180,7 @@ impl Writer {
         };
         let previous = std::mem::replace(&mut self.active, next.clone());
         self.len_bytes = format::HEADER_LEN as u64;
+        self.data_bytes = 0;
         self.records = 0;
 
         let mut state = lock(state);
@@ -156,6 +188,7 @@ impl Writer {
             first_seq: header.first_seq,
             base_position: header.base_position,
             len_bytes: self.len_bytes,
+            data_bytes: 0,
             path,
         });
         state.size_bytes += self.len_bytes;

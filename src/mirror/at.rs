@@ -66,6 +66,27 @@ pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
     owned(fd)
 }
 
+/// Returns a reader of byte ranges of the files below the directory `root`, for the
+/// journal's writes by reference whose data it no longer holds in memory. Paths are
+/// resolved as everywhere here, so a symbolic link never leads the read outside `root`.
+pub fn backing_reader(root: &Path) -> io::Result<crate::journal::BackingReader> {
+    let root = open_root(root)?;
+    Ok(Box::new(move |rel, offset, buf| {
+        let (dir, name) = walk_parent(root.as_fd(), rel)?;
+        let file = std::fs::File::from(open_at(dir.as_fd(), &name, libc::O_RDONLY, 0)?);
+        let mut done = 0;
+        while done < buf.len() {
+            let read =
+                std::os::unix::fs::FileExt::read_at(&file, &mut buf[done..], offset + done as u64)?;
+            if read == 0 {
+                break;
+            }
+            done += read;
+        }
+        Ok(done)
+    }))
+}
+
 /// Opens `name` inside `dir`, never following a symbolic link in `name`.
 pub(crate) fn open_at(
     dir: BorrowedFd,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::journal::{Op, Record, RelPath, Seq};
 
+pub use at::backing_reader;
 pub use dir::DirMirror;
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use s3::{Copies, S3Mirror};
@@ -139,6 +140,13 @@ pub trait Mirror: Send {
     /// after the mirror confirmed every record.
     fn release(&mut self) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// Returns a contradiction between the mirror's store and what this state directory
+    /// recorded as stored, found when the mirror opened (objects removed or replaced while
+    /// the daemon was stopped). Verify reports it as a failure.
+    fn integrity_alert(&self) -> Option<String> {
+        None
     }
 
     /// Returns the readable copies the mirror keeps of the files, if any (S3 mirrors do).

@@ -567,6 +567,9 @@ impl Worker {
             progress.oldest_unconfirmed_ns = None;
         }
         self.ctx.acks.confirm(self.slot.index, seq, position);
+        self.ctx
+            .journal
+            .release_data_up_to(self.ctx.acks.min_confirmed().0);
         self.missing_path_failures = None;
         self.recovered();
         if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {

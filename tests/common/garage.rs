@@ -139,6 +139,55 @@ impl Garage {
         (env, client)
     }
 
+    /// Returns the mirror spec `s3://BUCKET/PREFIX` of the test bucket.
+    pub fn mirror_spec(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// Runs `logmirror restore` of the mirror at `prefix` into `dir` with `extra` arguments.
+    pub fn restore(&self, prefix: &str, dir: &Path, extra: &[&str]) -> crate::common::CmdOutput {
+        let spec = self.mirror_spec(prefix);
+        let dir = dir.to_str().expect("test paths are UTF-8");
+        let mut args = vec!["restore", spec.as_str(), dir];
+        args.extend_from_slice(extra);
+        crate::common::logmirror_env(&args, &self.env())
+    }
+
+    /// Returns the numbers of the journal objects of the mirror at `prefix`, in order.
+    pub fn journal_numbers(&self, prefix: &str) -> Vec<u64> {
+        let folder = format!("{prefix}/.logmirror/journal/");
+        self.client()
+            .list(&folder)
+            .iter()
+            .map(|key| {
+                let name = key.strip_prefix(&folder).expect("key under prefix");
+                let digits = name.strip_suffix(".lmj").expect("journal object key");
+                digits.parse().expect("20 digits")
+            })
+            .collect()
+    }
+
+    /// Waits until a fold of the mirror at `prefix`, mounted at `mnt`, covered every
+    /// journal object up to `number` and removed them, and returns the snapshot number.
+    pub fn wait_folded(&self, prefix: &str, mnt: &Path, number: u64) -> u64 {
+        wait_until(
+            Duration::from_secs(120),
+            "a fold covering the journal objects",
+            || {
+                let fold = crate::common::last_fold(mnt)?;
+                if let Some(error) = fold["error"].as_str() {
+                    return Err(format!("fold failed: {error}"));
+                }
+                let snapshot = fold["snapshot"].as_u64().unwrap_or(0);
+                let objects = self.journal_numbers(prefix);
+                if snapshot < number || objects.iter().any(|n| *n <= snapshot) {
+                    return Err(format!("last_fold {fold}, journal objects {objects:?}"));
+                }
+                Ok(snapshot)
+            },
+        )
+    }
+
     /// Returns `-o` options naming the endpoint and region explicitly.
     pub fn options(&self) -> String {
         format!("endpoint={},region={}", self.endpoint, self.region)

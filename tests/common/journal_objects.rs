@@ -2,8 +2,10 @@
 //! mirror: object layout") and docs/FORMAT.md, for tests that put damaged, foreign or
 //! escaping content where logmirror reads it.
 
-/// Size of a journal object's header.
-pub const OBJECT_HEADER_BYTES: usize = 56;
+/// Size of the header of the journal objects the daemon writes (version 2).
+pub const OBJECT_HEADER_BYTES: usize = 104;
+/// Size of a version 1 journal object's header, as the hand-made objects here have.
+pub const OBJECT_HEADER_V1_BYTES: usize = 56;
 /// Size of the fixed part of a record frame.
 pub const FRAME_HEADER_BYTES: usize = 24;
 /// Size of a journal segment's header.
@@ -27,7 +29,8 @@ pub fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Builds a journal object holding `payloads` as records with seqs `first_seq`, ...
+/// Builds a version 1 journal object (not chained) holding `payloads` as records with seqs
+/// `first_seq`, ...
 pub fn journal_object(number: u64, first_seq: u64, payloads: &[Vec<u8>]) -> Vec<u8> {
     journal_object_version(1, number, first_seq, payloads)
 }
@@ -43,7 +46,7 @@ pub fn journal_object_version(
     let mut bytes = Vec::new();
     bytes.extend_from_slice(b"LMJOBJ\0\x01");
     bytes.extend_from_slice(&version.to_le_bytes());
-    bytes.extend_from_slice(&(OBJECT_HEADER_BYTES as u32).to_le_bytes());
+    bytes.extend_from_slice(&(OBJECT_HEADER_V1_BYTES as u32).to_le_bytes());
     bytes.extend_from_slice(&0x5eed_u64.to_le_bytes());
     bytes.extend_from_slice(&number.to_le_bytes());
     bytes.extend_from_slice(&first_seq.to_le_bytes());
@@ -55,6 +58,56 @@ pub fn journal_object_version(
         bytes.extend(frame(first_seq + i as u64, payload));
     }
     bytes
+}
+
+/// Size of the header of a version 2 journal object.
+const OBJECT_HEADER_V2_BYTES: usize = 104;
+
+/// Builds a plain version 2 journal object, chained to a predecessor whose stored bytes have
+/// SHA-256 `previous`, holding `payloads` as records with seqs `first_seq`, ...; as an
+/// intruder without the key would forge one.
+pub fn chained_object(
+    number: u64,
+    first_seq: u64,
+    previous: [u8; 32],
+    payloads: &[Vec<u8>],
+) -> Vec<u8> {
+    let last_seq = first_seq + payloads.len() as u64 - 1;
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"LMJOBJ\0\x01");
+    bytes.extend_from_slice(&2u32.to_le_bytes());
+    bytes.extend_from_slice(&(OBJECT_HEADER_V2_BYTES as u32).to_le_bytes());
+    bytes.extend_from_slice(&0x5eed_u64.to_le_bytes());
+    bytes.extend_from_slice(&number.to_le_bytes());
+    bytes.extend_from_slice(&first_seq.to_le_bytes());
+    bytes.extend_from_slice(&last_seq.to_le_bytes());
+    bytes.extend_from_slice(&(payloads.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes.extend_from_slice(&previous);
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    for (i, payload) in payloads.iter().enumerate() {
+        bytes.extend(frame(first_seq + i as u64, payload));
+    }
+    bytes
+}
+
+/// Returns the digest of its predecessor that a version 2 journal object records.
+pub fn recorded_previous(object: &[u8]) -> [u8; 32] {
+    object[56..88].try_into().expect("a version 2 header")
+}
+
+/// Returns the SHA-256 of `bytes`, as the hash chain records it.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Formats a digest as lowercase hex, as logmirror's messages show it.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Builds a segment header (magic, version, length, journal id, first seq 1, base position

@@ -438,7 +438,7 @@ pub struct MirrorStatus {
 pub struct StoreStatus {
     pub history: String,
     pub retention_lock: Option<String>,
-    pub encryption: Option<String>,
+    pub sse: Option<String>,
 }
 
 /// The `last_verify` object of a mirror in `status --json`.
@@ -456,6 +456,17 @@ impl MirrorStatus {
             .filter(|v| v.error.is_none())
             .map(|v| v.differences)
     }
+}
+
+/// Returns the `last_fold` object of the first mirror in `logmirror status MNT --json`.
+pub fn last_fold(mnt: &Path) -> Result<serde_json::Value, String> {
+    let out = logmirror(&["status", path_str(mnt), "--json"]);
+    if !out.status.success() {
+        return Err(format!("logmirror status: {out}"));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {out}"))?;
+    Ok(status["mirrors"][0]["last_fold"].clone())
 }
 
 /// Runs `logmirror status MNT --json` and parses it. `Err` contains the command output or the

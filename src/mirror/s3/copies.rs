@@ -131,6 +131,9 @@ pub struct CopiesStatus {
     pub comparing: bool,
     /// The latest failure, until an update succeeds.
     pub last_error: Option<String>,
+    /// Why the copies stopped for good (the lease went to another daemon).
+    #[serde(default)]
+    pub stopped: Option<String>,
 }
 
 /// Handle on the copies of one S3 mirror and the thread that writes them.
@@ -164,6 +167,9 @@ struct Shared {
 struct Inbox {
     items: VecDeque<Item>,
     stopping: bool,
+    /// Set when the mirror lost its lease: another daemon owns the prefix now, so this one
+    /// writes no copy any more, and says why to every settle.
+    halted: Option<String>,
 }
 
 enum Item {
@@ -284,8 +290,30 @@ impl Copies {
         self.push(Item::Resynced { head });
     }
 
+    /// Stops writing copies for good: another daemon took the prefix over (`reason`). The
+    /// copies it keeps current are no longer this daemon's to write; a request already
+    /// under way completes.
+    pub fn halt(&self, reason: &str) {
+        let mut inbox = lock(&self.shared.inbox);
+        if inbox.halted.is_some() {
+            return;
+        }
+        log::error!(
+            "mirror {}: readable copies stopped: {reason}; this daemon no longer writes \
+             PREFIX/<path> objects",
+            self.ctx.name
+        );
+        inbox.halted = Some(reason.to_string());
+        lock(&self.shared.status).stopped = Some(reason.to_string());
+        inbox.items.retain(|item| matches!(item, Item::Settle(_)));
+        self.shared.wake.notify_one();
+    }
+
     fn push(&self, item: Item) {
         let mut inbox = lock(&self.shared.inbox);
+        if inbox.halted.is_some() && !matches!(item, Item::Settle(_)) {
+            return;
+        }
         if let Item::Record { seq, change } = &item
             && merge_into(&mut inbox.items, *seq, change)
         {
@@ -527,6 +555,19 @@ impl Copier {
         loop {
             let (items, stopping) = self.next_items();
             self.take(items);
+            if let Some(reason) = lock(&self.shared.inbox).halted.clone() {
+                self.pending.clear();
+                self.tracker = Tracker::default();
+                self.compare_pending = false;
+                self.retry_at = None;
+                for settle in self.settles.drain(..) {
+                    let _ = settle.reply.send(Err(format!("copies stopped: {reason}")));
+                }
+                if stopping {
+                    return;
+                }
+                continue;
+            }
             if stopping {
                 self.answer_settles(true);
                 return;
@@ -549,6 +590,11 @@ impl Copier {
     fn next_items(&mut self) -> (Vec<Item>, bool) {
         let wait = self.wait_time();
         let mut inbox = lock(&self.shared.inbox);
+        let wait = if inbox.halted.is_some() {
+            Duration::from_secs(3600)
+        } else {
+            wait
+        };
         if inbox.items.is_empty() && !inbox.stopping && !wait.is_zero() {
             inbox = self
                 .shared

@@ -17,16 +17,17 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info};
 
-use crate::config::{S3Options, STATE_DIR_NAME};
+use crate::config::{Compression, S3Options, STATE_DIR_NAME};
 use crate::journal::{Record, Seq};
 use crate::mirror::manifest::{self, Manifest};
 use crate::mirror::{DirMirror, Error, Mirror};
 
 use super::object::PendingObject;
-use super::replay::{self, History, ReplayStats, ReplayTarget};
+use super::replay::{self, History, ReplayStats, ReplayTarget, Source};
+use super::seal::Seal;
 use super::snapshot::{self, PartEntry, SnapshotIndex, SnapshotKey};
 use super::store::{Condition, PutOutcome, Store, StoreError};
-use super::{MAX_OBJECT_BYTES, connect, remove_scratch, s3_name};
+use super::{MAX_OBJECT_BYTES, connect, load_seal, remove_scratch, s3_name};
 
 /// Counts from one fold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,6 +97,9 @@ pub struct Folder {
     scratch: PathBuf,
     /// Shared with the [`super::S3Mirror`], whose replays must not see objects vanish.
     history_lock: Arc<Mutex<()>>,
+    /// The `encrypt_key`, which seals the snapshot's parts and index.
+    seal: Option<Seal>,
+    compression: Compression,
 }
 
 impl Folder {
@@ -109,29 +113,36 @@ impl Folder {
     ) -> Result<Folder, Error> {
         let name = s3_name(bucket, prefix);
         let store = connect(&name, bucket, options)?;
-        Ok(Folder::with_store(
-            store,
-            name,
-            prefix,
-            scratch,
-            history_lock,
-        ))
+        Folder::with_store(store, name, prefix, options, scratch, history_lock)
     }
 
-    /// Prepares folds of the mirror `name` at `prefix` of `store`.
+    /// Prepares folds of the mirror `name` at `prefix` of `store`, with the `encrypt_key`
+    /// and compression of `options`.
     pub(super) fn with_store(
         store: Store,
         name: String,
         prefix: &str,
+        options: &S3Options,
         scratch: &Path,
         history_lock: Arc<Mutex<()>>,
-    ) -> Folder {
-        Folder {
+    ) -> Result<Folder, Error> {
+        let seal = load_seal(&name, options)?;
+        Ok(Folder {
+            seal,
+            compression: options.compression,
             name,
             prefix: prefix.to_string(),
             store,
             scratch: scratch.to_path_buf(),
             history_lock,
+        })
+    }
+
+    fn source(&self) -> Source<'_> {
+        Source {
+            store: &self.store,
+            name: &self.name,
+            seal: self.seal.as_ref(),
         }
     }
 
@@ -144,7 +155,8 @@ impl Folder {
     /// since the Unix epoch) into a new snapshot. Returns `None` when no object is that old.
     pub fn fold(&mut self, cutoff_ns: u64) -> Result<Option<FoldStats>, Error> {
         let started = Instant::now();
-        let history = replay::list_history(&self.store, &self.prefix, &self.name)?;
+        let history =
+            replay::list_history(&self.store, &self.prefix, &self.name, self.seal.as_ref())?;
         if !self.has_foldable(&history, cutoff_ns)? {
             return Ok(None);
         }
@@ -201,7 +213,7 @@ impl Folder {
             return Ok(false);
         };
         let mut stats = ReplayStats::default();
-        let first = replay::fetch_object(&self.store, &self.name, key, *number, &mut stats)?;
+        let (first, _) = replay::fetch_object(self.source(), key, *number, &mut stats)?;
         Ok(replay::newest_frame_ns(&first) < cutoff_ns)
     }
 
@@ -216,8 +228,7 @@ impl Folder {
         let mut target = DirMirror::open(&self.scratch)?;
         let mut stats = ReplayStats::default();
         replay::replay(
-            &self.store,
-            &self.name,
+            self.source(),
             history,
             &mut target,
             ReplayTarget::ObjectsBefore(cutoff_ns),
@@ -249,15 +260,7 @@ impl Folder {
         for (part, entry) in (1u32..).zip(&parts) {
             let key = snapshot::part_key(&self.prefix, number, part);
             let mut read_back = ReplayStats::default();
-            replay::fetch_part(
-                &self.store,
-                &self.name,
-                &key,
-                number,
-                part,
-                entry,
-                &mut read_back,
-            )?;
+            replay::fetch_part(self.source(), &key, number, part, entry, &mut read_back)?;
         }
 
         let index = SnapshotIndex {
@@ -269,9 +272,15 @@ impl Folder {
             ends_in_resync: stats.ends_in_resync,
             frame_count: parts.iter().map(|p| u64::from(p.frame_count)).sum(),
             parts,
+            // The replay checked the chain up to object `number` and hashed it.
+            chain: Some(stats.chain_digest),
+            key_id: self.seal.as_ref().map(Seal::key_id),
         };
+        debug_assert_eq!(stats.chain_number, number);
         let key = snapshot::index_key(&self.prefix, number);
-        let bytes = index.encode();
+        let bytes = index
+            .encode(self.seal.as_ref())
+            .map_err(|e| self.seal_error(&key, e))?;
         self.put(&key, &bytes)?;
         let stored = replay::download(&self.store, &self.name, &key, &mut 0)?;
         if stored != bytes {
@@ -335,20 +344,37 @@ impl Folder {
             reason: format!("snapshot {number} needs more parts than a u32 counts"),
         })?;
         let frame_count = pending.frame_count();
-        let bytes = pending.encode(number, u64::from(part));
+        let key = snapshot::part_key(&self.prefix, number, part);
+        // Parts are not chained: the index binds them by size and CRC32C, and seals them
+        // together with the chain digest when encrypt_key is set.
+        let bytes = pending
+            .encode(
+                number,
+                u64::from(part),
+                [0; 32],
+                self.seal.as_ref(),
+                self.compression,
+            )
+            .map_err(|e| self.seal_error(&key, e))?;
         let entry = PartEntry {
             bytes: bytes.len() as u64,
             frame_count,
-            crc32c: crc32c::crc32c(bytes),
+            crc32c: crc32c::crc32c(&bytes),
         };
-        let key = snapshot::part_key(&self.prefix, number, part);
-        self.put(&key, bytes)?;
+        self.put(&key, &bytes)?;
         debug!(
             "mirror {}: stored snapshot part key={key} bytes={} frames={frame_count}",
             self.name, entry.bytes
         );
         *pending = PendingObject::default();
         Ok(entry)
+    }
+
+    fn seal_error(&self, key: &str, e: std::io::Error) -> Error {
+        Error::Setup {
+            mirror: self.name.clone(),
+            reason: format!("cannot encode snapshot object {key}: {e}"),
+        }
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {

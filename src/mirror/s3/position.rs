@@ -87,6 +87,9 @@ mod tests {
             first_seq: Seq(last_seq.min(1)),
             last_seq: Seq(last_seq),
             frame_count: 1,
+            previous: Some([0; 32]),
+            key_id: None,
+            frames_len: None,
         }
     }
 

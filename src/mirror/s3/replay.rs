@@ -3,9 +3,11 @@
 //!
 //! Every object is downloaded and checked whole (the store's CRC32C, its header, every
 //! frame's length, CRC32C and path) before any of it is applied through a [`DirMirror`],
-//! which reaches each path from the directory's descriptor with `O_NOFOLLOW`. A replay may
-//! stop early at a seq or a time, for point-in-time restores. Nothing here writes to the
-//! bucket.
+//! which reaches each path from the directory's descriptor with `O_NOFOLLOW`. Each object's
+//! `previous` digest is checked against the SHA-256 of the object before it, or of the
+//! object the snapshot covers last (the hash chain), so a removed, replaced, reordered or
+//! renumbered object stops the replay at the first break. A replay may stop early at a seq
+//! or a time, for point-in-time restores. Nothing here writes to the bucket.
 
 use std::collections::HashMap;
 
@@ -13,7 +15,8 @@ use crate::journal::{Record, Seq};
 
 use super::super::Error;
 use super::super::dir::DirMirror;
-use super::object::{self, DecodedObject, journal_prefix, parse_object_key};
+use super::object::{self, DecodedObject, Sha256Digest, journal_prefix, parse_object_key};
+use super::seal::Seal;
 use super::snapshot::{self, PartEntry, SnapshotIndex, SnapshotKey};
 use super::store::{Store, checksum_header};
 use crate::mirror::Mirror;
@@ -96,6 +99,12 @@ pub struct ReplayStats {
     /// True when the newest frame applied is an op of a resync.
     pub ends_in_resync: bool,
     pub bytes_downloaded: u64,
+    /// Number of the newest journal object applied whole, or of the snapshot when no object
+    /// after it was; 0 when neither was.
+    pub chain_number: u64,
+    /// SHA-256 of that object as stored, taken from the snapshot index after a snapshot.
+    /// Zeros when a version 1 snapshot index does not record it, or nothing was applied.
+    pub chain_digest: Sha256Digest,
 }
 
 /// Lists the history of the mirror at `prefix`: the newest complete snapshot (its index is
@@ -107,7 +116,12 @@ pub struct ReplayStats {
 ///
 /// NOTE: a fold in another process may remove listed objects before they are downloaded.
 /// The replay then fails with NoSuchKey, and a new listing starts from the new snapshot.
-pub fn list_history(store: &Store, prefix: &str, name: &str) -> Result<History, Error> {
+pub fn list_history(
+    store: &Store,
+    prefix: &str,
+    name: &str,
+    seal: Option<&Seal>,
+) -> Result<History, Error> {
     let objects = list_objects(store, prefix, name)?;
     let snapshot_keys = list_snapshot_keys(store, prefix, name)?;
     let newest = snapshot_keys
@@ -118,7 +132,7 @@ pub fn list_history(store: &Store, prefix: &str, name: &str) -> Result<History, 
         })
         .max();
     let snapshot = match newest {
-        Some((number, key)) => Some(fetch_index(store, name, key, number)?),
+        Some((number, key)) => Some(fetch_index(store, name, key, number, seal)?),
         None => None,
     };
     let covered_through = snapshot.as_ref().map_or(0, |s| s.number);
@@ -191,26 +205,37 @@ fn stray_key(name: &str, key: String, expected: &str) -> Error {
     }
 }
 
+/// The store, the mirror's name and its key, which every download of a replay needs.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub store: &'a Store,
+    pub name: &'a str,
+    pub seal: Option<&'a Seal>,
+}
+
 /// Replays `history` into `target` until `until`, counting into `stats` and calling
 /// `progress` after each object. `stats` is kept up to date also when an error stops the
 /// replay; `target` then contains the tree as of the last frame applied.
 pub fn replay(
-    store: &Store,
-    name: &str,
+    source: Source<'_>,
     history: &History,
     target: &mut DirMirror,
     until: ReplayTarget,
     stats: &mut ReplayStats,
     progress: &mut dyn FnMut(&ReplayStats),
 ) -> Result<ReplayEnd, Error> {
+    let name = source.name;
     let mut cut = Cut::new(until);
+    let mut chain = Chain::start(history.snapshot.as_ref());
     // Newest seq applied per journal, to leave out records an earlier object carried.
     let mut newest: HashMap<u64, Seq> = HashMap::new();
     if let Some(index) = &history.snapshot {
         if let Some(earliest) = cut.check_snapshot(index) {
             return Ok(earliest);
         }
-        apply_snapshot(store, name, history, index, target, stats, progress)?;
+        apply_snapshot(source, history, index, target, stats, progress)?;
+        stats.chain_number = index.number;
+        stats.chain_digest = index.chain.unwrap_or_default();
         newest.insert(index.journal_id, index.last_seq);
         cut.after_snapshot(index);
         if cut.reached {
@@ -231,12 +256,21 @@ pub fn replay(
                 ),
             });
         }
-        let decoded = fetch_object(store, name, key, *number, stats)?;
+        let (decoded, digest) = fetch_object(source, key, *number, stats)?;
+        chain
+            .check(&decoded, key)
+            .map_err(|(offset, reason)| Error::CorruptObject {
+                mirror: name.to_string(),
+                key: key.clone(),
+                offset,
+                reason,
+            })?;
         if let ReplayTarget::ObjectsBefore(cutoff_ns) = until
             && newest_frame_ns(&decoded) >= cutoff_ns
         {
             return Ok(ReplayEnd::Reached);
         }
+        chain.advance(&decoded, key, digest);
         let journal_id = decoded.header.journal_id;
         let journal_newest = newest.entry(journal_id).or_default();
         for (index, record) in decoded.records.into_iter().enumerate() {
@@ -266,6 +300,8 @@ pub fn replay(
             note_applied(stats, journal_id, &record);
             cut.applied(&record);
         }
+        stats.chain_number = *number;
+        stats.chain_digest = digest;
         stats.objects += 1;
         progress(stats);
         if cut.reached {
@@ -273,6 +309,114 @@ pub fn replay(
         }
     }
     Ok(cut.at_end())
+}
+
+/// The hash chain as a replay walks it: what the next object must record as its
+/// predecessor's digest, and which protections the history already showed, so that an
+/// object without them (a downgrade) is rejected.
+struct Chain {
+    /// SHA-256 the next object must record; `None` when the predecessor's digest is unknown
+    /// (after a version 1 snapshot index).
+    expected: Option<Sha256Digest>,
+    /// Source of `expected`, for messages: an object with its key, or a snapshot index.
+    predecessor: String,
+    /// A chained object (version 2) or snapshot came before.
+    chained: bool,
+    /// An encrypted object or sealed snapshot came before.
+    sealed: bool,
+    /// The next object is the first after a snapshot that is not sealed.
+    after_unsealed_snapshot: bool,
+}
+
+impl Chain {
+    fn start(snapshot: Option<&SnapshotIndex>) -> Chain {
+        match snapshot {
+            Some(index) => Chain {
+                expected: index.chain,
+                predecessor: format!(
+                    "the index of snapshot {}, which records it for folded object {}",
+                    index.number, index.number
+                ),
+                chained: index.chain.is_some(),
+                sealed: index.key_id.is_some(),
+                after_unsealed_snapshot: index.key_id.is_none(),
+            },
+            None => Chain {
+                expected: Some([0; 32]),
+                predecessor: "the start of the history, which is zeros".to_string(),
+                chained: false,
+                sealed: false,
+                after_unsealed_snapshot: false,
+            },
+        }
+    }
+
+    /// Checks `object`'s place in the chain. Returns the header offset and the reason of a
+    /// break.
+    fn check(&self, object: &DecodedObject, key: &str) -> Result<(), (u64, String)> {
+        let number = object.header.number;
+        let Some(recorded) = object.header.previous else {
+            if self.chained {
+                return Err((
+                    8,
+                    format!(
+                        "hash chain broken at object {number} ({key}): it is a version 1 \
+                         object without a chain, but chained objects come before it; an \
+                         older object was put in its place"
+                    ),
+                ));
+            }
+            return Ok(());
+        };
+        if self.after_unsealed_snapshot && object.header.key_id.is_some() {
+            // Without the key anyone can write a snapshot, and the encrypted object after it
+            // binds only the digest that the index repeats, not the tree in its parts.
+            // NOTE: a snapshot folded before encrypt_key was set is rejected here too.
+            return Err((
+                52,
+                format!(
+                    "object {number} ({key}) is encrypted, but the index of snapshot {} \
+                     before it is not sealed; a snapshot before encrypted objects must be \
+                     sealed with the same key, so this one was forged or written before \
+                     encrypt_key was set",
+                    number - 1
+                ),
+            ));
+        }
+        if self.sealed && object.header.key_id.is_none() {
+            return Err((
+                52,
+                format!(
+                    "object {number} ({key}) is not encrypted, but encrypted objects come \
+                     before it; it was not written by the mount that holds the key"
+                ),
+            ));
+        }
+        match self.expected {
+            Some(expected) if expected != recorded => Err((
+                56,
+                format!(
+                    "hash chain broken at object {number} ({key}): it records SHA-256 {} for \
+                     its predecessor, but expected {} from {}; object {} was replaced or \
+                     removed, or objects were reordered or renumbered",
+                    object::hex(&recorded),
+                    object::hex(&expected),
+                    self.predecessor,
+                    number - 1
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves past `object`, whose stored bytes have SHA-256 `digest`.
+    fn advance(&mut self, object: &DecodedObject, key: &str, digest: Sha256Digest) {
+        self.expected = Some(digest);
+        self.predecessor = format!("object {} ({key}) as stored", object.header.number);
+        self.after_unsealed_snapshot = false;
+        self.chained |= object.header.previous.is_some();
+        self.sealed |= object.header.key_id.is_some();
+    }
 }
 
 /// Updates the newest-frame fields of `stats` after `record` was applied.
@@ -396,14 +540,14 @@ impl Cut {
 
 /// Downloads, checks and applies every part of the snapshot `index`.
 fn apply_snapshot(
-    store: &Store,
-    name: &str,
+    source: Source<'_>,
     history: &History,
     index: &SnapshotIndex,
     target: &mut DirMirror,
     stats: &mut ReplayStats,
     progress: &mut dyn FnMut(&ReplayStats),
 ) -> Result<(), Error> {
+    let name = source.name;
     let part_key_of = |part: u32| {
         history
             .snapshot_keys
@@ -427,7 +571,7 @@ fn apply_snapshot(
                 reason: "the part is missing from the bucket".into(),
             });
         };
-        let decoded = fetch_part(store, name, &key, index.number, part, entry, stats)?;
+        let decoded = fetch_part(source, &key, index.number, part, entry, stats)?;
         for (position, record) in decoded.records.into_iter().enumerate() {
             target.apply(&record.op).map_err(|source| Error::Replay {
                 mirror: name.to_string(),
@@ -449,9 +593,15 @@ fn apply_snapshot(
 }
 
 /// Downloads a snapshot's index and checks it.
-fn fetch_index(store: &Store, name: &str, key: &str, number: u64) -> Result<SnapshotIndex, Error> {
+fn fetch_index(
+    store: &Store,
+    name: &str,
+    key: &str,
+    number: u64,
+    seal: Option<&Seal>,
+) -> Result<SnapshotIndex, Error> {
     let bytes = download(store, name, key, &mut 0)?;
-    SnapshotIndex::decode(&bytes, number).map_err(|e| Error::CorruptObject {
+    SnapshotIndex::decode(&bytes, number, seal).map_err(|e| Error::CorruptObject {
         mirror: name.to_string(),
         key: key.to_string(),
         offset: 0,
@@ -461,14 +611,14 @@ fn fetch_index(store: &Store, name: &str, key: &str, number: u64) -> Result<Snap
 
 /// Downloads part `part` of snapshot `number` and checks it whole against its index entry.
 pub fn fetch_part(
-    store: &Store,
-    name: &str,
+    source: Source<'_>,
     key: &str,
     number: u64,
     part: u32,
     entry: &PartEntry,
     stats: &mut ReplayStats,
 ) -> Result<DecodedObject, Error> {
+    let Source { store, name, seal } = source;
     let corrupt = |offset: u64, reason: String| Error::CorruptObject {
         mirror: name.to_string(),
         key: key.to_string(),
@@ -489,7 +639,7 @@ pub fn fetch_part(
             ),
         ));
     }
-    let decoded = object::decode_object(&bytes, u64::from(part))
+    let decoded = object::decode_object(&bytes, u64::from(part), seal)
         .map_err(|fault| corrupt(fault.offset, fault.error.to_string()))?;
     if decoded.header.journal_id != number {
         return Err(corrupt(
@@ -518,21 +668,24 @@ pub fn fetch_part(
     Ok(decoded)
 }
 
-/// Downloads one journal object and checks it whole before any of it is applied.
+/// Downloads one journal object and checks it whole before any of it is applied. Returns
+/// it with the SHA-256 of its stored bytes.
 pub fn fetch_object(
-    store: &Store,
-    name: &str,
+    source: Source<'_>,
     key: &str,
     number: u64,
     stats: &mut ReplayStats,
-) -> Result<DecodedObject, Error> {
+) -> Result<(DecodedObject, Sha256Digest), Error> {
+    let Source { store, name, seal } = source;
     let bytes = download(store, name, key, &mut stats.bytes_downloaded)?;
-    object::decode_object(&bytes, number).map_err(|fault| Error::CorruptObject {
-        mirror: name.to_string(),
-        key: key.to_string(),
-        offset: fault.offset,
-        reason: fault.error.to_string(),
-    })
+    let decoded =
+        object::decode_object(&bytes, number, seal).map_err(|fault| Error::CorruptObject {
+            mirror: name.to_string(),
+            key: key.to_string(),
+            offset: fault.offset,
+            reason: fault.error.to_string(),
+        })?;
+    Ok((decoded, object::sha256(&bytes)))
 }
 
 /// Downloads an object and checks it against the CRC32C the store keeps for it, if any.
@@ -697,6 +850,8 @@ mod tests {
             ends_in_resync,
             frame_count: 0,
             parts: Vec::new(),
+            chain: Some([0; 32]),
+            key_id: None,
         }
     }
 

@@ -180,13 +180,16 @@ fn append_only_credentials_cannot_rewrite_history() {
     assert_eq!(added, PutOutcome::Stored);
 
     // A fold with these credentials cannot remove the folded objects either.
+    let append_only = options(History::AppendOnly);
     let mut folder = Folder::with_store(
-        store(&bucket, &options(History::AppendOnly)),
+        store(&bucket, &append_only),
         "s3://fake/web1".into(),
         PREFIX,
+        &append_only,
         &dir.path().join("fold"),
         Arc::new(Mutex::new(())),
-    );
+    )
+    .expect("folder");
     // Object 3 is not a journal object, so the fold fails before it folds anything.
     bucket
         .objects
@@ -280,9 +283,11 @@ fn fold_leaves_locked_objects() {
         store(&bucket, &options),
         "s3://fake/web1".into(),
         PREFIX,
+        &options,
         &dir.path().join("fold"),
         mirror.history_lock(),
-    );
+    )
+    .expect("folder");
 
     // The records are old, but the objects were stored just now and stay locked a day.
     let first = folder.fold(now_ns()).expect("fold").expect("foldable");

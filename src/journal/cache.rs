@@ -1,0 +1,116 @@
+//! Data of the writes that the journal refers to instead of copying (tag-18 frames), held in
+//! memory from the append until every mirror confirmed the record.
+//!
+//! `Journal::append_owned` moves a write's data here when the budget has room, and the
+//! segment gets a short frame with the data's length and CRC32C. `Reader` fills the write
+//! back from here, so mirrors see an ordinary `Op::Write`. The mirror workers release the
+//! data once the slowest mirror confirmed it. When the budget is used up (a mirror is down
+//! or far behind), writes go into the segment whole again, so memory stays bounded by the
+//! budget whatever the backlog.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{Seq, lock};
+
+/// Bytes of write data the journal holds in memory at most.
+pub const DATA_CACHE_BYTES: u64 = 8 << 20;
+
+/// Smallest write whose data is held here rather than copied into the segment. Below it the
+/// copy costs less than the bookkeeping.
+pub const MIN_REFERENCED_BYTES: usize = 1024;
+
+pub(super) struct DataCache {
+    budget: u64,
+    state: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    by_seq: BTreeMap<Seq, Vec<u8>>,
+    /// Bytes of the entries plus those reserved for appends in progress.
+    bytes: u64,
+}
+
+impl DataCache {
+    pub fn new(budget: u64) -> DataCache {
+        DataCache {
+            budget,
+            state: Mutex::new(Held::default()),
+        }
+    }
+
+    /// Reserves room for `len` bytes; false when the budget has none left.
+    pub fn reserve(&self, len: usize) -> bool {
+        let mut held = lock(&self.state);
+        let wanted = held.bytes + len as u64;
+        if wanted > self.budget {
+            return false;
+        }
+        held.bytes = wanted;
+        true
+    }
+
+    /// Gives back a reservation whose append failed.
+    pub fn unreserve(&self, len: usize) {
+        let mut held = lock(&self.state);
+        held.bytes = held.bytes.saturating_sub(len as u64);
+    }
+
+    /// Stores the data of record `seq`, for which `reserve` made room.
+    pub fn insert(&self, seq: Seq, data: Vec<u8>) {
+        lock(&self.state).by_seq.insert(seq, data);
+    }
+
+    /// Returns a copy of the data of record `seq`, if still held.
+    pub fn get(&self, seq: Seq) -> Option<Vec<u8>> {
+        lock(&self.state).by_seq.get(&seq).cloned()
+    }
+
+    /// Drops the data of every record up to `seq`.
+    pub fn release_up_to(&self, seq: Seq) {
+        let mut held = lock(&self.state);
+        if held
+            .by_seq
+            .first_key_value()
+            .is_none_or(|(&first, _)| first > seq)
+        {
+            return;
+        }
+        let kept = held.by_seq.split_off(&Seq(seq.0.saturating_add(1)));
+        let released = std::mem::replace(&mut held.by_seq, kept);
+        let freed: u64 = released.values().map(|data| data.len() as u64).sum();
+        held.bytes = held.bytes.saturating_sub(freed);
+    }
+
+    /// Returns the bytes held and reserved.
+    pub fn bytes(&self) -> u64 {
+        lock(&self.state).bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_bounds_reservations_and_release_frees_them() {
+        let cache = DataCache::new(10_000);
+        assert!(cache.reserve(4096));
+        cache.insert(Seq(1), vec![1; 4096]);
+        assert!(cache.reserve(4096));
+        cache.insert(Seq(2), vec![2; 4096]);
+        assert!(!cache.reserve(4096), "8192 + 4096 exceeds the budget");
+        assert_eq!(cache.bytes(), 8192);
+
+        assert_eq!(cache.get(Seq(2)), Some(vec![2; 4096]));
+        cache.release_up_to(Seq(1));
+        assert_eq!(cache.get(Seq(1)), None);
+        assert_eq!(cache.get(Seq(2)), Some(vec![2; 4096]));
+        assert_eq!(cache.bytes(), 4096);
+        assert!(cache.reserve(4096));
+        cache.unreserve(4096);
+        cache.release_up_to(Seq(u64::MAX));
+        assert_eq!(cache.bytes(), 0);
+    }
+}

@@ -16,6 +16,9 @@ _logmirror() {
             ",$1")
                 cmd="logmirror"
                 ;;
+            logmirror,fold)
+                cmd="logmirror__subcmd__fold"
+                ;;
             logmirror,help)
                 cmd="logmirror__subcmd__help"
                 ;;
@@ -33,6 +36,9 @@ _logmirror() {
                 ;;
             logmirror,verify)
                 cmd="logmirror__subcmd__verify"
+                ;;
+            logmirror__subcmd__help,fold)
+                cmd="logmirror__subcmd__help__subcmd__fold"
                 ;;
             logmirror__subcmd__help,help)
                 cmd="logmirror__subcmd__help__subcmd__help"
@@ -59,7 +65,7 @@ _logmirror() {
 
     case "${cmd}" in
         logmirror)
-            opts="-h -V --help --version mount status sync verify restore help"
+            opts="-h -V --help --version mount status sync verify restore fold help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -72,9 +78,41 @@ _logmirror() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        logmirror__subcmd__help)
-            opts="mount status sync verify restore help"
+        logmirror__subcmd__fold)
+            opts="-o -h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        logmirror__subcmd__help)
+            opts="mount status sync verify restore fold help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        logmirror__subcmd__help__subcmd__fold)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -49,6 +49,19 @@ file, and mirrors given with -o replace the file's list):
                               (default: none, objects are stored plain)
   compression=zstd:LEVEL|none compress S3 journal objects and snapshot parts with zstd at
                               LEVEL (1 to 19) before encryption (default zstd:3)
+  history=managed|append-only S3: append-only never deletes or overwrites objects under
+                              PREFIX/.logmirror/ except the lease, for keys without delete
+                              rights; folds then run from `logmirror fold` (default managed)
+  retention_lock=DAYS         S3: Object Lock retention on each journal object and snapshot;
+                              the bucket must have Object Lock enabled (default: none;
+                              1 to 36500)
+  retention_lock_mode=compliance|governance
+                              S3: Object Lock mode of retention_lock (default compliance)
+  sse=aes256|aws:kms|c        S3: server-side encryption of every upload; the store must
+                              confirm it at mount (default: none, the bucket's default)
+  sse_kms_key_id=ID           S3: KMS key for sse=aws:kms (default: the AWS managed key)
+  sse_c_key=/path             S3: file of mode 0600 with the 256-bit key for sse=c, as 32
+                              bytes or their base64 (default: none)
   takeover=true|false         take the lease of each S3 prefix even when another daemon owns
                               it, after that daemon's host crashed or was replaced
                               (default false)
@@ -101,7 +114,10 @@ Exit codes: 0 mounted, 1 the daemon failed to start, 2 invalid options or paths.
 const RESTORE_HELP: &str = "\
 Options (-o key=value,...): endpoint=URL, region=NAME, path_style=true|false,
 ca_file=/path, allow_http=true|false, encrypt_key=/path, compression=zstd:LEVEL|none,
-as for mount (restore reads compressed and plain objects whatever compression says).
+sse=aes256|aws:kms|c, sse_kms_key_id=ID, sse_c_key=/path, as for mount (restore reads
+compressed and plain objects whatever compression says). Objects stored with sse=c can only
+be read with the same sse=c and sse_c_key. history, retention_lock and retention_lock_mode
+are accepted and change nothing here. A key with read rights only is enough.
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
 a profile in ~/.aws, or an instance role).
 
@@ -125,6 +141,19 @@ applied and its commit time.
 
 Exit codes: 0 restored, 1 the restore failed or stopped, or the point is not in the history,
 2 invalid arguments or DIR not empty.";
+
+const FOLD_HELP: &str = "\
+Does what retention= does in a mount, once, with the credentials of this process: they must
+be allowed to list, read, create and delete objects under PREFIX/.logmirror/. Run it from a
+host or account other than the mounts', with a key they do not hold, so that a compromised
+mount host cannot remove history. Options (-o): endpoint, region, path_style, ca_file,
+allow_http, sse, sse_kms_key_id, sse_c_key, retention_lock, retention_lock_mode; with
+retention_lock, objects whose retention has not ended stay and a later fold removes them.
+
+A running mount's verify may fail once with NoSuchKey while a fold removes objects; the next
+verify lists the new snapshot.
+
+Exit codes: 0 folded or nothing old enough, 1 the fold failed, 2 invalid arguments.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -210,8 +239,8 @@ serves MOUNTPOINT.")]
         /// Directory to fill; created if missing. It must be empty unless --force is given.
         dir: PathBuf,
         /// Options as key=value[,key=value...]: endpoint, region, path_style, ca_file,
-        /// allow_http, encrypt_key, compression [default: none, the AWS environment and
-        /// profile apply]
+        /// allow_http, encrypt_key, compression, sse, sse_kms_key_id, sse_c_key [default: none,
+        /// the AWS environment and profile apply]
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Key file of an encrypted mirror: 64 hex digits, not readable by group or others;
@@ -231,6 +260,21 @@ serves MOUNTPOINT.")]
         seq: Option<u64>,
         #[command(flatten)]
         progress: ProgressArgs,
+    },
+    /// Fold an S3 mirror's old journal objects into a snapshot and remove them, for mounts
+    /// with history=append-only whose keys may not delete.
+    #[command(after_help = FOLD_HELP)]
+    Fold {
+        /// The mirror, as given to mount: s3://BUCKET/PREFIX.
+        mirror: String,
+        /// Fold the journal objects whose records are all older than this DURATION, as in
+        /// 30d or 12h.
+        #[arg(value_name = "RETENTION", value_parser = parse_timeout)]
+        retention: Duration,
+        /// Options as key=value[,key=value...], as for restore [default: none, the AWS
+        /// environment and profile apply]
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
     },
     /// Write the man pages into MAN_DIR and the bash, zsh and fish completions into
     /// COMPLETIONS_DIR (run by scripts/gen-docs).
@@ -298,6 +342,11 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             run_restore(&mirror, &dir, restore)
         }
+        Command::Fold {
+            mirror,
+            retention,
+            options,
+        } => run_fold(&mirror, retention, &options),
         Command::GenerateDocs {
             man_dir,
             completions_dir,
@@ -462,6 +511,33 @@ fn verify(
 }
 
 /// Settings of a `restore` besides the mirror and the directory.
+fn run_fold(mirror: &str, retention: Duration, options: &[String]) -> anyhow::Result<ExitCode> {
+    let spec = config::MirrorSpec::parse(mirror)?;
+    let config::MirrorSpec::S3 { bucket, prefix } = &spec else {
+        return Err(config::Error::InvalidValue {
+            key: "mirror".into(),
+            value: mirror.into(),
+            expected: "expected s3://BUCKET/PREFIX; a directory mirror keeps no history to fold"
+                .into(),
+        }
+        .into());
+    };
+    let options = config::build_s3_options(options)?;
+    let folded = logmirror::mirror::s3::fold_once(bucket, prefix, &options, retention)
+        .with_context(|| format!("fold {}", spec.name()))?;
+    match folded {
+        Some(stats) => println!(
+            "folded {} journal objects into snapshot {}; removed {} objects; last seq {}",
+            stats.objects_folded, stats.snapshot, stats.objects_removed, stats.last_seq
+        ),
+        None => println!(
+            "nothing to fold: no journal object of {} is older than {retention:?}",
+            spec.name()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 struct RestoreRequest<'a> {
     options: &'a [String],
     /// `--key FILE`, the same as `-o encrypt_key=FILE`.

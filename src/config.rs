@@ -27,7 +27,8 @@ pub enum Error {
         "unknown option {key:?}; valid keys: mirror, mode, ack, state, max_backlog, when_full, \
          on_mirror_failure, sync_timeout, drain_timeout, flush_interval, segment_size, log_file, \
          threads, endpoint, region, path_style, ca_file, allow_http, encrypt_key, compression, \
-         takeover, retention, verify_interval, repair, materialize_interval, metrics, passthrough"
+         takeover, retention, verify_interval, repair, materialize_interval, metrics, history, \
+         retention_lock, retention_lock_mode, sse, sse_kms_key_id, sse_c_key, passthrough"
     )]
     UnknownKey { key: String },
     #[error(
@@ -40,7 +41,7 @@ pub enum Error {
          accepted; give S3 credentials through the standard AWS chain"
     )]
     EndpointUserInfo,
-    #[error("unknown option {key:?} for restore; valid keys: {valid}")]
+    #[error("unknown option {key:?} for restore or fold; valid keys: {valid}")]
     NotValidHere { key: String, valid: &'static str },
     #[error("missing value for option {key:?}; write {key}=VALUE")]
     MissingValue { key: String },
@@ -227,6 +228,23 @@ pub struct S3Options {
     /// `compression=zstd:LEVEL|none`: compression of journal objects and snapshot parts
     /// before encryption. Default zstd at level 3; levels 1 to 19.
     pub compression: Compression,
+    /// `history=managed|append-only`: whether the mount may delete or overwrite objects
+    /// under `PREFIX/.logmirror/` other than its lease. Default managed.
+    pub history: History,
+    /// `retention_lock=DAYS`: S3 Object Lock retention put on every journal object and
+    /// snapshot, from 1 to 36500 days. Default: none.
+    pub retention_lock_days: Option<u32>,
+    /// `retention_lock_mode=compliance|governance`. Default compliance.
+    pub retention_lock_mode: Option<LockMode>,
+    /// `sse=aes256|aws:kms|c`: server-side encryption requested on every upload. Default:
+    /// none, the bucket's default applies.
+    pub sse: Option<SseKind>,
+    /// `sse_kms_key_id=ID`: the KMS key for `sse=aws:kms`. Default: the account's AWS
+    /// managed key.
+    pub sse_kms_key_id: Option<String>,
+    /// `sse_c_key=/path`: file of mode 0600 or stricter with the 256-bit key for `sse=c`,
+    /// as 32 raw bytes or their base64. The key itself is read when the store connects.
+    pub sse_c_key: Option<PathBuf>,
 }
 
 /// Compression of the S3 mirror's journal objects and snapshot parts.
@@ -263,6 +281,48 @@ impl Compression {
     }
 }
 
+/// Rights the mount uses on the history objects under `PREFIX/.logmirror/`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum History {
+    /// Probe objects are removed and `retention=` folds remove old journal objects.
+    #[default]
+    Managed,
+    /// Nothing under `.logmirror/` is deleted or overwritten except the lease object, so
+    /// credentials without those rights suffice. Folds run only from `logmirror fold`.
+    AppendOnly,
+}
+
+/// Object Lock mode of a retention, as S3 names it in `x-amz-object-lock-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// No user, root account included, can delete the object before its date.
+    Compliance,
+    /// Users with `s3:BypassGovernanceRetention` can delete the object early.
+    Governance,
+}
+
+/// S3 Object Lock retention for journal objects and snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionLock {
+    /// Days from the upload until the object may be deleted.
+    pub days: u32,
+    pub mode: LockMode,
+}
+
+/// Kind of server-side encryption requested with `sse=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SseKind {
+    /// `aes256`: keys managed by the store (SSE-S3).
+    Aes256,
+    /// `aws:kms`: keys in AWS KMS (SSE-KMS).
+    Kms,
+    /// `c`: a key that logmirror sends with every request (SSE-C).
+    Customer,
+}
+
+/// Largest `retention_lock`, in days: 100 years.
+const MAX_RETENTION_LOCK_DAYS: u32 = 36_500;
+
 impl S3Options {
     /// Returns true when no option is set.
     pub fn is_empty(&self) -> bool {
@@ -297,6 +357,48 @@ impl S3Options {
             "path_style" => self.path_style = Some(parse_flag(key, value)?),
             "ca_file" => self.ca_file = Some(absolute_path(key, value)?),
             "allow_http" => self.allow_http = parse_flag(key, value)?,
+            "history" => {
+                self.history = match value {
+                    "managed" => History::Managed,
+                    "append-only" => History::AppendOnly,
+                    _ => return Err(invalid("expected managed or append-only")),
+                }
+            }
+            "retention_lock" => {
+                let days = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|d| (1..=MAX_RETENTION_LOCK_DAYS).contains(d))
+                    .ok_or_else(|| {
+                        invalid("expected a number of days from 1 to 36500, as in 400")
+                    })?;
+                self.retention_lock_days = Some(days);
+            }
+            "retention_lock_mode" => {
+                self.retention_lock_mode = Some(match value {
+                    "compliance" => LockMode::Compliance,
+                    "governance" => LockMode::Governance,
+                    _ => return Err(invalid("expected compliance or governance")),
+                })
+            }
+            "sse" => {
+                self.sse = Some(match value {
+                    "aes256" => SseKind::Aes256,
+                    "aws:kms" => SseKind::Kms,
+                    "c" => SseKind::Customer,
+                    _ => return Err(invalid("expected aes256, aws:kms or c")),
+                })
+            }
+            "sse_kms_key_id" => {
+                if value.is_empty() || value.chars().any(|c| c.is_control() || c == ' ') {
+                    return Err(invalid(
+                        "expected a KMS key id, alias or ARN without spaces, as in \
+                         alias/logs or arn:aws:kms:us-east-1:111122223333:key/ID",
+                    ));
+                }
+                self.sse_kms_key_id = Some(value.to_string());
+            }
+            "sse_c_key" => self.sse_c_key = Some(absolute_path(key, value)?),
             "encrypt_key" => self.set_encrypt_key(Path::new(value))?,
             "compression" => {
                 self.compression = Compression::parse(value)
@@ -305,6 +407,43 @@ impl S3Options {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// Returns the Object Lock retention to put on history objects, if any.
+    pub fn retention_lock(&self) -> Option<RetentionLock> {
+        self.retention_lock_days.map(|days| RetentionLock {
+            days,
+            mode: self.retention_lock_mode.unwrap_or(LockMode::Compliance),
+        })
+    }
+
+    /// Checks that the Object Lock and encryption options fit together, and that the
+    /// `sse_c_key` file contains a usable key and can be read by its owner only.
+    pub fn check_security(&self) -> Result<(), Error> {
+        if self.retention_lock_mode.is_some() && self.retention_lock_days.is_none() {
+            return Err(Error::Conflict(
+                "retention_lock_mode applies to retention_lock=DAYS, which is not set; add \
+                 retention_lock or remove retention_lock_mode"
+                    .into(),
+            ));
+        }
+        if self.sse_kms_key_id.is_some() && self.sse != Some(SseKind::Kms) {
+            return Err(Error::Conflict(
+                "sse_kms_key_id applies to sse=aws:kms; add sse=aws:kms or remove \
+                 sse_kms_key_id"
+                    .into(),
+            ));
+        }
+        match (self.sse, &self.sse_c_key) {
+            (Some(SseKind::Customer), None) => Err(Error::Conflict(
+                "sse=c needs sse_c_key=/path, a file with the 256-bit key".into(),
+            )),
+            (Some(SseKind::Customer), Some(path)) => read_sse_c_key(path).map(drop),
+            (_, Some(_)) => Err(Error::Conflict(
+                "sse_c_key applies to sse=c; add sse=c or remove sse_c_key".into(),
+            )),
+            (_, None) => Ok(()),
+        }
     }
 
     /// Sets `encrypt_key` to the key file at `path`, which is read and checked now, so that
@@ -328,6 +467,50 @@ impl S3Options {
             Some(endpoint) => check_endpoint_transport(endpoint, self.allow_http),
             None => Ok(()),
         }
+    }
+}
+
+/// A 256-bit SSE-C key. `Debug` leaves the key out, so that no log shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SseCustomerKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SseCustomerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SseCustomerKey(hidden)")
+    }
+}
+
+/// Reads the SSE-C key file at `path`: 32 raw bytes, or their base64 on one line. The file
+/// must not be readable or writable by group or others.
+pub fn read_sse_c_key(path: &Path) -> Result<SseCustomerKey, Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let invalid = |expected: String| Error::InvalidValue {
+        key: "sse_c_key".into(),
+        value: path.display().to_string(),
+        expected,
+    };
+    let metadata = std::fs::metadata(path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(invalid(format!(
+            "the key file has mode {mode:04o}, so other users may read the key; run chmod \
+             600 on it"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
+    if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        return Ok(SseCustomerKey(key));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let decoded = aws_smithy_types::base64::decode(text.trim()).unwrap_or_default();
+    match <[u8; 32]>::try_from(decoded.as_slice()) {
+        Ok(key) => Ok(SseCustomerKey(key)),
+        Err(_) => Err(invalid(format!(
+            "expected a file of 32 bytes, or their base64 (44 characters), with {} bytes; \
+             create one with: head -c 32 /dev/urandom > FILE && chmod 600 FILE",
+            bytes.len()
+        ))),
     }
 }
 
@@ -581,6 +764,12 @@ struct FileOptions {
     materialize_interval: Option<NumberOrText>,
     metrics: Option<String>,
     passthrough: Option<String>,
+    history: Option<String>,
+    retention_lock: Option<NumberOrText>,
+    retention_lock_mode: Option<String>,
+    sse: Option<String>,
+    sse_kms_key_id: Option<String>,
+    sse_c_key: Option<PathBuf>,
 }
 
 /// A value a config file may give as a boolean or as text (`path_style = true` or
@@ -788,6 +977,24 @@ impl RawOptions {
         if let Some(v) = file.passthrough {
             push("passthrough", v);
         }
+        if let Some(v) = file.history {
+            push("history", v);
+        }
+        if let Some(v) = file.retention_lock {
+            push("retention_lock", v.into_text());
+        }
+        if let Some(v) = file.retention_lock_mode {
+            push("retention_lock_mode", v);
+        }
+        if let Some(v) = file.sse {
+            push("sse", v);
+        }
+        if let Some(v) = file.sse_kms_key_id {
+            push("sse_kms_key_id", v);
+        }
+        if let Some(v) = file.sse_c_key {
+            push("sse_c_key", v.to_string_lossy().into_owned());
+        }
         Ok(())
     }
 }
@@ -840,7 +1047,9 @@ pub fn build(
 }
 
 /// Keys of [`S3Options`], as listed in messages.
-const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, encrypt_key, compression";
+pub(crate) const S3_KEYS: &str = "endpoint, region, path_style, ca_file, allow_http, \
+                                  encrypt_key, compression, history, retention_lock, \
+                                  retention_lock_mode, sse, sse_kms_key_id, sse_c_key";
 
 /// Builds the S3 connection settings of a command that reads a mirror without mounting
 /// (`restore`), from `-o` option strings that may set only the keys of [`S3Options`].
@@ -869,6 +1078,7 @@ pub fn build_s3_options(option_strings: &[String]) -> Result<S3Options, Error> {
         });
     }
     options.check_transport()?;
+    options.check_security()?;
     Ok(options)
 }
 
@@ -963,6 +1173,12 @@ pub const KEYS: &[&str] = &[
     "takeover",
     "materialize_interval",
     "metrics",
+    "history",
+    "retention_lock",
+    "retention_lock_mode",
+    "sse",
+    "sse_kms_key_id",
+    "sse_c_key",
     "passthrough",
 ];
 
@@ -1080,8 +1296,19 @@ fn apply_pair(config: &mut MountConfig, key: &str, value: &str) -> Result<(), Er
                 _ => return Err(invalid("expected true or false")),
             }
         }
-        "endpoint" | "region" | "path_style" | "ca_file" | "allow_http" | "encrypt_key"
-        | "compression" => {
+        "endpoint"
+        | "region"
+        | "path_style"
+        | "ca_file"
+        | "allow_http"
+        | "encrypt_key"
+        | "compression"
+        | "history"
+        | "retention_lock"
+        | "retention_lock_mode"
+        | "sse"
+        | "sse_kms_key_id"
+        | "sse_c_key" => {
             config.s3.apply(key, value)?;
         }
         "takeover" => config.takeover = parse_flag(key, value)?,
@@ -1159,6 +1386,15 @@ fn check(config: &MountConfig) -> Result<(), Error> {
         ));
     }
     config.s3.check_transport()?;
+    config.s3.check_security()?;
+    if config.retention.is_some() && config.s3.history == History::AppendOnly {
+        return Err(Error::Conflict(
+            "retention removes folded journal objects, which history=append-only forbids; \
+             remove retention and run `logmirror fold` with a key that may delete, or use \
+             history=managed"
+                .into(),
+        ));
+    }
     if config.materialize_interval.is_some() && !config.mirrors.iter().any(MirrorSpec::is_s3) {
         return Err(Error::Conflict(
             "materialize_interval applies to the readable copies of s3:// mirrors, and no \
@@ -1466,8 +1702,7 @@ mod tests {
                 path_style: None,
                 ca_file: None,
                 allow_http: false,
-                encrypt_key: None,
-                compression: Compression::Zstd(3),
+                ..S3Options::default()
             }
         );
         let config = build_args(&["mirror=s3://logs/h,path_style=false"]).unwrap();
@@ -1491,6 +1726,106 @@ mod tests {
             let message = build_args(options).unwrap_err().to_string();
             assert!(message.contains(needle), "{options:?}: {message}");
         }
+    }
+
+    #[test]
+    fn s3_security_options() {
+        let config = build_args(
+            &["mirror=s3://logs/h,history=append-only,retention_lock=400,\
+             retention_lock_mode=governance,sse=aws:kms,sse_kms_key_id=alias/logs"],
+        )
+        .unwrap();
+        assert_eq!(config.s3.history, History::AppendOnly);
+        assert_eq!(
+            config.s3.retention_lock(),
+            Some(RetentionLock {
+                days: 400,
+                mode: LockMode::Governance
+            })
+        );
+        assert_eq!(config.s3.sse, Some(SseKind::Kms));
+        assert_eq!(config.s3.sse_kms_key_id.as_deref(), Some("alias/logs"));
+
+        let config = build_args(&["mirror=s3://logs/h,retention_lock=1,sse=aes256"]).unwrap();
+        assert_eq!(config.s3.history, History::Managed);
+        assert_eq!(
+            config.s3.retention_lock().map(|l| l.mode),
+            Some(LockMode::Compliance)
+        );
+    }
+
+    #[test]
+    fn s3_security_option_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["mirror=s3://logs/h,history=append"],
+                "expected managed or append-only",
+            ),
+            (&["mirror=s3://logs/h,retention_lock=0"], "from 1 to 36500"),
+            (
+                &["mirror=s3://logs/h,retention_lock=36501"],
+                "from 1 to 36500",
+            ),
+            (
+                &["mirror=s3://logs/h,retention_lock_mode=legal"],
+                "compliance or governance",
+            ),
+            (
+                &["mirror=s3://logs/h,retention_lock_mode=governance"],
+                "retention_lock=DAYS, which is not set",
+            ),
+            (
+                &["mirror=s3://logs/h,sse=kms"],
+                "expected aes256, aws:kms or c",
+            ),
+            (&["mirror=s3://logs/h,sse_kms_key_id=k"], "add sse=aws:kms"),
+            (&["mirror=s3://logs/h,sse=c"], "sse=c needs sse_c_key"),
+            (&["mirror=s3://logs/h,sse=aes256,sse_c_key=/k"], "add sse=c"),
+            (&["mirror=s3://logs/h,sse=c,sse_c_key=k"], "absolute path"),
+            (
+                &["mirror=s3://logs/h,history=append-only,retention=30d"],
+                "logmirror fold",
+            ),
+        ];
+        for (options, needle) in cases {
+            let message = build_args(options).unwrap_err().to_string();
+            assert!(message.contains(needle), "{options:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn sse_c_key_file_checks() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw.key");
+        std::fs::write(&raw, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&raw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_sse_c_key(&raw).unwrap(), SseCustomerKey([9; 32]));
+
+        let text = dir.path().join("base64.key");
+        let encoded = aws_smithy_types::base64::encode([9u8; 32]);
+        std::fs::write(&text, format!("{encoded}\n")).unwrap();
+        std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(read_sse_c_key(&text).unwrap(), SseCustomerKey([9; 32]));
+
+        std::fs::set_permissions(&raw, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let message = read_sse_c_key(&raw).unwrap_err().to_string();
+        assert!(message.contains("mode 0640"), "{message}");
+        assert!(message.contains("chmod 600"), "{message}");
+
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, b"too short").unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let message = read_sse_c_key(&short).unwrap_err().to_string();
+        assert!(message.contains("with 9 bytes"), "{message}");
+        assert!(!message.contains("too short"), "{message}");
+
+        let option = format!("mirror=s3://logs/h,sse=c,sse_c_key={}", raw.display());
+        let message = build_args(&[&option]).unwrap_err().to_string();
+        assert!(message.contains("sse_c_key"), "{message}");
+        let debug = format!("{:?}", SseCustomerKey([9; 32]));
+        assert_eq!(debug, "SseCustomerKey(hidden)");
     }
 
     #[test]

@@ -359,6 +359,13 @@ pub fn render(status: &Status) -> String {
                 store.checksums
             );
             let _ = writeln!(out, "  lease {}: {}", store.lease_key, store.protection);
+            let _ = writeln!(
+                out,
+                "  history: {}, Object Lock: {}, server-side encryption: {}",
+                store.history,
+                store.retention_lock.as_deref().unwrap_or("none"),
+                store.sse.as_deref().unwrap_or("none")
+            );
             if !store.encryption.is_empty() {
                 let _ = writeln!(out, "  encryption: {}", store.encryption);
             }

@@ -20,10 +20,13 @@ pub mod key;
 mod lease;
 mod object;
 mod position;
+mod probe;
 mod replay;
 pub mod seal;
 mod snapshot;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::DirBuilderExt;
@@ -34,7 +37,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Compression, MirrorSpec, S3Options, STATE_DIR_NAME};
+use crate::config::{Compression, History, LockMode, MirrorSpec, S3Options, STATE_DIR_NAME};
 use crate::journal::{Op, Record, Seq};
 
 use super::cursor::Cursor;
@@ -43,7 +46,7 @@ use super::manifest::{self, Manifest};
 use super::{Error, Mirror};
 
 pub use copies::{Copies, CopiesStatus, CopySettings};
-pub use fold::{FoldStats, Folder};
+pub use fold::{FoldStats, Folder, fold_once};
 pub use lease::lease_key;
 pub use object::{journal_prefix, object_key, parse_object_key};
 pub use replay::{ReplayEnd, ReplayStats, ReplayTarget};
@@ -56,6 +59,7 @@ use lease::{
 };
 use object::{ObjectHeader, PendingObject};
 use position::Verdict;
+use probe::{checksums_text, probe};
 use replay::Source;
 use seal::Seal;
 use store::{PutOutcome, Store};
@@ -89,6 +93,15 @@ pub struct StoreReport {
     /// `client (key id XXXXXXXXXXXXXXXX)` when `encrypt_key` is set, else `none`.
     #[serde(default)]
     pub encryption: String,
+    /// `managed` or `append-only`, from `history=`.
+    #[serde(default)]
+    pub history: String,
+    /// Object Lock retention of journal objects and snapshots, as in `30 days, compliance`.
+    #[serde(default)]
+    pub retention_lock: Option<String>,
+    /// Server-side encryption requested, as in `sse=c`.
+    #[serde(default)]
+    pub sse: Option<String>,
 }
 
 /// Owner settings of an S3 mirror's lease.
@@ -131,6 +144,8 @@ pub struct S3Mirror {
     /// A contradiction between the store and what this state directory recorded as
     /// stored, found at open; verify reports it until the daemon stops.
     alert: Option<String>,
+    /// What the mount may do to the history objects, from `history=`.
+    history: History,
 }
 
 impl S3Mirror {
@@ -150,8 +165,30 @@ impl S3Mirror {
         lease_options: &LeaseOptions<'_>,
     ) -> Result<S3Mirror, Error> {
         let name = s3_name(bucket, prefix);
-        let mut store = connect(&name, bucket, options)?;
-        let capabilities = probe(&mut store, prefix, &name)?;
+        let store = connect(&name, bucket, options)?;
+        S3Mirror::open_with_store(
+            store,
+            &name,
+            prefix,
+            options,
+            journal_id,
+            scratch,
+            lease_options,
+        )
+    }
+
+    /// Opens the mirror `name` at `prefix` of `store`, as [`S3Mirror::open`] does.
+    fn open_with_store(
+        mut store: Store,
+        name: &str,
+        prefix: &str,
+        options: &S3Options,
+        journal_id: u64,
+        scratch: &Path,
+        lease_options: &LeaseOptions<'_>,
+    ) -> Result<S3Mirror, Error> {
+        let name = name.to_string();
+        let capabilities = probe(&mut store, prefix, &name, options.history)?;
 
         let owner = LeaseRecord::for_this_process(lease_options.state_dir, journal_id)
             .map_err(|e| lease_error(&name, LeaseError::Token(e)))?;
@@ -242,6 +279,7 @@ impl S3Mirror {
             head,
             head_file,
             alert,
+            history: options.history,
         })
     }
 
@@ -264,6 +302,17 @@ impl S3Mirror {
                  when taken (the store ignores conditional writes)"
             )
         };
+        let history = match self.history {
+            History::Managed => "managed",
+            History::AppendOnly => "append-only",
+        };
+        let retention_lock = self.store.retention_lock().map(|lock| {
+            let mode = match lock.mode {
+                LockMode::Compliance => "compliance",
+                LockMode::Governance => "governance",
+            };
+            format!("{} days, {mode}", lock.days)
+        });
         StoreReport {
             endpoint: self.store.endpoint().to_string(),
             conditional_writes: self.capabilities.conditional_writes,
@@ -274,6 +323,9 @@ impl S3Mirror {
                 Some(seal) => format!("client (key id {:016x})", seal.key_id()),
                 None => "none".to_string(),
             },
+            history: history.to_string(),
+            retention_lock,
+            sse: self.store.encryption().map(|e| e.option_text().to_string()),
         }
     }
 
@@ -305,6 +357,8 @@ impl S3Mirror {
     /// Starts the readable copies: from now on every record the mirror stores also updates
     /// the copy of the file it changes.
     pub fn start_copies(&mut self, settings: CopySettings) -> Result<(), Error> {
+        // NOTE: copies use the mirror's bucket and key, which may overwrite and delete them,
+        // also with history=append-only.
         if self.seal.is_some() {
             info!(
                 "mirror {}: readable copies are off because encrypt_key is set; a copy would \
@@ -358,14 +412,17 @@ impl S3Mirror {
                     reason: format!("cannot encode journal object {key}: {e}"),
                 })?;
             let digest = object::sha256(&body);
-            let outcome = if self.capabilities.conditional_writes {
-                self.store.put_new(&key, &body)
-            } else {
-                // The lease is the only protection here (see DESIGN.md, "Ownership").
-                self.store
-                    .put(&key, &body, store::Condition::Always)
-                    .map(|_| PutOutcome::Stored)
-            };
+            // An append-only policy accepts only PUTs with If-None-Match, so they carry it
+            // even to a store that ignores it.
+            let outcome =
+                if self.capabilities.conditional_writes || self.history == History::AppendOnly {
+                    self.store.put_new(&key, &body)
+                } else {
+                    // The lease is the only protection here (see DESIGN.md, "Ownership").
+                    self.store
+                        .put_history(&key, &body, store::Condition::Always)
+                        .map(|_| PutOutcome::Stored)
+                };
             drop(body);
             let outcome = outcome.map_err(|source| self.store_error("upload of", &key, source))?;
             if outcome == PutOutcome::Stored {
@@ -505,6 +562,19 @@ impl Mirror for S3Mirror {
 
     fn release(&mut self) -> Result<(), Error> {
         match self.lease.release(&self.store) {
+            // Credentials that may not delete leave the lease; the next mount from the same
+            // state directory reclaims it without takeover.
+            Err(LeaseError::Store { key, source })
+                if source.code.as_deref() == Some("AccessDenied") =>
+            {
+                warn!(
+                    "mirror {}: the store refused to delete the lease object {key} \
+                     (AccessDenied); it stays until a mount from this state directory \
+                     reclaims it",
+                    self.name
+                );
+                Ok(())
+            }
             Ok(true) => {
                 info!(
                     "mirror {}: released the lease {}",
@@ -632,61 +702,6 @@ fn connect(name: &str, bucket: &str, options: &S3Options) -> Result<Store, Error
         key: bucket.to_string(),
         source: Box::new(source),
     })
-}
-
-/// Measures the store's handling of preconditions and checksums with probe objects below
-/// the prefix, and logs the result.
-fn probe(store: &mut Store, prefix: &str, name: &str) -> Result<Capabilities, Error> {
-    let token = lease::random_hex(8).map_err(|e| Error::Setup {
-        mirror: name.to_string(),
-        reason: format!("cannot create a probe key: {e}"),
-    })?;
-    let key = if prefix.is_empty() {
-        format!("{STATE_DIR_NAME}/probe-{token}")
-    } else {
-        format!("{prefix}/{STATE_DIR_NAME}/probe-{token}")
-    };
-    let capabilities = store.probe(&key).map_err(|source| Error::Store {
-        mirror: name.to_string(),
-        action: "probe with",
-        key: key.clone(),
-        source: Box::new(source),
-    })?;
-    info!(
-        "mirror {name}: endpoint={} conditional_writes={} checksums={}",
-        store.endpoint(),
-        if capabilities.conditional_writes {
-            "yes"
-        } else {
-            "no"
-        },
-        checksums_text(capabilities)
-    );
-    if !capabilities.conditional_writes {
-        warn!(
-            "mirror {name}: the store ignores If-None-Match, so it cannot refuse a second \
-             writer by itself; falling back to a read-after-write lease, read again after a \
-             pause when taken and confirmed every {}s; a takeover while an upload of the old \
-             owner hangs for more than {}s can let both store an object",
-            LEASE_VALIDITY.as_secs(),
-            (TAKEOVER_WAIT - LEASE_VALIDITY).as_secs()
-        );
-    }
-    if !capabilities.checksums_verified {
-        warn!(
-            "mirror {name}: the store ignores x-amz-checksum-crc32c; an object damaged on the \
-             way is found only when verify or restore checks its records"
-        );
-    }
-    Ok(capabilities)
-}
-
-fn checksums_text(capabilities: Capabilities) -> &'static str {
-    if capabilities.checksums_verified {
-        "verified"
-    } else {
-        "ignored"
-    }
 }
 
 fn lease_error(name: &str, error: LeaseError) -> Error {

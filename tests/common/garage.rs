@@ -112,6 +112,33 @@ impl Garage {
         out.stdout
     }
 
+    /// Creates the key `name` with the bucket permissions `flags` (`--read`, `--write`,
+    /// `--owner`) and returns its environment for `logmirror` and a client that uses it.
+    pub fn key_with(&self, name: &str, flags: &[&str]) -> (Vec<(String, String)>, TestClient) {
+        let created = self.cli(&["key", "create", name]);
+        let field = |label: &str| {
+            created
+                .lines()
+                .find_map(|line| line.strip_prefix(label))
+                .map(|value| value.trim().to_string())
+                .unwrap_or_else(|| panic!("garage key create printed no {label:?}: {created}"))
+        };
+        let (key_id, secret) = (field("Key ID:"), field("Secret key:"));
+        let mut allow = vec!["bucket", "allow"];
+        allow.extend_from_slice(flags);
+        allow.extend_from_slice(&[self.bucket.as_str(), "--key", name]);
+        self.cli(&allow);
+        let env = s3_env(
+            self.dir.path(),
+            &key_id,
+            &secret,
+            &self.region,
+            &self.endpoint,
+        );
+        let client = TestClient::new(&self.endpoint, &self.region, &key_id, &secret, &self.bucket);
+        (env, client)
+    }
+
     /// Returns the mirror spec `s3://BUCKET/PREFIX` of the test bucket.
     pub fn mirror_spec(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
@@ -457,6 +484,31 @@ impl TestClient {
         self.runtime
             .block_on(request.send())
             .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
+    /// Downloads the object at `key`, sending the SSE-C headers of `sse_c_key` if given.
+    /// Returns the HTTP status and error code of a failure.
+    pub fn get_with_key(&self, key: &str, sse_c_key: Option<&[u8; 32]>) -> Result<Vec<u8>, String> {
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(secret) = sse_c_key {
+            use md5::Digest as _;
+            let md5 = md5::Md5::digest(secret);
+            request = request
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(aws_smithy_types::base64::encode(secret))
+                .sse_customer_key_md5(aws_smithy_types::base64::encode(md5.as_slice()));
+        }
+        self.runtime.block_on(async {
+            let output = request.send().await.map_err(|e| {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let code = e.as_service_error().and_then(|s| {
+                    aws_sdk_s3::error::ProvideErrorMetadata::code(s).map(str::to_owned)
+                });
+                format!("HTTP {status:?} {code:?}")
+            })?;
+            let body = output.body.collect().await.map_err(|e| e.to_string())?;
+            Ok(body.into_bytes().to_vec())
+        })
     }
 
     /// Stores `body` under `key`, replacing any object there.

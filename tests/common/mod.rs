@@ -440,6 +440,17 @@ pub struct MirrorStatus {
     /// S3 mirrors: request body bytes sent to the store since the mount.
     #[serde(default)]
     pub bytes_uploaded: Option<u64>,
+    /// S3 mirrors: what the mount found and set up at the store.
+    #[serde(default)]
+    pub store: Option<StoreStatus>,
+}
+
+/// The part of a mirror's `store` object in `status --json` that the tests read.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct StoreStatus {
+    pub history: String,
+    pub retention_lock: Option<String>,
+    pub sse: Option<String>,
 }
 
 /// The `last_verify` object of a mirror in `status --json`.

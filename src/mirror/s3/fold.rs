@@ -8,11 +8,12 @@
 //! older snapshot. It never writes a journal object, so it runs beside the mirror's worker
 //! on its own thread.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info};
 
@@ -25,7 +26,7 @@ use super::object::PendingObject;
 use super::replay::{self, History, ReplayStats, ReplayTarget, Source};
 use super::seal::Seal;
 use super::snapshot::{self, PartEntry, SnapshotIndex, SnapshotKey};
-use super::store::{Condition, PutOutcome, Store};
+use super::store::{Condition, PutOutcome, Store, StoreError};
 use super::{MAX_OBJECT_BYTES, connect, load_seal, remove_scratch, s3_name};
 
 /// Counts from one fold.
@@ -46,6 +47,45 @@ pub struct FoldStats {
     /// Newest journal seq the snapshot covers, and the commit time of its newest frame.
     pub last_seq: Seq,
     pub last_frame_at_ns: u64,
+}
+
+/// Folds the history of the mirror at `bucket`/`prefix` once, from a process without a
+/// mount (`logmirror fold`): every journal object whose records are all older than
+/// `retention` goes into a new snapshot. The replayed tree goes to a private directory in
+/// the system's temporary directory, removed afterwards. Returns `None` when nothing is that
+/// old.
+pub fn fold_once(
+    bucket: &str,
+    prefix: &str,
+    options: &S3Options,
+    retention: std::time::Duration,
+) -> Result<Option<FoldStats>, Error> {
+    let name = s3_name(bucket, prefix);
+    let setup = |reason: String| Error::Setup {
+        mirror: name.clone(),
+        reason,
+    };
+    let token = super::lease::random_hex(8)
+        .map_err(|e| setup(format!("cannot create a name for the fold directory: {e}")))?;
+    let dir = std::env::temp_dir().join(format!("logmirror-fold.{token}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| setup(format!("cannot create fold directory {dir:?}: {e}")))?;
+    let now_ns = crate::mirror::worker::now_ns();
+    let cutoff_ns = now_ns.saturating_sub(u64::try_from(retention.as_nanos()).unwrap_or(u64::MAX));
+    let folded = Folder::new(
+        bucket,
+        prefix,
+        options,
+        &dir.join("tree"),
+        Arc::new(Mutex::new(())),
+    )
+    .and_then(|mut folder| folder.fold(cutoff_ns));
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        log::warn!("mirror {name}: cannot remove fold directory {dir:?}: {e}");
+    }
+    folded
 }
 
 /// Folds the history of one S3 mirror.
@@ -73,6 +113,19 @@ impl Folder {
     ) -> Result<Folder, Error> {
         let name = s3_name(bucket, prefix);
         let store = connect(&name, bucket, options)?;
+        Folder::with_store(store, name, prefix, options, scratch, history_lock)
+    }
+
+    /// Prepares folds of the mirror `name` at `prefix` of `store`, with the `encrypt_key`
+    /// and compression of `options`.
+    pub(super) fn with_store(
+        store: Store,
+        name: String,
+        prefix: &str,
+        options: &S3Options,
+        scratch: &Path,
+        history_lock: Arc<Mutex<()>>,
+    ) -> Result<Folder, Error> {
         let seal = load_seal(&name, options)?;
         Ok(Folder {
             seal,
@@ -361,8 +414,11 @@ impl Folder {
     /// the newest complete one, which have no index. The new parts may take their keys.
     fn remove_unfinished(&self, history: &History) -> Result<(), Error> {
         let complete = history.snapshot_number();
+        let locked = self.locked_keys()?;
         for (parsed, key) in &history.snapshot_keys {
-            if parsed.number() > complete {
+            // NOTE: a locked leftover part keeps its key, so a fold to the same snapshot
+            // number fails until its retention ends.
+            if parsed.number() > complete && !locked.contains(key) {
                 self.delete(key)?;
             }
         }
@@ -371,7 +427,11 @@ impl Folder {
 
     /// Removes the journal objects that snapshot `number` covers and every older snapshot.
     /// Holds the history lock, so no replay of the mirror lists them meanwhile.
+    ///
+    /// With `retention_lock=`, objects whose retention has not ended are left alone: they
+    /// stay covered by the new snapshot, and a later fold removes them.
     fn remove_folded(&self, history: &History, number: u64) -> Result<u64, Error> {
+        let locked = self.locked_keys()?;
         let _history = self.history_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut removed = 0;
         let folded = history
@@ -380,22 +440,81 @@ impl Folder {
             .filter(|(n, _)| *n <= number)
             .map(|(_, key)| key);
         for key in history.covered.iter().chain(folded) {
+            if locked.contains(key) {
+                continue;
+            }
             self.delete(key)?;
             removed += 1;
         }
+        let kept_indexes: BTreeSet<u64> = history
+            .snapshot_keys
+            .iter()
+            .filter(|(k, key)| matches!(k, SnapshotKey::Index { .. }) && locked.contains(key))
+            .map(|(k, _)| k.number())
+            .collect();
         // Indexes first: a snapshot without its index is ignored, one without parts is not.
         let older = |k: &SnapshotKey| k.number() < number;
         let indexes = history
             .snapshot_keys
             .iter()
             .filter(|(k, _)| older(k) && matches!(k, SnapshotKey::Index { .. }));
-        let parts = history
-            .snapshot_keys
-            .iter()
-            .filter(|(k, _)| older(k) && matches!(k, SnapshotKey::Part { .. }));
+        // The parts of an index that stays locked stay too, so that it remains whole.
+        let parts = history.snapshot_keys.iter().filter(|(k, _)| {
+            older(k) && matches!(k, SnapshotKey::Part { .. }) && !kept_indexes.contains(&k.number())
+        });
         for (_, key) in indexes.chain(parts) {
-            self.delete(key)?;
+            if !locked.contains(key) {
+                self.delete(key)?;
+            }
+        }
+        if !locked.is_empty() {
+            debug!(
+                "mirror {}: left {} objects whose Object Lock retention has not ended",
+                self.name,
+                locked.len()
+            );
         }
         Ok(removed)
+    }
+
+    /// Returns the keys of history objects whose Object Lock retention has not ended,
+    /// judged by their upload time in the listing plus `retention_lock` days. An object
+    /// without an upload time counts as locked. Empty without `retention_lock=`.
+    ///
+    /// NOTE: a retention set longer by the bucket's default or by hand is not seen here.
+    fn locked_keys(&self) -> Result<BTreeSet<String>, Error> {
+        let Some(lock) = self.store.retention_lock() else {
+            return Ok(BTreeSet::new());
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let lock_seconds = u64::from(lock.days) * 86_400;
+        let list_error = |prefix: String, source: StoreError| Error::Store {
+            mirror: self.name.clone(),
+            action: "listing of",
+            key: prefix,
+            source: Box::new(source),
+        };
+        let mut locked = BTreeSet::new();
+        for prefix in [
+            super::journal_prefix(&self.prefix),
+            snapshot::snapshot_prefix(&self.prefix),
+        ] {
+            let objects = self
+                .store
+                .list_objects(&prefix)
+                .map_err(|source| list_error(prefix.clone(), source))?;
+            for object in objects {
+                let unlocks_at = object
+                    .modified_unix
+                    .and_then(|t| u64::try_from(t).ok())
+                    .map(|t| t + lock_seconds);
+                if unlocks_at.is_none_or(|at| at > now) {
+                    locked.insert(object.key);
+                }
+            }
+        }
+        Ok(locked)
     }
 }

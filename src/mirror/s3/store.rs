@@ -7,11 +7,14 @@
 //! from the standard AWS chain and are never logged. Plain http goes only to a loopback
 //! host unless `allow_http=true`, and https is checked against `ca_file` or the system roots.
 
+#[cfg(test)]
+pub mod fake;
+mod protection;
 mod requests;
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -25,8 +28,11 @@ use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::config::S3Options;
+use crate::config::{RetentionLock, S3Options};
 
+use protection::{content_md5, lock_mode_header, to_date_time, with_sse, with_sse_c};
+
+pub use protection::{Encryption, retain_until};
 pub use requests::{ByteRange, ObjectInfo};
 
 /// Attempts per request before the failure goes to the caller (whose own backoff follows).
@@ -137,7 +143,8 @@ fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
 /// Returns true for a response that a later attempt may turn into a success: a server
 /// error, throttling, or a timeout the store reports.
 fn is_retryable_response(status: u16, code: &str) -> bool {
-    status >= 500 || status == 429 || RETRYABLE_CODES.contains(&code)
+    // 501 Not Implemented names a request the store does not support, which stays so.
+    (status >= 500 && status != 501) || status == 429 || RETRYABLE_CODES.contains(&code)
 }
 
 /// Joins the messages of an error and its sources, leaving out a message that repeats the
@@ -215,6 +222,14 @@ pub struct Store {
     signs_payload: bool,
     /// Bytes of request bodies sent, retries included.
     bytes_uploaded: AtomicU64,
+    /// Server-side encryption of `sse=`, sent with every request that needs it.
+    encryption: Option<Encryption>,
+    /// Object Lock retention of `retention_lock=`, put on objects stored with `put_new`.
+    lock: Option<RetentionLock>,
+    /// In unit tests, an in-process bucket that serves the history requests (list, get,
+    /// put, delete) in place of the SDK client.
+    #[cfg(test)]
+    fake: Option<std::sync::Arc<dyn fake::Requests>>,
 }
 
 impl Store {
@@ -279,7 +294,68 @@ impl Store {
             sends_conditions: true,
             signs_payload: true,
             bytes_uploaded: AtomicU64::new(0),
+            encryption: Encryption::from_options(options)?,
+            lock: options.retention_lock(),
+            #[cfg(test)]
+            fake: None,
         })
+    }
+
+    /// Builds a store whose history requests go to `fake`, with the encryption and Object
+    /// Lock settings of `options`. Only the SDK client of the readable copies stays unused.
+    #[cfg(test)]
+    pub fn with_fake(
+        fake: std::sync::Arc<dyn fake::Requests>,
+        options: &S3Options,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store::for_tests("http://127.0.0.1:9", options)?;
+        store.fake = Some(fake);
+        Ok(store)
+    }
+
+    /// Builds a store for the plain http `endpoint` on loopback with fixed test
+    /// credentials and the settings of `options`. Reads no AWS configuration, so no request
+    /// goes anywhere else.
+    #[cfg(test)]
+    pub fn for_tests(endpoint: &str, options: &S3Options) -> Result<Store, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::local(e.to_string()))?;
+        let credentials =
+            aws_sdk_s3::config::Credentials::new("test-key", "test-secret", None, None, "tests");
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("test"))
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .credentials_provider(credentials)
+            .retry_config(RetryConfig::disabled())
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        Ok(Store {
+            runtime,
+            client: Client::from_conf(config),
+            bucket: "test-bucket".into(),
+            endpoint: endpoint.into(),
+            sends_conditions: true,
+            signs_payload: true,
+            bytes_uploaded: AtomicU64::new(0),
+            encryption: Encryption::from_options(options)?,
+            lock: options.retention_lock(),
+            fake: None,
+        })
+    }
+
+    /// Returns the server-side encryption sent with the requests, if any.
+    pub fn encryption(&self) -> Option<&Encryption> {
+        self.encryption.as_ref()
+    }
+
+    /// Returns the Object Lock retention put on journal objects and snapshots, if any.
+    pub fn retention_lock(&self) -> Option<RetentionLock> {
+        self.lock
     }
 
     /// Returns the endpoint the requests go to, for messages and status.
@@ -312,6 +388,12 @@ impl Store {
         start_after: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Vec<ObjectInfo>, StoreError> {
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            let mut objects = fake.list(prefix, start_after)?;
+            objects.truncate(limit.unwrap_or(usize::MAX));
+            return Ok(objects);
+        }
         let mut objects = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -334,6 +416,7 @@ impl Store {
                     size: object.size().unwrap_or(0).max(0) as u64,
                     etag: object.e_tag().unwrap_or_default().to_string(),
                     crc32c: None,
+                    modified_unix: object.last_modified().map(|t| t.secs()),
                 });
             }
             if let Some(limit) = limit.filter(|n| objects.len() >= *n) {
@@ -369,8 +452,13 @@ impl Store {
     }
 
     fn get_object(&self, key: &str, range: Option<String>) -> Result<Fetched, StoreError> {
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            return fake.get(key, range.as_deref());
+        }
         self.retrying("download", key, || {
-            let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+            let request = self.client.get_object().bucket(&self.bucket).key(key);
+            let mut request = with_sse_c!(request, self.encryption.as_ref());
             // A checksum covers the whole object, so a range is downloaded without one.
             request = match &range {
                 Some(range) => request.range(range),
@@ -405,21 +493,35 @@ impl Store {
         condition: Condition<'_>,
     ) -> Result<Option<String>, StoreError> {
         let crc = checksum_header(body);
-        self.put_with_checksum(key, body, &crc, condition)
+        let request = PutRequest {
+            key,
+            body,
+            crc: &crc,
+            condition,
+            lock: None,
+        };
+        Ok(self.put_request(&request)?.etag)
     }
 
-    fn put_with_checksum(
-        &self,
-        key: &str,
-        body: &[u8],
-        crc: &str,
-        condition: Condition<'_>,
-    ) -> Result<Option<String>, StoreError> {
+    /// Sends a PUT, leaving out its precondition when the store rejects preconditions.
+    fn put_request(&self, put: &PutRequest<'_>) -> Result<PutResponse, StoreError> {
+        let PutRequest {
+            key,
+            body,
+            crc,
+            condition,
+            lock,
+        } = *put;
         let condition = if self.sends_conditions {
             condition
         } else {
             Condition::Always
         };
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            let request = PutRequest { condition, ..*put };
+            return fake.put(&request, self.encryption.as_ref());
+        }
         let output = self.retrying("upload", key, || {
             self.count_upload(body.len());
             let mut request = self
@@ -429,6 +531,15 @@ impl Store {
                 .key(key)
                 .body(ByteStream::from(body.to_vec()))
                 .checksum_crc32_c(crc);
+            request = with_sse!(request, self.encryption.as_ref());
+            // S3 requires Content-MD5 (or an SDK checksum algorithm header) on a PUT with a
+            // retention; Content-MD5 is the form every S3 version with Object Lock accepts.
+            if let Some((mode, until)) = lock {
+                request = request
+                    .object_lock_mode(lock_mode_header(mode))
+                    .object_lock_retain_until_date(to_date_time(until))
+                    .content_md5(content_md5(body));
+            }
             request = match condition {
                 Condition::Always => request,
                 Condition::Absent => request.if_none_match("*"),
@@ -444,7 +555,18 @@ impl Store {
                 sent.map_err(store_error)
             }
         })?;
-        Ok(output.e_tag().map(str::to_owned))
+        let sse_echo = output
+            .sse_customer_algorithm()
+            .map(str::to_owned)
+            .or_else(|| {
+                output
+                    .server_side_encryption()
+                    .map(|s| s.as_str().to_owned())
+            });
+        Ok(PutResponse {
+            etag: output.e_tag().map(str::to_owned),
+            sse_echo,
+        })
     }
 
     /// Stores `body` under `key` unless the key exists, sending its CRC32C for the store to
@@ -453,8 +575,10 @@ impl Store {
     ///
     /// `If-None-Match: *` makes a store that honors it refuse an existing key. On a store that
     /// ignores it, the caller must check that the key is free before calling.
+    ///
+    /// With `retention_lock=`, the object is locked until that many days from now.
     pub fn put_new(&self, key: &str, body: &[u8]) -> Result<PutOutcome, StoreError> {
-        match self.put(key, body, Condition::Absent) {
+        match self.put_history(key, body, Condition::Absent) {
             Ok(_) => Ok(PutOutcome::Stored),
             Err(e) if e.status == Some(412) => {
                 let existing = self.get(key)?;
@@ -470,6 +594,27 @@ impl Store {
         }
     }
 
+    /// Stores the history object `body` under `key` with its CRC32C and `condition`, and
+    /// with `retention_lock=`, locked until that many days from now. Returns the new ETag.
+    pub fn put_history(
+        &self,
+        key: &str,
+        body: &[u8],
+        condition: Condition<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        let crc = checksum_header(body);
+        let request = PutRequest {
+            key,
+            body,
+            crc: &crc,
+            condition,
+            lock: self
+                .lock
+                .map(|lock| (lock.mode, retain_until(lock, SystemTime::now()))),
+        };
+        Ok(self.put_request(&request)?.etag)
+    }
+
     /// Deletes `key` under the precondition `condition` (left out when the store rejects
     /// preconditions). A missing key counts as deleted.
     pub fn delete(&self, key: &str, condition: Condition<'_>) -> Result<(), StoreError> {
@@ -478,6 +623,10 @@ impl Store {
         } else {
             Condition::Always
         };
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            return fake.delete(key, condition);
+        }
         let result = self.retrying("delete", key, || {
             let mut request = self.client.delete_object().bucket(&self.bucket).key(key);
             if let Condition::Matches(etag) = condition {
@@ -493,31 +642,123 @@ impl Store {
     }
 
     /// Measures whether the store honors `If-None-Match: *` and checks `x-amz-checksum-crc32c`,
-    /// with two probe objects at `key` and `key` + `.crc`, which it removes again.
+    /// with two probe objects at `key` and `key` + `.crc`. With `remove`, it deletes them
+    /// again; without, they stay, for credentials that may not delete.
     ///
     /// A store that rejects a PUT with `If-None-Match` outright (HTTP 501) counts as without
     /// conditional writes, and later PUTs leave the header out.
-    pub fn probe(&mut self, key: &str) -> Result<Capabilities, StoreError> {
+    pub fn probe(&mut self, key: &str, remove: bool) -> Result<Capabilities, StoreError> {
         let conditional_writes = self.probe_conditional(key);
-        let removed = self.delete(key, Condition::Always);
+        let removed = match remove {
+            true => self.delete(key, Condition::Always),
+            false => Ok(()),
+        };
         let conditional_writes = conditional_writes?;
         removed?;
 
         let crc_key = format!("{key}.crc");
         let wrong_crc = checksum_header(b"not the probe body");
-        let checksums_verified =
-            match self.put_with_checksum(&crc_key, PROBE_BODY, &wrong_crc, Condition::Always) {
-                Ok(_) => {
+        // If-None-Match keeps this a creation, which an append-only policy allows.
+        let request = PutRequest {
+            key: &crc_key,
+            body: PROBE_BODY,
+            crc: &wrong_crc,
+            condition: Condition::Absent,
+            lock: None,
+        };
+        let checksums_verified = match self.put_request(&request) {
+            Ok(_) => {
+                if remove {
                     self.delete(&crc_key, Condition::Always)?;
-                    false
                 }
-                Err(e) if e.status == Some(400) => true,
-                Err(e) => return Err(e),
-            };
+                false
+            }
+            Err(e) if e.status == Some(400) => true,
+            Err(e) => return Err(e),
+        };
         self.signs_payload = !checksums_verified;
         Ok(Capabilities {
             conditional_writes,
             checksums_verified,
+        })
+    }
+
+    /// Checks that the bucket has Object Lock enabled, as `retention_lock=` needs. Returns
+    /// the reason when it does not.
+    pub fn check_object_lock(&self) -> Result<Result<(), String>, StoreError> {
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            return Ok(match fake.object_lock_enabled()? {
+                true => Ok(()),
+                false => Err("the bucket has no Object Lock configuration".into()),
+            });
+        }
+        let result = self.retrying("Object Lock configuration of", &self.bucket, || {
+            let request = self
+                .client
+                .get_object_lock_configuration()
+                .bucket(&self.bucket);
+            async move { request.send().await.map_err(store_error) }
+        });
+        let output = match result {
+            Ok(output) => output,
+            Err(e) if e.status == Some(501) || e.code.as_deref() == Some("NotImplemented") => {
+                return Ok(Err(format!(
+                    "the store does not implement Object Lock: {e}"
+                )));
+            }
+            Err(e) if e.code.as_deref() == Some("ObjectLockConfigurationNotFoundError") => {
+                return Ok(Err(format!(
+                    "the bucket was created without Object Lock: {e}"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let enabled = output
+            .object_lock_configuration()
+            .and_then(|c| c.object_lock_enabled())
+            .is_some_and(|e| e.as_str() == "Enabled");
+        Ok(match enabled {
+            true => Ok(()),
+            false => Err("the bucket's Object Lock configuration is not enabled".into()),
+        })
+    }
+
+    /// Stores a probe object at `key` with the requested encryption and checks that the
+    /// store confirms it in its response. Returns the reason when it does not. With
+    /// `remove`, the probe object is deleted again.
+    pub fn check_encryption(
+        &self,
+        key: &str,
+        remove: bool,
+    ) -> Result<Result<(), String>, StoreError> {
+        let Some(encryption) = &self.encryption else {
+            return Ok(Ok(()));
+        };
+        let crc = checksum_header(PROBE_BODY);
+        let request = PutRequest {
+            key,
+            body: PROBE_BODY,
+            crc: &crc,
+            condition: Condition::Absent,
+            lock: None,
+        };
+        let response = self.put_request(&request)?;
+        if remove {
+            self.delete(key, Condition::Always)?;
+        }
+        let expected = encryption.expected_echo();
+        Ok(match response.sse_echo.as_deref() {
+            Some(echo) if echo == expected => Ok(()),
+            Some(echo) => Err(format!(
+                "the store answered an upload with {} by applying {echo:?}, not {expected:?}",
+                encryption.option_text()
+            )),
+            None => Err(format!(
+                "the store accepted an upload with {} but did not confirm the encryption in \
+                 its response, so it most likely ignored it",
+                encryption.option_text()
+            )),
         })
     }
 
@@ -588,6 +829,27 @@ impl Store {
     }
 }
 
+/// One PUT of [`Store::put_request`].
+#[derive(Clone, Copy, Debug)]
+pub struct PutRequest<'a> {
+    pub key: &'a str,
+    pub body: &'a [u8],
+    /// Value of `x-amz-checksum-crc32c`.
+    pub crc: &'a str,
+    pub condition: Condition<'a>,
+    /// Object Lock mode and retain-until date, if the object is locked.
+    pub lock: Option<(crate::config::LockMode, SystemTime)>,
+}
+
+/// What [`Store::put_request`] reads from the response.
+#[derive(Clone, Debug, Default)]
+pub struct PutResponse {
+    pub etag: Option<String>,
+    /// `x-amz-server-side-encryption-customer-algorithm` or, without it,
+    /// `x-amz-server-side-encryption`.
+    pub sse_echo: Option<String>,
+}
+
 /// Returns true for a 404 about the key, not about the bucket.
 fn is_missing_key(error: &StoreError) -> bool {
     error.status == Some(404) && matches!(error.code.as_deref(), None | Some("NoSuchKey"))
@@ -655,6 +917,7 @@ mod tests {
             (500, "InternalError", true),
             (503, "SlowDown", true),
             (503, "", true),
+            (501, "NotImplemented", false),
             (429, "", true),
             (400, "RequestTimeout", true),
             (403, "RequestTimeTooSkewed", false),

@@ -11,6 +11,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
+use super::protection::{with_sse, with_sse_c, with_sse_c_source};
 use super::{Store, StoreError, checksum_header, store_error};
 
 /// Name of the user metadata that contains the CRC32C of a copy's content, as 8 lowercase hex
@@ -30,6 +31,8 @@ pub struct ObjectInfo {
     /// The CRC32C from the object's `crc32c` metadata; `None` when absent or not 8 hex
     /// digits. Listings leave it `None`, because they carry no metadata.
     pub crc32c: Option<u32>,
+    /// Last-Modified in seconds since the Unix epoch, from a listing; `None` from HEAD.
+    pub modified_unix: Option<i64>,
 }
 
 /// Returns the value of the `crc32c` metadata for a CRC32C.
@@ -92,6 +95,7 @@ impl Store {
     pub fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let result = self.retrying("HEAD", key, || {
             let request = self.client.head_object().bucket(&self.bucket).key(key);
+            let request = with_sse_c!(request, self.encryption.as_ref());
             async move { request.send().await.map_err(store_error) }
         });
         let output = match result {
@@ -108,6 +112,7 @@ impl Store {
             size: output.content_length().unwrap_or(0).max(0) as u64,
             etag: output.e_tag().unwrap_or_default().to_string(),
             crc32c,
+            modified_unix: None,
         }))
     }
 
@@ -130,6 +135,7 @@ impl Store {
                 .body(ByteStream::from(body.to_vec()))
                 .checksum_crc32_c(&checksum)
                 .metadata(CRC_METADATA, crc_metadata(crc));
+            let request = with_sse!(request, self.encryption.as_ref());
             async move { request.send().await.map_err(store_error) }
         })?;
         Ok(output.e_tag().unwrap_or_default().to_string())
@@ -147,6 +153,7 @@ impl Store {
             if let Some(crc) = crc {
                 request = request.metadata(CRC_METADATA, crc_metadata(crc));
             }
+            let request = with_sse!(request, self.encryption.as_ref());
             async move { request.send().await.map_err(store_error) }
         })?;
         output
@@ -173,6 +180,7 @@ impl Store {
                 .upload_id(upload_id)
                 .part_number(number)
                 .body(ByteStream::from(body.to_vec()));
+            let request = with_sse_c!(request, self.encryption.as_ref());
             let signs_payload = self.signs_payload;
             async move {
                 let sent = if signs_payload {
@@ -209,7 +217,9 @@ impl Store {
                 .part_number(number)
                 .copy_source(&copy_source)
                 .copy_source_if_match(source_etag)
-                .copy_source_range(&range_header)
+                .copy_source_range(&range_header);
+            let request = with_sse_c!(request, self.encryption.as_ref());
+            let request = with_sse_c_source!(request, self.encryption.as_ref())
                 .customize()
                 .config_override(long_attempts());
             async move { request.send().await.map_err(store_error) }
@@ -246,7 +256,8 @@ impl Store {
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(upload_id)
-                .multipart_upload(completed.clone())
+                .multipart_upload(completed.clone());
+            let request = with_sse_c!(request, self.encryption.as_ref())
                 .customize()
                 .config_override(long_attempts());
             async move { request.send().await.map_err(store_error) }
@@ -278,7 +289,9 @@ impl Store {
                 .copy_object()
                 .bucket(&self.bucket)
                 .key(key)
-                .copy_source(&copy_source)
+                .copy_source(&copy_source);
+            let request = with_sse!(request, self.encryption.as_ref());
+            let request = with_sse_c_source!(request, self.encryption.as_ref())
                 .customize()
                 .config_override(long_attempts());
             async move { request.send().await.map_err(store_error) }

@@ -76,6 +76,11 @@ const MAX_RENUMBERS: u32 = 3;
 /// Age at which an idle mirror confirms its lease again, ahead of [`LEASE_VALIDITY`].
 const LEASE_REFRESH: Duration = Duration::from_secs(LEASE_VALIDITY.as_secs() - 1);
 
+/// Least time between two writes of the chain head file while objects are being stored. A
+/// write costs a file creation and a rename, too much for every sync-mode object; an idle
+/// mirror writes the newest head at once.
+const HEAD_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Findings of the S3 mirror about its store at open, for status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreReport {
@@ -141,6 +146,8 @@ pub struct S3Mirror {
     head: ChainHead,
     /// File in the state directory that keeps `head` across restarts.
     head_file: PathBuf,
+    /// When `head_file` was last written, and whether `head` moved since.
+    head_recorded: (Option<Instant>, bool),
     /// A contradiction between the store and what this state directory recorded as
     /// stored, found at open; verify reports it until the daemon stops.
     alert: Option<String>,
@@ -278,6 +285,7 @@ impl S3Mirror {
             compression: options.compression,
             head,
             head_file,
+            head_recorded: (None, false),
             alert,
             history: options.history,
         })
@@ -451,8 +459,21 @@ impl S3Mirror {
         }
         self.pending = PendingObject::default();
         self.next_number += 1;
-        chain::record(&self.head_file, &self.name, &self.head);
+        self.head_recorded.1 = true;
+        if self
+            .head_recorded
+            .0
+            .is_none_or(|at| at.elapsed() >= HEAD_RECORD_INTERVAL)
+        {
+            self.record_head();
+        }
         Ok(())
+    }
+
+    /// Writes the chain head to the state directory.
+    fn record_head(&mut self) {
+        chain::record(&self.head_file, &self.name, &self.head);
+        self.head_recorded = (Some(Instant::now()), false);
     }
 
     /// Moves the next number past the journal objects another writer stored at or after
@@ -550,6 +571,9 @@ impl Mirror for S3Mirror {
 
     /// Confirms the lease before its validity runs out, so that the next upload need not.
     fn idle(&mut self) -> Result<(), Error> {
+        if self.head_recorded.1 {
+            self.record_head();
+        }
         let checked = self.lease.check_if_older(&self.store, LEASE_REFRESH);
         self.lease_checked(checked)
     }

@@ -147,8 +147,9 @@ Does what retention= does in a mount, once, with the credentials of this process
 be allowed to list, read, create and delete objects under PREFIX/.logmirror/. Run it from a
 host or account other than the mounts', with a key they do not hold, so that a compromised
 mount host cannot remove history. Options (-o): endpoint, region, path_style, ca_file,
-allow_http, sse, sse_kms_key_id, sse_c_key, retention_lock, retention_lock_mode; with
-retention_lock, objects whose retention has not ended stay and a later fold removes them.
+allow_http, encrypt_key, compression, sse, sse_kms_key_id, sse_c_key, retention_lock,
+retention_lock_mode; an encrypted history needs its encrypt_key. With retention_lock,
+objects whose retention has not ended stay and a later fold removes them.
 
 A running mount's verify may fail once with NoSuchKey while a fold removes objects; the next
 verify lists the new snapshot.
@@ -269,7 +270,7 @@ serves MOUNTPOINT.")]
         mirror: String,
         /// Fold the journal objects whose records are all older than this DURATION, as in
         /// 30d or 12h.
-        #[arg(value_name = "RETENTION", value_parser = parse_timeout)]
+        #[arg(value_name = "RETENTION", value_parser = parse_retention)]
         retention: Duration,
         /// Options as key=value[,key=value...], as for restore [default: none, the AWS
         /// environment and profile apply]
@@ -424,6 +425,13 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     config::parse_duration(text).ok_or_else(|| {
         format!("invalid duration {text:?}; use a number of seconds or 500ms, 30s, 5m, 1h")
     })
+}
+
+/// Parses the RETENTION of `fold`. Unlike `retention=` of a mount it may be 0, which folds
+/// every journal object.
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    config::parse_duration(text)
+        .ok_or_else(|| format!("invalid retention {text:?}; use a duration as in 30d, 12h or 90m"))
 }
 
 /// Returns a timeout in milliseconds for a request, saturating at `u64::MAX`, since

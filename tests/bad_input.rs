@@ -728,6 +728,16 @@ fn cases() -> Vec<Case> {
             names: |f| format!("{:?}", f.mnt()),
         },
         Case {
+            name: "fold retention without unit",
+            needs: Needs::Nothing,
+            command: |_| {
+                Invocation::new(vec!["fold".into(), "s3://logs/web1".into(), "30x".into()])
+            },
+            code: EXIT_USAGE,
+            class: "invalid value",
+            names: |_| "\"30x\"".into(),
+        },
+        Case {
             name: "verify timeout overflows",
             needs: Needs::Nothing,
             command: |f| {

@@ -167,7 +167,7 @@ pub enum ObjectError {
     NumberMismatch { expected: u64, found: u64 },
     #[error(
         "the object is encrypted with key id {key_id:016x} and no key was given; set \
-         encrypt_key=FILE (mount) or pass --key FILE (restore)"
+         encrypt_key=FILE (mount, or -o of fold) or pass --key FILE (restore)"
     )]
     KeyRequired { key_id: u64 },
     #[error(

@@ -216,7 +216,7 @@ pub enum IndexError {
     FrameCount { expected: u64, found: u64 },
     #[error(
         "the index is sealed with key id {key_id:016x} and no key was given; set \
-         encrypt_key=FILE (mount) or pass --key FILE (restore)"
+         encrypt_key=FILE (mount, or -o of fold) or pass --key FILE (restore)"
     )]
     KeyRequired { key_id: u64 },
     #[error(

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use super::{Seq, lock};
 
-/// Bytes of write data the journal holds in memory at most.
+/// Maximum bytes of write data the journal keeps in memory.
 pub const DATA_CACHE_BYTES: u64 = 8 << 20;
 
 /// Smallest write whose data is held here rather than copied into the segment. Below it the
@@ -22,11 +22,11 @@ pub const MIN_REFERENCED_BYTES: usize = 1024;
 
 pub(super) struct DataCache {
     budget: u64,
-    state: Mutex<Held>,
+    state: Mutex<Entries>,
 }
 
 #[derive(Default)]
-struct Held {
+struct Entries {
     by_seq: BTreeMap<Seq, Vec<u8>>,
     /// Bytes of the entries plus those reserved for appends in progress.
     bytes: u64,
@@ -36,25 +36,25 @@ impl DataCache {
     pub fn new(budget: u64) -> DataCache {
         DataCache {
             budget,
-            state: Mutex::new(Held::default()),
+            state: Mutex::new(Entries::default()),
         }
     }
 
     /// Reserves room for `len` bytes; false when the budget has none left.
     pub fn reserve(&self, len: usize) -> bool {
-        let mut held = lock(&self.state);
-        let wanted = held.bytes + len as u64;
-        if wanted > self.budget {
+        let mut entries = lock(&self.state);
+        let requested = entries.bytes + len as u64;
+        if requested > self.budget {
             return false;
         }
-        held.bytes = wanted;
+        entries.bytes = requested;
         true
     }
 
     /// Gives back a reservation whose append failed.
     pub fn unreserve(&self, len: usize) {
-        let mut held = lock(&self.state);
-        held.bytes = held.bytes.saturating_sub(len as u64);
+        let mut entries = lock(&self.state);
+        entries.bytes = entries.bytes.saturating_sub(len as u64);
     }
 
     /// Stores the data of record `seq`, for which `reserve` made room.
@@ -62,28 +62,27 @@ impl DataCache {
         lock(&self.state).by_seq.insert(seq, data);
     }
 
-    /// Returns a copy of the data of record `seq`, if still held.
+    /// Returns a copy of the data of record `seq`, if still in memory.
     pub fn get(&self, seq: Seq) -> Option<Vec<u8>> {
         lock(&self.state).by_seq.get(&seq).cloned()
     }
 
     /// Drops the data of every record up to `seq`.
     pub fn release_up_to(&self, seq: Seq) {
-        let mut held = lock(&self.state);
-        if held
-            .by_seq
-            .first_key_value()
-            .is_none_or(|(&first, _)| first > seq)
-        {
+        let mut entries = lock(&self.state);
+        let Some((&oldest, _)) = entries.by_seq.first_key_value() else {
+            return;
+        };
+        if oldest > seq {
             return;
         }
-        let kept = held.by_seq.split_off(&Seq(seq.0.saturating_add(1)));
-        let released = std::mem::replace(&mut held.by_seq, kept);
+        let newer = entries.by_seq.split_off(&Seq(seq.0.saturating_add(1)));
+        let released = std::mem::replace(&mut entries.by_seq, newer);
         let freed: u64 = released.values().map(|data| data.len() as u64).sum();
-        held.bytes = held.bytes.saturating_sub(freed);
+        entries.bytes = entries.bytes.saturating_sub(freed);
     }
 
-    /// Returns the bytes held and reserved.
+    /// Returns the bytes stored and reserved.
     pub fn bytes(&self) -> u64 {
         lock(&self.state).bytes
     }

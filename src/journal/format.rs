@@ -55,9 +55,9 @@
 //! | 18  | Write (data by reference) | path, offset u64, length u32, data crc32c u32 |
 //!
 //! Tag 18 is a write whose data the frame does not carry: `length` bytes at `offset` of the
-//! backing file, with the CRC32C `data crc32c`. The journal holds the bytes in memory until
-//! every mirror confirmed the record; a reader that finds them gone there reads them from
-//! the backing file and checks the CRC. Such frames occur only in segments, never in S3
+//! backing file, with the CRC32C `data crc32c`. The journal keeps the bytes in memory until
+//! every mirror confirmed the record. A reader that no longer finds them there reads them
+//! from the backing file and checks the CRC. Such frames occur only in segments, never in S3
 //! journal objects, which always carry the data (tag 1).
 
 use super::Position;
@@ -1064,7 +1064,7 @@ mod tests {
     }
 
     #[test]
-    fn write_by_reference_round_trips_and_stays_in_segments() {
+    fn write_by_reference_round_trip() {
         let file = path("logs/app.log");
         let data = DataRef {
             len: 4096,

@@ -33,7 +33,7 @@ use format::DataRef;
 use writer::{Entry, Writer};
 
 /// Reads `buf.len()` bytes at an offset of a file below the backing root, for a write whose
-/// data the journal no longer holds in memory. Returns the bytes read, fewer at the file's
+/// data is no longer in the journal's memory. Returns the bytes read, fewer at the file's
 /// end.
 pub type BackingReader =
     Box<dyn Fn(&RelPath, u64, &mut [u8]) -> std::io::Result<usize> + Send + Sync>;
@@ -170,7 +170,7 @@ struct Inner {
     commit: Commit,
     /// Data of the writes by reference that some mirror may still need.
     data: DataCache,
-    /// Reads that data from the backing file once `data` no longer holds it (after a
+    /// Reads that data from the backing file once it is no longer in `data` (after a
     /// restart). Unset in a journal opened without a backing directory.
     backing: OnceLock<BackingReader>,
     /// Serializes `release_up_to`, so that a failed removal can put its segments back in
@@ -369,10 +369,10 @@ impl Journal {
         Ok(appended)
     }
 
-    /// Appends like `append`, but a write of at least [`MIN_REFERENCED_BYTES`] whose data
-    /// has room in memory keeps its data out of the segment: the data moves out of `op`
-    /// (which keeps empty data) into the journal's memory, and the record refers to it by
-    /// length and CRC32C. The caller must have written the same bytes to the backing file,
+    /// Appends like `append`, but keeps the data of a write of at least
+    /// [`MIN_REFERENCED_BYTES`] out of the segment when the memory budget has room. The data
+    /// then moves out of `op`, which keeps empty data, into the journal's memory. The record
+    /// refers to it by length and CRC32C. The caller must have written the same bytes to the backing file,
     /// where a reader finds them if the daemon restarts before every mirror confirmed them.
     pub fn append_owned(&self, op: &mut Op) -> Result<(Seq, Position), Error> {
         let Op::Write { path, offset, data } = op else {
@@ -1053,7 +1053,7 @@ mod tests {
     }
 
     #[test]
-    fn large_writes_stay_out_of_segments_and_read_back_whole() {
+    fn large_write_journaled_by_reference() {
         let tmp = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
         let big = write_op(1, 64 << 10);
@@ -1088,7 +1088,7 @@ mod tests {
     }
 
     #[test]
-    fn released_data_is_read_from_the_backing_file_when_unchanged() {
+    fn released_data_read_from_backing() {
         let tmp = tempfile::tempdir().unwrap();
         let backing = tmp.path().join("backing");
         std::fs::create_dir_all(backing.join("logs")).unwrap();
@@ -1114,7 +1114,7 @@ mod tests {
     }
 
     #[test]
-    fn reopened_journal_keeps_positions_of_referenced_data() {
+    fn reopen_keeps_referenced_positions() {
         let tmp = tempfile::tempdir().unwrap();
         let segment_size = 1024;
         let expected = {
@@ -1142,7 +1142,7 @@ mod tests {
     }
 
     #[test]
-    fn full_budget_copies_data_into_the_segment() {
+    fn full_budget_copies_data_inline() {
         let tmp = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(tmp.path(), 1 << 30).unwrap();
         let chunk = 1 << 20;

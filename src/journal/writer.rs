@@ -16,11 +16,11 @@ use super::format::{self, DataRef, SegmentHeader};
 use super::reader::Recovered;
 use super::{Error, Op, OpenSegment, Position, RelPath, SegmentInfo, Seq, State, lock};
 
-/// What one append puts in the segment.
+/// Content of one append to the segment.
 pub(super) enum Entry<'a> {
     /// The op, data included.
     Op(&'a Op),
-    /// A write whose data the journal holds elsewhere (tag 18).
+    /// A write whose data the journal keeps in memory instead (tag 18).
     Reference {
         path: &'a RelPath,
         offset: u64,

@@ -76,8 +76,8 @@ const MAX_RENUMBERS: u32 = 3;
 /// Age at which an idle mirror confirms its lease again, ahead of [`LEASE_VALIDITY`].
 const LEASE_REFRESH: Duration = Duration::from_secs(LEASE_VALIDITY.as_secs() - 1);
 
-/// Least time between two writes of the chain head file while objects are being stored. A
-/// write costs a file creation and a rename, too much for every sync-mode object; an idle
+/// Minimum time between two writes of the chain head file while objects are being stored.
+/// A write costs a file creation and a rename, too much for every sync-mode object. An idle
 /// mirror writes the newest head at once.
 const HEAD_RECORD_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -131,7 +131,7 @@ pub struct CopiesStatus {
     pub comparing: bool,
     /// The latest failure, until an update succeeds.
     pub last_error: Option<String>,
-    /// Why the copies stopped for good (the lease went to another daemon).
+    /// Reason the copies stopped for good (the lease went to another daemon).
     #[serde(default)]
     pub stopped: Option<String>,
 }
@@ -167,8 +167,8 @@ struct Shared {
 struct Inbox {
     items: VecDeque<Item>,
     stopping: bool,
-    /// Set when the mirror lost its lease: another daemon owns the prefix now, so this one
-    /// writes no copy any more, and says why to every settle.
+    /// Reason set when the mirror lost its lease. Another daemon owns the prefix now, so
+    /// this one writes no copy any more and returns the reason to every settle.
     halted: Option<String>,
 }
 

@@ -492,13 +492,24 @@ impl Store {
         body: &[u8],
         condition: Condition<'_>,
     ) -> Result<Option<String>, StoreError> {
+        self.put_checked(key, body, condition, None)
+    }
+
+    /// Stores `body` under `key` with its CRC32C, `condition` and the Object Lock `lock`.
+    fn put_checked(
+        &self,
+        key: &str,
+        body: &[u8],
+        condition: Condition<'_>,
+        lock: Option<(crate::config::LockMode, SystemTime)>,
+    ) -> Result<Option<String>, StoreError> {
         let crc = checksum_header(body);
         let request = PutRequest {
             key,
             body,
             crc: &crc,
             condition,
-            lock: None,
+            lock,
         };
         Ok(self.put_request(&request)?.etag)
     }
@@ -602,17 +613,10 @@ impl Store {
         body: &[u8],
         condition: Condition<'_>,
     ) -> Result<Option<String>, StoreError> {
-        let crc = checksum_header(body);
-        let request = PutRequest {
-            key,
-            body,
-            crc: &crc,
-            condition,
-            lock: self
-                .lock
-                .map(|lock| (lock.mode, retain_until(lock, SystemTime::now()))),
-        };
-        Ok(self.put_request(&request)?.etag)
+        let lock = self
+            .lock
+            .map(|lock| (lock.mode, retain_until(lock, SystemTime::now())));
+        self.put_checked(key, body, condition, lock)
     }
 
     /// Deletes `key` under the precondition `condition` (left out when the store rejects

@@ -257,6 +257,7 @@ impl Inner {
                 "it is not in memory and no backing directory is set".into(),
             ));
         };
+        // NOTE: CRC32C is no proof against a crafted collision in a file renamed into this path.
         let mut buf = vec![0u8; data.len as usize];
         let len = read(path, *offset, &mut buf)
             .map_err(|e| gone(format!("reading it from the backing file failed: {e}")))?;

@@ -574,6 +574,7 @@ impl Mirror for S3Mirror {
         if self.head_recorded.1 {
             self.record_head();
         }
+        self.store.tend_connections();
         let checked = self.lease.check_if_older(&self.store, LEASE_REFRESH);
         self.lease_checked(checked)
     }

@@ -50,6 +50,7 @@
 //! still read. They carry no `previous`, so a version 1 object is not chained.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use sha2::{Digest, Sha256};
 
@@ -416,8 +417,9 @@ impl PendingObject {
     ) -> std::io::Result<Cow<'_, [u8]>> {
         let frames = &self.bytes[HEADER_LEN..];
         let compressed = match compression {
-            Compression::Zstd(level) => Some(zstd::bulk::compress(frames, level)?)
-                .filter(|compressed| compressed.len() < frames.len()),
+            Compression::Zstd(level) => {
+                Some(compress(frames, level)?).filter(|compressed| compressed.len() < frames.len())
+            }
             Compression::None => None,
         };
         let frames_len = u32::try_from(frames.len())
@@ -553,6 +555,27 @@ pub fn decode_object(
         }));
     }
     Ok(DecodedObject { header, records })
+}
+
+/// Compresses `frames` into one zstd frame at `level`. The zstd context is kept per thread
+/// and reused: creating one took longer than compressing a sync-mode object of a few
+/// hundred bytes.
+fn compress(frames: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+    }
+    COMPRESSOR.with_borrow_mut(|cached| {
+        let compressor = match cached {
+            Some((cached_level, compressor)) if *cached_level == level => compressor,
+            _ => {
+                &mut cached
+                    .insert((level, zstd::bulk::Compressor::new(level)?))
+                    .1
+            }
+        };
+        compressor.compress(frames)
+    })
 }
 
 /// Decompresses one zstd frame that must give exactly `frames_len` bytes.

@@ -7,6 +7,7 @@
 //! from the standard AWS chain and are never logged. Plain http goes only to a loopback
 //! host unless `allow_http=true`, and https is checked against `ca_file` or the system roots.
 
+mod direct;
 #[cfg(test)]
 pub mod fake;
 mod protection;
@@ -30,6 +31,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::config::{RetentionLock, S3Options};
 
+use direct::DirectPut;
 use protection::{content_md5, lock_mode_header, to_date_time, with_sse, with_sse_c};
 
 pub use protection::{Encryption, retain_until};
@@ -39,6 +41,8 @@ pub use requests::{ByteRange, ObjectInfo};
 const ATTEMPTS: u32 = 4;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Minimum time between two runs of [`Store::tend_connections`].
+const CONNECTION_TENDING_INTERVAL: Duration = Duration::from_secs(1);
 /// Time to open a connection to the store.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time for one attempt of one request, body included. A journal object is at most a few
@@ -210,6 +214,10 @@ const PROBE_BODY: &[u8] = b"logmirror probe object; safe to delete\n";
 pub struct Store {
     runtime: tokio::runtime::Runtime,
     client: Client,
+    /// PUTs sent without the SDK's pipeline, when the store has an explicit endpoint.
+    direct: Option<DirectPut>,
+    /// When [`Store::tend_connections`] last ran.
+    connections_tended: std::sync::Mutex<Instant>,
     bucket: String,
     /// Endpoint the requests go to, as shown in messages.
     endpoint: String,
@@ -236,9 +244,9 @@ impl Store {
     /// Builds a client for `bucket` and checks the transport of its endpoint. Makes no
     /// request.
     pub fn connect(options: &S3Options, bucket: &str) -> Result<Store, StoreError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("s3-mirror")
+        // A current-thread runtime: the calling thread drives the connection itself, which
+        // saves two thread hand-offs per request over a runtime with its own worker.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::local(format!("cannot start the S3 client runtime: {e}")))?;
@@ -282,6 +290,17 @@ impl Store {
         if let Some(url) = &endpoint {
             config = config.endpoint_url(url);
         }
+        let path_style = options.path_style.unwrap_or_else(|| has_endpoint(options));
+        let direct = match (&endpoint, shared.region(), shared.credentials_provider()) {
+            (Some(url), Some(region), Some(provider)) => Some(DirectPut::new(
+                url,
+                path_style,
+                region.to_string(),
+                provider,
+                tls_config(options.ca_file.as_deref())?,
+            )?),
+            _ => None,
+        };
         let shown_endpoint = endpoint.unwrap_or_else(|| {
             let region = shared.region().map_or("(no region)", |r| r.as_ref());
             format!("AWS's endpoint for region {region}")
@@ -289,6 +308,8 @@ impl Store {
         Ok(Store {
             runtime,
             client: Client::from_conf(config.build()),
+            direct,
+            connections_tended: std::sync::Mutex::new(Instant::now()),
             bucket: bucket.to_string(),
             endpoint: shown_endpoint,
             sends_conditions: true,
@@ -313,6 +334,13 @@ impl Store {
         Ok(store)
     }
 
+    /// Returns the store with its PUTs sent through the SDK, as for AWS's own endpoint.
+    #[cfg(test)]
+    pub fn without_direct_puts(mut self) -> Store {
+        self.direct = None;
+        self
+    }
+
     /// Builds a store for the plain http `endpoint` on loopback with fixed test
     /// credentials and the settings of `options`. Reads no AWS configuration, so no request
     /// goes anywhere else.
@@ -324,6 +352,13 @@ impl Store {
             .map_err(|e| StoreError::local(e.to_string()))?;
         let credentials =
             aws_sdk_s3::config::Credentials::new("test-key", "test-secret", None, None, "tests");
+        let direct = DirectPut::new(
+            endpoint,
+            true,
+            "test".into(),
+            aws_credential_types::provider::SharedCredentialsProvider::new(credentials.clone()),
+            tls_config(None)?,
+        )?;
         let config = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("test"))
@@ -337,6 +372,8 @@ impl Store {
         Ok(Store {
             runtime,
             client: Client::from_conf(config),
+            direct: Some(direct),
+            connections_tended: std::sync::Mutex::new(Instant::now()),
             bucket: "test-bucket".into(),
             endpoint: endpoint.into(),
             sends_conditions: true,
@@ -483,6 +520,24 @@ impl Store {
         })
     }
 
+    /// Runs the kept-alive connections for a moment, at most once per
+    /// [`CONNECTION_TENDING_INTERVAL`], so that they notice when the store closed them. On
+    /// the current-thread runtime they run only while a request is in flight. Without this,
+    /// the first request after a long pause could go out on a connection the store had
+    /// closed and wait for a retry.
+    pub fn tend_connections(&self) {
+        {
+            let mut last = self.connections_tended.lock().expect("tending lock");
+            if last.elapsed() < CONNECTION_TENDING_INTERVAL {
+                return;
+            }
+            *last = Instant::now();
+        }
+        // The timer must be made inside the runtime, so inside the async block.
+        self.runtime
+            .block_on(async { tokio::time::sleep(Duration::from_millis(1)).await });
+    }
+
     /// Stores `body` under `key` with its CRC32C and the precondition `condition`, which is
     /// left out when the store rejects preconditions. Returns the new ETag, if the store
     /// sent one. A precondition that fails is an error with status 412.
@@ -532,6 +587,21 @@ impl Store {
         if let Some(fake) = &self.fake {
             let request = PutRequest { condition, ..*put };
             return fake.put(&request, self.encryption.as_ref());
+        }
+        if let Some(direct) = &self.direct {
+            return self.retrying("upload", key, || {
+                self.count_upload(body.len());
+                async move {
+                    let encryption = self.encryption.as_ref();
+                    let sent = direct
+                        .put(&self.bucket, put, condition, encryption, self.signs_payload)
+                        .await;
+                    if sent.as_ref().is_err_and(|e| e.status == Some(403)) {
+                        direct.forget_credentials();
+                    }
+                    sent
+                }
+            });
         }
         let output = self.retrying("upload", key, || {
             self.count_upload(body.len());
@@ -876,6 +946,36 @@ fn https_client(path: &Path) -> Result<SharedHttpClient, StoreError> {
         ))
         .tls_context(context)
         .build_https())
+}
+
+/// Builds the TLS settings of [`DirectPut`]: trust in the certificate authorities of the
+/// PEM file `ca_file`, or else in the system's.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = read_ca_file(path).map_err(|reason| {
+                StoreError::local(format!("ca_file {path:?} cannot be used: {reason}"))
+            })?;
+            for certificate in CertificateDer::pem_slice_iter(&pem).flatten() {
+                roots.add(certificate).map_err(|e| {
+                    StoreError::local(format!("ca_file {path:?} cannot be used: {e}"))
+                })?;
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped, as the SDK's client does.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::local(format!("cannot set up TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
 }
 
 /// Reads a PEM file of CA certificates and checks that it contains at least one, and that each

@@ -265,6 +265,16 @@ mod tests {
         captured.lock().unwrap().last().cloned().expect("a request")
     }
 
+    /// Returns a store for `endpoint` whose PUTs take the direct path, and one whose PUTs go
+    /// through the SDK, as without an explicit endpoint.
+    fn both_put_paths(endpoint: &str, options: &S3Options) -> [Store; 2] {
+        let direct = Store::for_tests(endpoint, options).unwrap();
+        let sdk = Store::for_tests(endpoint, options)
+            .unwrap()
+            .without_direct_puts();
+        [direct, sdk]
+    }
+
     #[test]
     fn sse_s3_headers_on_put() {
         let (endpoint, captured) = capture_server(true);
@@ -272,19 +282,20 @@ mod tests {
             sse: Some(SseKind::Aes256),
             ..S3Options::default()
         };
-        let store = Store::for_tests(&endpoint, &options).unwrap();
-        store.put("k", b"body", Condition::Always).expect("put");
-        let (line, headers) = last_request(&captured);
-        assert!(line.starts_with("PUT /test-bucket/k"), "{line}");
-        assert_eq!(
-            header(&headers, "x-amz-server-side-encryption"),
-            Some("AES256")
-        );
-        assert_eq!(
-            header(&headers, "x-amz-server-side-encryption-customer-key"),
-            None
-        );
-        assert_eq!(store.check_encryption("probe", false).unwrap(), Ok(()));
+        for store in both_put_paths(&endpoint, &options) {
+            store.put("k", b"body", Condition::Always).expect("put");
+            let (line, headers) = last_request(&captured);
+            assert!(line.starts_with("PUT /test-bucket/k"), "{line}");
+            assert_eq!(
+                header(&headers, "x-amz-server-side-encryption"),
+                Some("AES256")
+            );
+            assert_eq!(
+                header(&headers, "x-amz-server-side-encryption-customer-key"),
+                None
+            );
+            assert_eq!(store.check_encryption("probe", false).unwrap(), Ok(()));
+        }
     }
 
     #[test]
@@ -295,17 +306,18 @@ mod tests {
             sse_kms_key_id: Some("alias/logs".into()),
             ..S3Options::default()
         };
-        let store = Store::for_tests(&endpoint, &options).unwrap();
-        store.put("k", b"body", Condition::Always).expect("put");
-        let (_, headers) = last_request(&captured);
-        assert_eq!(
-            header(&headers, "x-amz-server-side-encryption"),
-            Some("aws:kms")
-        );
-        assert_eq!(
-            header(&headers, "x-amz-server-side-encryption-aws-kms-key-id"),
-            Some("alias/logs")
-        );
+        for store in both_put_paths(&endpoint, &options) {
+            store.put("k", b"body", Condition::Always).expect("put");
+            let (_, headers) = last_request(&captured);
+            assert_eq!(
+                header(&headers, "x-amz-server-side-encryption"),
+                Some("aws:kms")
+            );
+            assert_eq!(
+                header(&headers, "x-amz-server-side-encryption-aws-kms-key-id"),
+                Some("alias/logs")
+            );
+        }
     }
 
     #[test]
@@ -324,14 +336,15 @@ mod tests {
             sse_c_key: Some(key_file),
             ..S3Options::default()
         };
-        let store = Store::for_tests(&endpoint, &options).unwrap();
         let (key, md5) = customer_headers(&[0; 32]);
-        store.put("k", b"body", Condition::Always).expect("put");
-        store.get("k").expect("get");
-        store.head("k").expect("head");
+        for store in both_put_paths(&endpoint, &options) {
+            store.put("k", b"body", Condition::Always).expect("put");
+            store.get("k").expect("get");
+            store.head("k").expect("head");
+        }
         let requests = captured.lock().unwrap().clone();
         let methods: Vec<&str> = requests.iter().map(|(l, _)| &l[..4]).collect();
-        assert_eq!(methods, ["PUT ", "GET ", "HEAD"]);
+        assert_eq!(methods, ["PUT ", "GET ", "HEAD", "PUT ", "GET ", "HEAD"]);
         for (line, headers) in &requests {
             let algorithm = header(headers, "x-amz-server-side-encryption-customer-algorithm");
             assert_eq!(algorithm, Some("AES256"), "{line}");
@@ -367,10 +380,17 @@ mod tests {
             retention_lock_mode: Some(LockMode::Governance),
             ..S3Options::default()
         };
-        let store = Store::for_tests(&endpoint, &options).unwrap();
+        for store in both_put_paths(&endpoint, &options) {
+            check_lock_headers(&store, &captured);
+        }
+    }
+
+    /// Stores a journal object and a lease with `store` and checks the Object Lock headers
+    /// of the requests `captured` received.
+    fn check_lock_headers(store: &Store, captured: &Captured) {
         let before = SystemTime::now();
         store.put_new("journal/1", b"body").expect("put_new");
-        let (_, headers) = last_request(&captured);
+        let (_, headers) = last_request(captured);
         assert_eq!(
             header(&headers, "x-amz-object-lock-mode"),
             Some("GOVERNANCE")
@@ -390,7 +410,7 @@ mod tests {
 
         // A lease or probe write carries no retention.
         store.put("lease", b"body", Condition::Always).expect("put");
-        let (_, headers) = last_request(&captured);
+        let (_, headers) = last_request(captured);
         assert_eq!(header(&headers, "x-amz-object-lock-mode"), None);
     }
 

@@ -51,7 +51,13 @@ pub fn parse_crc_metadata(value: &str) -> Option<u32> {
 /// Returns the `x-amz-copy-source` value for `key` in `bucket`: the key is percent-encoded
 /// except for unreserved characters and `/`, as the header requires.
 pub fn copy_source(bucket: &str, key: &str) -> String {
-    let mut out = format!("{bucket}/");
+    format!("{bucket}/{}", encode_key(key))
+}
+
+/// Percent-encodes `key` for a URL path or header: every byte except unreserved characters
+/// and `/`.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
     for b in key.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
             out.push(b as char);

@@ -300,10 +300,19 @@ impl Worker {
     fn run(mut self) {
         while !self.ctx.stop.is_set() {
             let needs_resync = self.take_resync_request();
-            let result = if needs_resync {
-                self.resync()
-            } else {
-                self.step()
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if needs_resync {
+                    self.resync()
+                } else {
+                    self.step()
+                }
+            }));
+            let result = match attempt {
+                Ok(result) => result,
+                Err(panic) => {
+                    self.halt_after_panic(panic.as_ref());
+                    return;
+                }
             };
             if let Err(message) = result {
                 self.failed(message);
@@ -665,6 +674,37 @@ impl Worker {
         } else {
             log::debug!("mirror {}: attempt failed: {message}", self.slot.name);
         }
+    }
+
+    /// Marks the mirror down for good after a panic in this worker, whose state can no
+    /// longer be trusted, so that status and the log show it instead of a silent stop.
+    /// Writers then get what `on_mirror_failure` gives for a mirror that is down.
+    fn halt_after_panic(&mut self, panic: &(dyn std::any::Any + Send)) {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        let confirmed = {
+            let mut progress = self
+                .slot
+                .progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            progress.errors_total += 1;
+            progress.last_error = Some(format!(
+                "internal error, mirror stopped until the daemon restarts: {reason}"
+            ));
+            progress.last_error_at_ns = Some(now_ns());
+            progress.failing_since.get_or_insert_with(Instant::now);
+            progress.confirmed.0
+        };
+        log::error!(
+            "mirror {}: internal error: {reason}; this mirror receives nothing more until the \
+             daemon restarts (unmount and mount again), which sends the records after seq \
+             {confirmed} again. Please report this error with the daemon log",
+            self.slot.name
+        );
     }
 
     fn recovered(&mut self) {

@@ -20,7 +20,7 @@ use super::{Error, Op, OpenSegment, Position, RelPath, SegmentInfo, Seq, State, 
 pub(super) enum Entry<'a> {
     /// The op, data included.
     Op(&'a Op),
-    /// A write whose data the journal keeps in memory instead (tag 18).
+    /// A write whose data the journal keeps in memory instead (tag 19).
     Reference {
         path: &'a RelPath,
         offset: u64,
@@ -96,7 +96,7 @@ impl Writer {
         let (payload_len, referred) = match entry {
             Entry::Op(op) => (format::payload_len(op), 0),
             Entry::Reference { path, data, .. } => {
-                (format::ref_payload_len(path), u64::from(data.len))
+                (format::ref_payload_len(path, &data), u64::from(data.len))
             }
         };
         if payload_len > format::MAX_PAYLOAD_BYTES {

@@ -279,8 +279,9 @@ impl Inner {
                 found.ino, found.generation, written_to.ino, written_to.generation
             )));
         }
-        // NOTE: data shifted inside the same file since (fallocate INSERT_RANGE or
-        // COLLAPSE_RANGE) and forged to the same CRC32C passes as the written bytes.
+        // Within the same file, nothing journaled moves bytes to another offset: the kernel's
+        // FUSE client rejects fallocate INSERT_RANGE and COLLAPSE_RANGE. Later overwrites are
+        // replayed after this record, so the mirror ends with the file's bytes either way.
         if len != buf.len() || crc32c::crc32c(&buf) != data.crc {
             return Err(gone(
                 "the backing file changed since (overwritten or truncated)".into(),

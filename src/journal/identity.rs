@@ -2,9 +2,10 @@
 //! number and, where the filesystem reports one, its inode generation.
 //!
 //! A path can name another file after a rename. So a reader that reads a referenced range
-//! back by path after a restart first checks that it opened the file the write went to. The number alone is not unique over time: a filesystem
-//! gives a freed number to a new file. The generation, which ext4, XFS and Btrfs set when
-//! they allocate an inode, tells such files apart.
+//! back by path after a restart first checks that it opened the file the write went to.
+//! The number alone is not unique over time, because a filesystem gives a freed number to
+//! a new file. The generation, which ext4, XFS and Btrfs set when they allocate an inode,
+//! tells such files apart.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 

@@ -162,3 +162,63 @@ fn changed_backing_file_resyncs_instead_of_replaying() {
         "{log}"
     );
 }
+
+/// Sets the last 4 bytes of `block` so that its CRC32C becomes `target`. CRC32C is affine
+/// in its input, so running the register backwards over 4 zero bytes from the wanted final
+/// value gives the value those 4 bytes must XOR into the register after the rest.
+fn forge_crc32c(block: &mut [u8], target: u32) {
+    const REFLECTED_POLY: u32 = 0x82f6_3b78;
+    let prefix_len = block.len() - 4;
+    let after_prefix = !crc32c::crc32c(&block[..prefix_len]);
+    let mut needed = !target;
+    for _ in 0..32 {
+        needed = if needed & 0x8000_0000 != 0 {
+            ((needed ^ REFLECTED_POLY) << 1) | 1
+        } else {
+            needed << 1
+        };
+    }
+    block[prefix_len..].copy_from_slice(&(needed ^ after_prefix).to_le_bytes());
+}
+
+/// After a clean stop with the mirror behind, `bulk.bin` is renamed in the backing directory
+/// and a new `bulk.bin` takes its place whose first 4 KiB differ but have the same CRC32C.
+/// The referenced writes named the renamed file, so the mirror must not get the forged
+/// block under them: it is resynced, and `moved.bin` holds exactly the bytes written.
+#[test]
+fn renamed_file_with_forged_crc_resyncs() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let options = options(&dirs, &[]);
+    write_with_mirror_down(&dirs, &options, 1 << 20);
+    let original = bulk(1 << 20);
+    fs::rename(
+        dirs.backing.join("bulk.bin"),
+        dirs.backing.join("moved.bin"),
+    )
+    .expect("rename bulk.bin in the backing");
+    let mut forged = original.clone();
+    forged[0] ^= 0xff;
+    forge_crc32c(&mut forged[..4096], crc32c::crc32c(&original[..4096]));
+    assert_ne!(forged[..4096], original[..4096]);
+    assert_eq!(
+        crc32c::crc32c(&forged[..4096]),
+        crc32c::crc32c(&original[..4096])
+    );
+    fs::write(dirs.backing.join("bulk.bin"), &forged).expect("write the forged bulk.bin");
+
+    let mount = Mount::with_options(&dirs, &options);
+    let tree = assert_mirrors_match(&mount);
+    assert_eq!(tree.entries["moved.bin"], common::sha256_hex(&original));
+    assert_eq!(tree.entries["bulk.bin"], common::sha256_hex(&forged));
+    let mirrored = fs::read(dirs.mirrors[0].join("moved.bin")).expect("read the mirror copy");
+    assert_eq!(common::sha256_hex(&mirrored), common::sha256_hex(&original));
+    let log = common::read_text(&mount.log_file);
+    assert!(log.contains("the path names another file now"), "{log}");
+    assert!(
+        log.contains("resyncing the mirror from the backing tree"),
+        "{log}"
+    );
+}

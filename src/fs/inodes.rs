@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::passthrough::OpenModes;
-use crate::journal::RelPath;
+use crate::journal::{FileIdentity, RelPath};
 
 pub const ROOT_INO: u64 = 1;
 
@@ -50,6 +50,10 @@ pub struct Inode {
     pub rule: Mutex<Option<(u64, usize)>>,
     /// Open handles by the I/O mode the kernel gave them (see `passthrough.rs`).
     pub open_modes: Mutex<OpenModes>,
+    /// Identity of the backing file, which writes journaled by reference record. Read
+    /// through an open handle by the first write that needs it, because ioctl rejects the
+    /// `O_PATH` descriptor.
+    pub identity: OnceLock<FileIdentity>,
 }
 
 impl Inode {
@@ -110,6 +114,7 @@ impl InodeTable {
             changed: AtomicBool::new(false),
             rule: Mutex::new(None),
             open_modes: Mutex::new(OpenModes::default()),
+            identity: OnceLock::new(),
         });
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, root);
@@ -153,6 +158,7 @@ impl InodeTable {
                 changed: AtomicBool::new(false),
                 rule: Mutex::new(None),
                 open_modes: Mutex::new(OpenModes::default()),
+                identity: OnceLock::new(),
             })
         });
         inode.lookups.fetch_add(1, Ordering::Relaxed);

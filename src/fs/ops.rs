@@ -18,7 +18,7 @@ use super::inodes::{Inode, Link, ROOT_INO};
 use super::passthrough::{OpenBacking, Opened};
 use super::sys::{self, DirStream};
 use super::{LogFs, MAX_WRITE_BYTES};
-use crate::journal::{Journal, Op, RelPath, Seq, Timestamp};
+use crate::journal::{FileIdentity, Journal, MIN_REFERENCED_BYTES, Op, RelPath, Seq, Timestamp};
 
 /// The process a request comes from.
 #[derive(Clone, Copy, Debug)]
@@ -158,6 +158,24 @@ fn timestamp(time: TimeOrNow) -> Timestamp {
     }
 }
 
+/// Reads the identity of `inode`'s backing file through `handle` once, so that its writes can
+/// be journaled by reference. Without it they are copied into the journal.
+fn read_identity(inode: &Inode, handle: &FileHandle) {
+    if inode.identity.get().is_some() {
+        return;
+    }
+    match sys::fstat(handle.fd()) {
+        Ok(st) => {
+            let _ = inode.identity.set(FileIdentity::of(handle.fd(), st.st_ino));
+        }
+        Err(e) => log::warn!(
+            "fstat of the backing file failed, so its writes are copied into the journal: \
+             ino={} error={e}",
+            inode.ino
+        ),
+    }
+}
+
 fn timespec(time: Option<Timestamp>) -> libc::timespec {
     match time {
         Some(t) => libc::timespec {
@@ -200,7 +218,8 @@ impl LogFs {
     }
 
     /// Journals as [`Self::journal`] does; `inode` is the file a data change applies to, whose
-    /// cached path rule saves a glob match per record.
+    /// cached path rule saves a glob match per record. A write to an inode whose identity is
+    /// known may be journaled by reference.
     fn journal_for(
         &self,
         op_name: &'static str,
@@ -211,7 +230,8 @@ impl LogFs {
             self.request_resync(op_name, "its path is not known");
             return Ok(None);
         };
-        match self.journal.append_owned(&mut op) {
+        let written_to = inode.and_then(|inode| inode.identity.get().copied());
+        match self.journal.append_owned(&mut op, written_to) {
             Ok((seq, _)) => {
                 self.note_rule(seq, &op, inode);
                 Ok(Some(seq))
@@ -773,6 +793,9 @@ impl LogFs {
                 self.kill_suidgid(&inode)?;
             }
             let written = sys::pwrite_all(handle.fd(), data, offset).map_err(backing("write"))?;
+            if written >= MIN_REFERENCED_BYTES {
+                read_identity(&inode, &handle);
+            }
             let op = self.path_of(&inode).map(|path| Op::Write {
                 path,
                 offset,

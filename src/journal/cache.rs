@@ -1,8 +1,9 @@
-//! Data of the writes that the journal refers to instead of copying (tag-18 frames), held in
+//! Data of the writes that the journal refers to instead of copying (tag-19 frames), held in
 //! memory from the append until every mirror confirmed the record.
 //!
 //! `Journal::append_owned` moves a write's data here when the budget has room, and the
-//! segment gets a short frame with the data's length and CRC32C. `Reader` fills the write
+//! segment gets a short frame with the data's length, CRC32C and the backing file's
+//! identity. `Reader` fills the write
 //! back from here, so mirrors see an ordinary `Op::Write`. The mirror workers release the
 //! data once the slowest mirror confirmed it. When the budget is used up (a mirror is down
 //! or far behind), writes go into the segment whole again, so memory stays bounded by the

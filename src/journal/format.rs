@@ -52,15 +52,22 @@
 //! | 15  | SetXattr    | path, name bytes, value bytes, flags i32                |
 //! | 16  | RemoveXattr | path, name bytes                                        |
 //! | 17  | CloseWrite  | path                                                    |
-//! | 18  | Write (data by reference) | path, offset u64, length u32, data crc32c u32 |
+//! | 18  | Write by reference, old | path, offset u64, length u32, data crc32c u32    |
+//! | 19  | Write by reference | as tag 18, then ino u64, generation Option<u32>     |
 //!
-//! Tag 18 is a write whose data the frame does not carry: `length` bytes at `offset` of the
-//! backing file, with the CRC32C `data crc32c`. The journal keeps the bytes in memory until
-//! every mirror confirmed the record. A reader that no longer finds them there reads them
-//! from the backing file and checks the CRC. Such frames occur only in segments, never in S3
-//! journal objects, which always carry the data (tag 1).
+//! Tag 19 is a write whose data the frame does not carry: `length` bytes at `offset` of the
+//! backing file with inode number `ino` and inode generation `generation` (absent where the
+//! filesystem has none), with the CRC32C `data crc32c`. The journal keeps the bytes in
+//! memory until every mirror confirmed the record. A reader that no longer finds them there
+//! reads them from the file at the path, and uses them only if that file has the recorded
+//! inode number and generation and the bytes have the CRC. Tag 18 is the same write
+//! without the file's identity, as releases before tag 19 wrote it. It is still decoded,
+//! but its data is never read back, because CRC32C cannot tell forged bytes in another
+//! file from the written ones. Neither tag occurs in S3 journal objects, which always carry
+//! the data (tag 1).
 
 use super::Position;
+use super::identity::FileIdentity;
 use super::record::{Op, Record, RelPath, Seq, Timestamp};
 
 /// First 8 bytes of every segment file.
@@ -110,19 +117,26 @@ pub enum FormatError {
     InvalidPath(String),
     #[error("invalid option flag {0}, expected 0 or 1")]
     InvalidOptionFlag(u8),
-    #[error("a write by reference (tag 18) outside a journal segment")]
+    #[error("a write by reference (tag 18 or 19) outside a journal segment")]
     ReferenceOutsideSegment,
 }
 
-/// Tag of a write whose data stays in the backing file.
-const WRITE_REF_TAG: u8 = 18;
+/// Tag of a write whose data stays in the backing file, naming the file by path only. Only
+/// journals written before [`WRITE_REF_TAG`] existed contain it.
+const PATH_ONLY_WRITE_REF_TAG: u8 = 18;
 
-/// The data that a tag-18 frame refers to instead of carrying it: `len` bytes at the write's
-/// offset in the backing file, whose CRC32C is `crc`.
+/// Tag of a write whose data stays in the backing file, naming the file by path and
+/// identity.
+const WRITE_REF_TAG: u8 = 19;
+
+/// The data that a tag-18 or tag-19 frame refers to instead of carrying it: `len` bytes at
+/// the write's offset in the backing file `file`, whose CRC32C is `crc`. `file` is `None`
+/// for tag 18, which did not record it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct DataRef {
     pub len: u32,
     pub crc: u32,
+    pub file: Option<FileIdentity>,
 }
 
 /// The fixed fields at the start of every segment file.
@@ -286,13 +300,24 @@ pub(super) fn payload_len(op: &Op) -> usize {
     1 + fields
 }
 
-/// Returns the encoded size of a write by reference to data of the file at `path`.
-pub(super) fn ref_payload_len(path: &RelPath) -> usize {
-    1 + 4 + path.as_bytes().len() + 8 + 4 + 4
+/// Returns the encoded size of a write by reference to `data` of the file at `path`.
+pub(super) fn ref_payload_len(path: &RelPath, data: &DataRef) -> usize {
+    let identity = match data.file {
+        None => 0,
+        Some(FileIdentity {
+            generation: None, ..
+        }) => 8 + 1,
+        Some(FileIdentity {
+            generation: Some(_),
+            ..
+        }) => 8 + 1 + 4,
+    };
+    1 + 4 + path.as_bytes().len() + 8 + 4 + 4 + identity
 }
 
-/// Encodes the frame of a write by reference into `buf`, replacing its contents. Its op
-/// reads back as `Op::Write` with empty data, plus the `DataRef`.
+/// Encodes the frame of a write by reference into `buf`, replacing its contents: tag 19, or
+/// tag 18 when `data` names no file (only tests write that). Its op reads back as
+/// `Op::Write` with empty data, plus the `DataRef`.
 pub(super) fn encode_ref_frame(
     seq: Seq,
     committed_at_ns: u64,
@@ -301,7 +326,7 @@ pub(super) fn encode_ref_frame(
     data: DataRef,
     buf: &mut Vec<u8>,
 ) {
-    let payload_len = ref_payload_len(path);
+    let payload_len = ref_payload_len(path, &data);
     buf.clear();
     buf.reserve(FRAME_HEADER_LEN + payload_len);
     buf.extend_from_slice(&(payload_len as u32).to_le_bytes());
@@ -309,11 +334,18 @@ pub(super) fn encode_ref_frame(
     buf.extend_from_slice(&seq.0.to_le_bytes());
     buf.extend_from_slice(&committed_at_ns.to_le_bytes());
     let mut out = Encoder(buf);
-    out.u8(WRITE_REF_TAG);
+    out.u8(match data.file {
+        Some(_) => WRITE_REF_TAG,
+        None => PATH_ONLY_WRITE_REF_TAG,
+    });
     out.path(path);
     out.u64(offset);
     out.u32(data.len);
     out.u32(data.crc);
+    if let Some(file) = data.file {
+        out.u64(file.ino);
+        out.option_u32(file.generation);
+    }
     debug_assert_eq!(buf.len(), FRAME_HEADER_LEN + payload_len);
     let crc = crc32c::crc32c(&buf[8..]);
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -620,16 +652,23 @@ fn decode_op(payload: &[u8]) -> Result<(Op, Option<DataRef>), FormatError> {
         17 => Op::CloseWrite {
             path: input.path()?,
         },
-        WRITE_REF_TAG => {
+        tag @ (PATH_ONLY_WRITE_REF_TAG | WRITE_REF_TAG) => {
             let op = Op::Write {
                 path: input.path()?,
                 offset: input.u64()?,
                 data: Vec::new(),
             };
-            data_ref = Some(DataRef {
-                len: input.u32()?,
-                crc: input.u32()?,
-            });
+            let len = input.u32()?;
+            let crc = input.u32()?;
+            let file = if tag == WRITE_REF_TAG {
+                Some(FileIdentity {
+                    ino: input.u64()?,
+                    generation: input.option_u32()?,
+                })
+            } else {
+                None
+            };
+            data_ref = Some(DataRef { len, crc, file });
             op
         }
         tag => return Err(FormatError::UnknownTag(tag)),
@@ -1030,8 +1069,9 @@ mod tests {
     #[test]
     fn payload_rejects_invalid_ops() {
         assert_eq!(decode_op(&[0]), Err(FormatError::UnknownTag(0)));
-        assert_eq!(decode_op(&[19]), Err(FormatError::UnknownTag(19)));
+        assert_eq!(decode_op(&[20]), Err(FormatError::UnknownTag(20)));
         assert_eq!(decode_op(&[18]), Err(FormatError::PayloadTruncated));
+        assert_eq!(decode_op(&[19]), Err(FormatError::PayloadTruncated));
         // Unlink of "a" with one byte too many, then one too few.
         assert_eq!(
             decode_op(&[7, 1, 0, 0, 0, b'a', 0]),
@@ -1066,32 +1106,98 @@ mod tests {
     #[test]
     fn write_by_reference_round_trip() {
         let file = path("logs/app.log");
-        let data = DataRef {
-            len: 4096,
-            crc: 0xdead_beef,
-        };
-        let mut frame = Vec::new();
-        encode_ref_frame(Seq(9), 77, &file, 1 << 33, data, &mut frame);
-        assert_eq!(frame.len(), FRAME_HEADER_LEN + ref_payload_len(&file));
-        assert_eq!(frame[FRAME_HEADER_LEN], WRITE_REF_TAG);
+        let identities = [
+            None,
+            Some(FileIdentity {
+                ino: 1 << 40,
+                generation: None,
+            }),
+            Some(FileIdentity {
+                ino: 12,
+                generation: Some(0x8000_0001),
+            }),
+        ];
+        for identity in identities {
+            let data = DataRef {
+                len: 4096,
+                crc: 0xdead_beef,
+                file: identity,
+            };
+            let mut frame = Vec::new();
+            encode_ref_frame(Seq(9), 77, &file, 1 << 33, data, &mut frame);
+            assert_eq!(
+                frame.len(),
+                FRAME_HEADER_LEN + ref_payload_len(&file, &data)
+            );
+            let tag = match identity {
+                Some(_) => WRITE_REF_TAG,
+                None => PATH_ONLY_WRITE_REF_TAG,
+            };
+            assert_eq!(frame[FRAME_HEADER_LEN], tag);
 
-        let header = FrameHeader::parse(&array_at(&frame, 0));
-        check_crc(&array_at(&frame, 0), &frame[FRAME_HEADER_LEN..]).unwrap();
-        let (record, found) = decode_record(&header, &frame[FRAME_HEADER_LEN..]).unwrap();
-        assert_eq!(found, Some(data));
-        assert_eq!((record.seq, record.committed_at_ns), (Seq(9), 77));
+            let header = FrameHeader::parse(&array_at(&frame, 0));
+            check_crc(&array_at(&frame, 0), &frame[FRAME_HEADER_LEN..]).unwrap();
+            let (record, found) = decode_record(&header, &frame[FRAME_HEADER_LEN..]).unwrap();
+            assert_eq!(found, Some(data));
+            assert_eq!((record.seq, record.committed_at_ns), (Seq(9), 77));
+            assert_eq!(
+                record.op,
+                Op::Write {
+                    path: file.clone(),
+                    offset: 1 << 33,
+                    data: Vec::new()
+                }
+            );
+            // Other stores (S3 journal objects) must carry the data itself.
+            assert_eq!(
+                decode_frame_at(&frame),
+                Err(FormatError::ReferenceOutsideSegment)
+            );
+        }
+    }
+
+    /// Payloads as releases before tag 19 wrote them still decode, without a file identity.
+    #[test]
+    fn path_only_reference_still_decodes() {
+        let payload = [
+            18, // tag
+            5, 0, 0, 0, b'a', b'/', b'b', b'.', b'c', // path "a/b.c"
+            0, 0x10, 0, 0, 0, 0, 0, 0, // offset 4096
+            0, 0x20, 0, 0, // length 8192
+            0xef, 0xbe, 0xad, 0xde, // data crc32c 0xdeadbeef
+        ];
+        let (op, data) = decode_op(&payload).unwrap();
         assert_eq!(
-            record.op,
+            op,
             Op::Write {
-                path: file,
-                offset: 1 << 33,
+                path: path("a/b.c"),
+                offset: 4096,
                 data: Vec::new()
             }
         );
-        // Other stores (S3 journal objects) must carry the data itself.
+        let expected = DataRef {
+            len: 8192,
+            crc: 0xdead_beef,
+            file: None,
+        };
+        assert_eq!(data, Some(expected));
+        assert_eq!(ref_payload_len(&path("a/b.c"), &expected), payload.len());
+
+        // The same write with an identity: inode 7, generation 3.
+        let mut with_identity = payload.to_vec();
+        with_identity[0] = 19;
+        with_identity.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0, 1, 3, 0, 0, 0]);
+        let (_, data) = decode_op(&with_identity).unwrap();
+        let file = FileIdentity {
+            ino: 7,
+            generation: Some(3),
+        };
+        assert_eq!(data.and_then(|d| d.file), Some(file));
+        // Tag 18 with identity bytes after it is not a valid old payload.
+        with_identity[0] = 18;
         assert_eq!(
-            decode_frame_at(&frame),
-            Err(FormatError::ReferenceOutsideSegment)
+            decode_op(&with_identity),
+            Err(FormatError::TrailingBytes(13))
         );
     }
 

@@ -11,12 +11,14 @@
 mod cache;
 mod commit;
 mod format;
+mod identity;
 mod reader;
 mod record;
 mod writer;
 
 pub use cache::{DATA_CACHE_BYTES, MIN_REFERENCED_BYTES};
 pub use format::FormatError;
+pub use identity::FileIdentity;
 pub use reader::Reader;
 pub use record::{Op, Record, RelPath, Seq, Timestamp};
 
@@ -32,11 +34,11 @@ use commit::Commit;
 use format::DataRef;
 use writer::{Entry, Writer};
 
-/// Reads `buf.len()` bytes at an offset of a file below the backing root, for a write whose
-/// data is no longer in the journal's memory. Returns the bytes read, fewer at the file's
-/// end.
+/// Reads `buf.len()` bytes at an offset of a regular file below the backing root, for a
+/// write whose data is no longer in the journal's memory. Returns the identity of the file
+/// it opened at the path and the bytes read, fewer at the file's end.
 pub type BackingReader =
-    Box<dyn Fn(&RelPath, u64, &mut [u8]) -> std::io::Result<usize> + Send + Sync>;
+    Box<dyn Fn(&RelPath, u64, &mut [u8]) -> std::io::Result<(FileIdentity, usize)> + Send + Sync>;
 
 /// Byte position in the journal stream: the number of journal bytes (headers excluded)
 /// written before a point since the journal was created. Lag in bytes is the difference of
@@ -205,7 +207,7 @@ struct SegmentInfo {
     base_position: Position,
     /// Length of the file: header plus whole, published frames.
     len_bytes: u64,
-    /// Data bytes that those frames refer to (tag 18).
+    /// Data bytes that those frames refer to (tags 18 and 19).
     data_bytes: u64,
     path: PathBuf,
 }
@@ -233,7 +235,8 @@ impl Inner {
     }
 
     /// Puts the data of a write by reference into `record`: from memory, or else from the
-    /// backing file when its bytes still have the CRC32C that the frame recorded.
+    /// backing file when the path still names the file the frame recorded and its bytes
+    /// still have the recorded CRC32C.
     fn fill_write(&self, record: &mut Record, data: DataRef) -> Result<(), Error> {
         let Op::Write {
             path,
@@ -257,13 +260,31 @@ impl Inner {
                 "it is not in memory and no backing directory is set".into(),
             ));
         };
-        // NOTE: CRC32C is no proof against a crafted collision in a file renamed into this path.
+        // A CRC32C collision is cheap to forge, so the bytes count only when they come from
+        // the file the write went to. Tag 18 did not record it.
+        let Some(written_to) = data.file else {
+            return Err(gone(
+                "the record names its file by path only (a journal written before tag 19), \
+                 so the bytes at that path cannot be trusted"
+                    .into(),
+            ));
+        };
         let mut buf = vec![0u8; data.len as usize];
-        let len = read(path, *offset, &mut buf)
+        let (found, len) = read(path, *offset, &mut buf)
             .map_err(|e| gone(format!("reading it from the backing file failed: {e}")))?;
+        if found != written_to {
+            return Err(gone(format!(
+                "the path names another file now (inode {} generation {:?}, the write went to \
+                 inode {} generation {:?}), so it was renamed or replaced since",
+                found.ino, found.generation, written_to.ino, written_to.generation
+            )));
+        }
+        // Within the same file, nothing journaled moves bytes to another offset: the kernel's
+        // FUSE client rejects fallocate INSERT_RANGE and COLLAPSE_RANGE. Later overwrites are
+        // replayed after this record, so the mirror ends with the file's bytes either way.
         if len != buf.len() || crc32c::crc32c(&buf) != data.crc {
             return Err(gone(
-                "the backing file changed since (overwritten, truncated or renamed)".into(),
+                "the backing file changed since (overwritten or truncated)".into(),
             ));
         }
         *bytes = buf;
@@ -371,12 +392,17 @@ impl Journal {
     }
 
     /// Appends like `append`, but keeps the data of a write of at least
-    /// [`MIN_REFERENCED_BYTES`] out of the segment when the memory budget has room. The data
-    /// then moves out of `op`, which keeps empty data, into the journal's memory. The record
-    /// refers to it by length and CRC32C. The caller must have written the same bytes to the backing file,
-    /// where a reader finds them if the daemon restarts before every mirror confirmed them.
-    pub fn append_owned(&self, op: &mut Op) -> Result<(Seq, Position), Error> {
-        let Op::Write { path, offset, data } = op else {
+    /// [`MIN_REFERENCED_BYTES`] out of the segment when the memory budget has room and
+    /// `written_to` names the backing file. The data then moves out of `op`, which keeps
+    /// empty data, into the journal's memory. The record refers to it by length, CRC32C and
+    /// the file's identity. The caller must have written the same bytes to that file, where
+    /// a reader finds them if the daemon restarts before every mirror confirmed them.
+    pub fn append_owned(
+        &self,
+        op: &mut Op,
+        written_to: Option<FileIdentity>,
+    ) -> Result<(Seq, Position), Error> {
+        let (Op::Write { path, offset, data }, Some(written_to)) = (&mut *op, written_to) else {
             return self.append(op);
         };
         let len = data.len();
@@ -392,6 +418,7 @@ impl Journal {
             data: DataRef {
                 len: len as u32,
                 crc: crc32c::crc32c(data),
+                file: Some(written_to),
             },
         };
         let owned = std::mem::take(data);
@@ -1035,9 +1062,41 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), Seq(1));
     }
 
+    /// Identity given to writes whose backing file the test never reads.
+    const SOME_FILE: FileIdentity = FileIdentity {
+        ino: 12,
+        generation: Some(34),
+    };
+
     /// Appends `op` with `append_owned`, as the fs does, and returns its seq.
     fn append_owned(journal: &Journal, op: &Op) -> Seq {
-        journal.append_owned(&mut op.clone()).unwrap().0
+        journal
+            .append_owned(&mut op.clone(), Some(SOME_FILE))
+            .unwrap()
+            .0
+    }
+
+    /// Returns the identity of the file at `path`, as the fs records it.
+    fn identity_of(path: &Path) -> FileIdentity {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+
+        let file = File::open(path).unwrap();
+        FileIdentity::of(file.as_fd(), file.metadata().unwrap().ino())
+    }
+
+    /// Writes the data of the write `op` at its offset of a new file below `backing`, whose
+    /// bytes before the offset are zero, and returns the file's path and content.
+    fn write_backing_file(backing: &Path, op: &Op) -> (PathBuf, Vec<u8>) {
+        let Op::Write { path, offset, data } = op else {
+            unreachable!("{op:?} is no write")
+        };
+        let file = backing.join(path.to_string());
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let mut content = vec![0u8; *offset as usize];
+        content.extend_from_slice(data);
+        std::fs::write(&file, &content).unwrap();
+        (file, content)
     }
 
     /// Returns the error that reading the journal's first record gives.
@@ -1071,7 +1130,13 @@ mod tests {
         assert_eq!(records[1].0.op, small);
         // Positions count the data once, as if the frame carried it.
         let inline = |op: &Op| (format::FRAME_HEADER_LEN + format::payload_len(op)) as u64;
-        let referring = (format::FRAME_HEADER_LEN + format::ref_payload_len(big.path())) as u64;
+        let reference = DataRef {
+            len: 64 << 10,
+            crc: 0,
+            file: Some(SOME_FILE),
+        };
+        let referring =
+            (format::FRAME_HEADER_LEN + format::ref_payload_len(big.path(), &reference)) as u64;
         assert_eq!(records[0].1, Position(referring + (64 << 10)));
         assert_eq!(
             records[1].1,
@@ -1092,26 +1157,113 @@ mod tests {
     fn released_data_read_from_backing() {
         let tmp = tempfile::tempdir().unwrap();
         let backing = tmp.path().join("backing");
-        std::fs::create_dir_all(backing.join("logs")).unwrap();
         let (journal, _) = Journal::open(&tmp.path().join("journal"), 1 << 20).unwrap();
         let op = write_op(0, 8192);
-        let Op::Write { path, offset, data } = &op else {
-            unreachable!()
-        };
-        let file = backing.join(path.to_string());
-        let mut content = vec![0u8; *offset as usize];
-        content.extend_from_slice(data);
-        std::fs::write(&file, &content).unwrap();
-        append_owned(&journal, &op);
+        let offset = op_offset(&op);
+        let (file, mut content) = write_backing_file(&backing, &op);
+        journal
+            .append_owned(&mut op.clone(), Some(identity_of(&file)))
+            .unwrap();
         journal.release_data_up_to(Seq(1));
         journal.set_backing_reader(crate::mirror::backing_reader(&backing).unwrap());
         assert_eq!(read_all(&journal, Seq(0))[0].0.op, op);
 
         // Bytes changed since the write: the reader refuses them rather than mirror them.
-        content[*offset as usize] ^= 1;
+        content[offset] ^= 1;
         std::fs::write(&file, &content).unwrap();
         let error = first_read_error(&journal);
         assert!(error.to_string().contains("changed since"), "{error}");
+    }
+
+    fn op_offset(op: &Op) -> usize {
+        match op {
+            Op::Write { offset, .. } => *offset as usize,
+            other => unreachable!("{other:?} is no write"),
+        }
+    }
+
+    /// The path names another file than the one written: its bytes are refused even when
+    /// they are the same, because a forged CRC32C collision would pass the CRC check too
+    /// (tests/journal_loss.rs forges one).
+    #[test]
+    fn replaced_file_rejected_despite_same_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backing = tmp.path().join("backing");
+        let (journal, _) = Journal::open(&tmp.path().join("journal"), 1 << 20).unwrap();
+        let op = write_op(0, 8192);
+        let (file, content) = write_backing_file(&backing, &op);
+        journal
+            .append_owned(&mut op.clone(), Some(identity_of(&file)))
+            .unwrap();
+        journal.release_data_up_to(Seq(1));
+        journal.set_backing_reader(crate::mirror::backing_reader(&backing).unwrap());
+
+        std::fs::rename(&file, backing.join("moved.log")).unwrap();
+        std::fs::write(&file, &content).unwrap();
+
+        let error = first_read_error(&journal);
+        assert!(
+            matches!(&error, Error::DataGone { seq: Seq(1), .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("names another file now"),
+            "{error}"
+        );
+    }
+
+    /// A journal written before tag 19 still opens, keeps its positions, and reads: its
+    /// referenced writes come back as `DataGone` (the mirror is resynced), even when the
+    /// bytes at the path match, because nothing ties them to the file written.
+    #[test]
+    fn path_only_references_read_as_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backing = tmp.path().join("backing");
+        let dir = tmp.path().join("journal");
+        let op = write_op(0, 8192);
+        write_backing_file(&backing, &op);
+        let small = write_op(1, 100);
+        let expected_head = {
+            let (journal, _) = Journal::open(&dir, 1 << 20).unwrap();
+            let Op::Write { path, offset, data } = &op else {
+                unreachable!()
+            };
+            let path_only = Entry::Reference {
+                path,
+                offset: *offset,
+                data: DataRef {
+                    len: data.len() as u32,
+                    crc: crc32c::crc32c(data),
+                    file: None,
+                },
+            };
+            let inner = &journal.inner;
+            lock(&inner.writer)
+                .append(path_only, &inner.state, &inner.head_changed, |_| {})
+                .unwrap();
+            journal.append(&small).unwrap();
+            journal.head()
+        };
+        let segment = dir.join(&segment_names(&dir)[0]);
+        let bytes = std::fs::read(segment).unwrap();
+        assert_eq!(
+            bytes[format::HEADER_LEN + format::FRAME_HEADER_LEN],
+            18,
+            "the first frame has the old tag"
+        );
+
+        let (journal, recovery) = Journal::open(&dir, 1 << 20).unwrap();
+        assert_eq!((recovery.head, recovery.head_position), expected_head);
+        journal.set_backing_reader(crate::mirror::backing_reader(&backing).unwrap());
+        let mut reader = journal.read_after(Seq(0)).unwrap();
+        let error = reader.next().unwrap().unwrap_err();
+        assert!(
+            matches!(&error, Error::DataGone { seq: Seq(1), .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("by path only"), "{error}");
+        let (second, position) = read_all(&journal, Seq(1)).remove(0);
+        assert_eq!((second.op, position), (small, expected_head.1));
     }
 
     #[test]

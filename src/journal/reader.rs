@@ -332,7 +332,7 @@ struct SegmentScan {
     records: u64,
     /// Bytes up to the end of the last whole, valid record, header included.
     valid_len: u64,
-    /// Data bytes that the valid records refer to (tag 18).
+    /// Data bytes that the valid records refer to (tags 18 and 19).
     data_bytes: u64,
     file_len: u64,
     damage: Option<Damage>,

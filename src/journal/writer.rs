@@ -20,13 +20,18 @@ use super::{Error, Op, OpenSegment, Position, RelPath, SegmentInfo, Seq, State, 
 pub(super) enum Entry<'a> {
     /// The op, data included.
     Op(&'a Op),
-    /// A write whose data the journal keeps in memory instead (tag 18).
+    /// A write whose data the journal keeps in memory instead (tag 19).
     Reference {
         path: &'a RelPath,
         offset: u64,
         data: DataRef,
     },
 }
+
+/// Bytes kept allocated past the end of the active segment, topped up once less than half
+/// is left. Records still fit in them when the filesystem is full. Deleting a file is how
+/// space is freed, and the delete succeeds only if its unlink is journaled.
+const RESERVE_BYTES: u64 = 16 << 10;
 
 /// Maximum capacity of the frame buffer kept between appends. A buffer grown past this by a
 /// large record is freed after the append.
@@ -50,6 +55,12 @@ pub(super) struct Writer {
     /// Set when a failed write left bytes that could not be cut off. Appending after them
     /// would put a damaged frame in the middle of the segment.
     failure: Option<io::ErrorKind>,
+    /// Offset up to which the active segment's space is allocated (see [`RESERVE_BYTES`]).
+    reserved_to: u64,
+    /// Cleared when the filesystem does not support fallocate.
+    reserve_supported: bool,
+    /// Set while topping up the reserve fails, so that only the first failure is logged.
+    reserve_failing: bool,
 }
 
 impl Writer {
@@ -69,6 +80,9 @@ impl Writer {
             position: found.head_position,
             frame: Vec::new(),
             failure: None,
+            reserved_to: newest.len_bytes,
+            reserve_supported: true,
+            reserve_failing: false,
         }
     }
 
@@ -96,7 +110,7 @@ impl Writer {
         let (payload_len, referred) = match entry {
             Entry::Op(op) => (format::payload_len(op), 0),
             Entry::Reference { path, data, .. } => {
-                (format::ref_payload_len(path), u64::from(data.len))
+                (format::ref_payload_len(path, &data), u64::from(data.len))
             }
         };
         if payload_len > format::MAX_PAYLOAD_BYTES {
@@ -128,6 +142,7 @@ impl Writer {
         written(seq);
         let frame_len = self.frame.len() as u64;
         self.len_bytes += frame_len;
+        self.keep_reserve();
         self.data_bytes += referred;
         self.records += 1;
         self.head = seq;
@@ -151,6 +166,48 @@ impl Writer {
             head_changed.notify_all();
         }
         Ok((seq, self.position))
+    }
+
+    /// Allocates [`RESERVE_BYTES`] past the end of the active segment without changing its
+    /// size, once less than half of the previous reserve is left. A failure only leaves
+    /// less room, so it is logged and the append goes on.
+    fn keep_reserve(&mut self) {
+        if !self.reserve_supported || self.reserved_to >= self.len_bytes + RESERVE_BYTES / 2 {
+            return;
+        }
+        let start = self.reserved_to.max(self.len_bytes);
+        let end = self.len_bytes + RESERVE_BYTES;
+        // SAFETY: the segment file is open for writing for the duration of the call.
+        let ret = unsafe {
+            libc::fallocate(
+                self.active.file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                (end - start) as libc::off_t,
+            )
+        };
+        if ret == 0 {
+            self.reserved_to = end;
+            self.reserve_failing = false;
+            return;
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            log::info!(
+                "the journal's filesystem does not support fallocate, so no space is kept in \
+                 reserve for appends on a full disk: segment={}",
+                self.active.path.display()
+            );
+            self.reserve_supported = false;
+        } else if !self.reserve_failing {
+            log::warn!(
+                "failed to keep space in reserve past the journal segment's end: segment={} \
+                 offset={} error={error}",
+                self.active.path.display(),
+                start
+            );
+            self.reserve_failing = true;
+        }
     }
 
     /// Removes whatever part of a failed write reached the file, so the segment still ends
@@ -185,6 +242,8 @@ impl Writer {
         self.len_bytes = format::HEADER_LEN as u64;
         self.data_bytes = 0;
         self.records = 0;
+        self.reserved_to = self.len_bytes;
+        self.keep_reserve();
 
         let mut state = lock(state);
         state.segments.push(SegmentInfo {
@@ -397,6 +456,32 @@ mod tests {
         assert_eq!(second.len() as u64, 44 + 3 * FRAME_100);
         assert_eq!(journal.size_bytes(), 4 * 44 + 10 * FRAME_100);
         assert_eq!(journal.size_bytes(), file_sizes(tmp.path()));
+    }
+
+    /// Space past the end of the active segment stays allocated, so that records still fit
+    /// once the filesystem is full. The file's size is that of its frames.
+    #[test]
+    fn active_segment_keeps_space_in_reserve() {
+        use std::os::unix::fs::MetadataExt;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 1 << 20).unwrap();
+        for n in 1..=100 {
+            journal.append(&write_op(n, 100)).unwrap();
+            let segment = tmp.path().join(&segment_names(tmp.path())[0]);
+            let metadata = std::fs::metadata(&segment).unwrap();
+            assert_eq!(
+                metadata.len(),
+                format::HEADER_LEN as u64 + n * FRAME_100,
+                "size after record {n}"
+            );
+            let allocated = metadata.blocks() * 512;
+            assert!(
+                allocated >= metadata.len() + RESERVE_BYTES / 2,
+                "after record {n}: {allocated} bytes allocated for {} bytes",
+                metadata.len()
+            );
+        }
     }
 
     #[test]

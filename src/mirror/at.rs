@@ -66,14 +66,29 @@ pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
     owned(fd)
 }
 
-/// Returns a reader of byte ranges of the files below the directory `root`, for the
+/// Returns a reader of byte ranges of the regular files below the directory `root`, for the
 /// journal's writes by reference whose data it no longer holds in memory. Paths are
 /// resolved as everywhere here, so a symbolic link never leads the read outside `root`.
+/// The reader rejects files on another filesystem than `root`, because inode numbers are
+/// unique only within one, and returns the identity of the file it read.
 pub fn backing_reader(root: &Path) -> io::Result<crate::journal::BackingReader> {
     let root = open_root(root)?;
+    let root_dev = fstat(root.as_fd())?.st_dev;
     Ok(Box::new(move |rel, offset, buf| {
         let (dir, name) = walk_parent(root.as_fd(), rel)?;
-        let file = std::fs::File::from(open_at(dir.as_fd(), &name, libc::O_RDONLY, 0)?);
+        // O_NONBLOCK keeps a FIFO put at the path from blocking the open.
+        let fd = open_at(dir.as_fd(), &name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+        let st = fstat(fd.as_fd())?;
+        if file_type(&st) != libc::S_IFREG {
+            return Err(io::Error::other("the path names no regular file"));
+        }
+        if st.st_dev != root_dev {
+            return Err(io::Error::other(
+                "the file is on another filesystem than the backing root",
+            ));
+        }
+        let identity = crate::journal::FileIdentity::of(fd.as_fd(), st.st_ino);
+        let file = std::fs::File::from(fd);
         let mut done = 0;
         while done < buf.len() {
             let read =
@@ -83,7 +98,7 @@ pub fn backing_reader(root: &Path) -> io::Result<crate::journal::BackingReader> 
             }
             done += read;
         }
-        Ok(done)
+        Ok((identity, done))
     }))
 }
 

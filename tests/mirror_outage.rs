@@ -171,7 +171,8 @@ struct Appenders {
 }
 
 impl Appenders {
-    /// Starts one thread per counter in `written`, and each thread goes on from its counter's value.
+    /// Starts one thread per counter in `written`, and each thread goes on from its
+    /// counter's value.
     fn start(dir: &Path, written: &[Arc<AtomicUsize>]) -> Appenders {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = written

@@ -132,9 +132,10 @@ pub trait Mirror: Send {
         self.apply(&record.op)
     }
 
-    /// Applies a run of consecutive journal records that each hold an `Op::Write`, with the
+    /// Applies a run of consecutive journal records that each contain an `Op::Write`, with the
     /// same repeat rule as `apply`. Writes to different files may land in any order, and
-    /// writes to one file land in record order. The default applies one record at a time.
+    /// writes to one file land in record order, whichever of its hard-linked names they use.
+    /// The default applies one record at a time.
     fn apply_writes(&mut self, records: &[&Record]) -> Result<(), WritesError> {
         for (index, record) in records.iter().enumerate() {
             self.apply_record(record).map_err(|source| WritesError {

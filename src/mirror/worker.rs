@@ -261,7 +261,7 @@ struct Worker {
     reader: Option<Reader>,
     batch: Vec<(Record, Position)>,
     /// Records of `batch` already applied, so a retry resumes after them. A failed run of
-    /// writes leaves it where the mirror asks the retry to start.
+    /// writes sets it to the start that the mirror returned in its error.
     applied: usize,
     backoff: Duration,
     /// Seq of the record whose latest attempts failed on a missing path, and their count.
@@ -554,8 +554,9 @@ impl Worker {
     }
 
     /// Applies the `run` write records from `applied` on as one call, so that the mirror can
-    /// merge them. The run holds no namespace op, and applying it again repeats each file's
-    /// writes in their order, so a retry may start anywhere before the record that failed.
+    /// merge them. On failure the mirror's error sets where the retry starts. The run's first
+    /// record is always a safe start for the directory mirror, because the run holds no
+    /// namespace op and applying it again repeats each file's writes in their order.
     fn apply_write_run(&mut self, mirror: &mut dyn Mirror, run: usize) -> Result<(), String> {
         let start = self.applied;
         let records: Vec<&Record> = self.batch[start..start + run]

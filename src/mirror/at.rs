@@ -426,6 +426,23 @@ pub(crate) fn fallocate(fd: BorrowedFd, mode: c_int, offset: u64, length: u64) -
     check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset, length) })
 }
 
+/// Maximum buffers in one `pwritev(2)` (`UIO_MAXIOV`); more fail with `EINVAL`.
+pub(crate) const MAX_IOVECS: usize = libc::UIO_MAXIOV as usize;
+
+/// Writes `slices` one after another from `offset` with one `pwritev(2)`. Returns the bytes
+/// written, which can be fewer than the slices hold.
+pub(crate) fn pwritev(fd: BorrowedFd, slices: &[io::IoSlice], offset: u64) -> io::Result<usize> {
+    let count = c_int::try_from(slices.len())
+        .ok()
+        .filter(|&count| count as usize <= MAX_IOVECS)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: `fd` is open for the call. `IoSlice` has the layout of `iovec` on Unix (a
+    // documented guarantee of std), and the `count` slices borrow buffers that outlive the call.
+    let written = unsafe { libc::pwritev64(fd.as_raw_fd(), slices.as_ptr().cast(), count, offset) };
+    usize::try_from(written).map_err(|_| io::Error::last_os_error())
+}
+
 /// Target of an extended attribute call: an open descriptor, or a `/proc/self/fd` path for
 /// entries that are not opened for reading (symbolic links, FIFOs, sockets, devices).
 pub(crate) enum XattrTarget {

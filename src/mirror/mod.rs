@@ -105,6 +105,18 @@ pub enum Error {
     Setup { mirror: String, reason: String },
 }
 
+/// A failed [`Mirror::apply_writes`]: which record of the run failed, and where a retry of
+/// the run starts.
+#[derive(Debug)]
+pub struct WritesError {
+    /// Records at the start of the run that are applied and need no repeat. A mirror that
+    /// merged the writes returns 0, so the retry applies the whole run again.
+    pub applied: usize,
+    /// Position in the run of the record that failed, from 0.
+    pub failed: usize,
+    pub source: Error,
+}
+
 /// A remote copy of the backing tree.
 pub trait Mirror: Send {
     /// Returns the name used in status and logs, such as `dir:/mnt/copy`.
@@ -118,6 +130,21 @@ pub trait Mirror: Send {
     /// that store records with their seq (the S3 mirror) override it.
     fn apply_record(&mut self, record: &Record) -> Result<(), Error> {
         self.apply(&record.op)
+    }
+
+    /// Applies a run of consecutive journal records that each contain an `Op::Write`, with the
+    /// same repeat rule as `apply`. Writes to different files may land in any order, and
+    /// writes to one file land in record order, whichever of its hard-linked names they use.
+    /// The default applies one record at a time.
+    fn apply_writes(&mut self, records: &[&Record]) -> Result<(), WritesError> {
+        for (index, record) in records.iter().enumerate() {
+            self.apply_record(record).map_err(|source| WritesError {
+                applied: index,
+                failed: index,
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Marks the end of a batch of applied records. Async mode flushes only every few

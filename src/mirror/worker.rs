@@ -260,7 +260,8 @@ struct Worker {
     slot: Arc<MirrorSlot>,
     reader: Option<Reader>,
     batch: Vec<(Record, Position)>,
-    /// Records of `batch` already applied, so a retry resumes after them.
+    /// Records of `batch` already applied, so a retry resumes after them. A failed run of
+    /// writes sets it to the start that the mirror returned in its error.
     applied: usize,
     backoff: Duration,
     /// Seq of the record whose latest attempts failed on a missing path, and their count.
@@ -512,6 +513,11 @@ impl Worker {
         let slot = self.slot.clone();
         let mut mirror = slot.mirror.lock().expect("mirror lock");
         while self.applied < self.batch.len() {
+            let run = self.write_run_len(slot.index);
+            if run > 0 {
+                self.apply_write_run(mirror.as_mut(), run)?;
+                continue;
+            }
             let (record, _) = &self.batch[self.applied];
             let seq = record.seq;
             let route = route(&self.ctx.rules, slot.index, &record.op);
@@ -543,6 +549,39 @@ impl Worker {
         }
         mirror.end_batch();
         Ok(())
+    }
+
+    /// Returns how many records from `applied` on are writes that mirror `index` applies.
+    fn write_run_len(&self, index: usize) -> usize {
+        self.batch[self.applied..]
+            .iter()
+            .take_while(|(record, _)| {
+                matches!(record.op, journal::Op::Write { .. })
+                    && route(&self.ctx.rules, index, &record.op) == Route::Apply
+            })
+            .count()
+    }
+
+    /// Applies the `run` write records from `applied` on as one call, so that the mirror can
+    /// merge them. On failure the mirror's error sets where the retry starts. The run's first
+    /// record is always a safe start for the directory mirror, because the run holds no
+    /// namespace op and applying it again repeats each file's writes in their order.
+    fn apply_write_run(&mut self, mirror: &mut dyn Mirror, run: usize) -> Result<(), String> {
+        let start = self.applied;
+        let records: Vec<&Record> = self.batch[start..start + run]
+            .iter()
+            .map(|(record, _)| record)
+            .collect();
+        let Err(e) = mirror.apply_writes(&records) else {
+            self.applied += run;
+            return Ok(());
+        };
+        let seq = records[e.failed.min(run - 1)].seq;
+        self.applied = start + e.applied.min(run);
+        if let Some(path) = missing_path(&e.source) {
+            self.count_missing_path(seq, path);
+        }
+        Err(format!("seq {seq}: {}", error_chain(&e.source)))
     }
 
     /// Counts a failure of record `seq` on a path missing on the mirror, and marks the

@@ -509,3 +509,50 @@ fn s3_kill_sync_then_restore() {
     assert_eq!(out.code(), 0, "restore after the resync: {out}");
     assert_same_tree("backing", &backing, "restored", &tree_sha256(&again, &[]));
 }
+
+/// `path_style=false` with an endpoint that is an IP address: S3's endpoint rules keep the
+/// bucket in the path for such an endpoint, since an address has no subdomains. The PUTs,
+/// which bypass the SDK, must go there too, and not to `BUCKET.127.0.0.1`, a host name no
+/// resolver knows.
+#[test]
+fn s3_path_style_false_with_ip_endpoint() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let mut options = mount_options(&garage, Mode::Sync);
+    options.push("path_style=false".to_string());
+    let mount = Mount::with_env(&dirs, &options, &garage.env());
+    common::append_lines(&dirs.mnt.join("app.log"), 0, 50);
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync");
+    assert_journal_keys(&garage);
+    let expected = common::expected_lines(50);
+    let copy_key = format!("{PREFIX}/app.log");
+    common::wait_until(
+        COMMAND_TIMEOUT,
+        "the readable copy of app.log",
+        || match garage.client().try_get(&copy_key) {
+            Some(body) if body == expected.as_bytes() => Ok(()),
+            other => Err(format!("{copy_key}: {:?}", other.map(String::from_utf8))),
+        },
+    );
+    let out = mount.verify();
+    assert_eq!(out.code(), 0, "logmirror verify: {out}");
+    mount.unmount();
+
+    let backing = tree_sha256(&dirs.backing, &[STATE_DIR]);
+    let restored = dirs.root.join("restored");
+    let out = restore(&garage, &restored, &["-o", "path_style=false"]);
+    assert_eq!(out.code(), 0, "logmirror restore: {out}");
+    assert_same_tree(
+        "backing",
+        &backing,
+        "restored",
+        &tree_sha256(&restored, &[]),
+    );
+}

@@ -290,15 +290,24 @@ impl Store {
         if let Some(url) = &endpoint {
             config = config.endpoint_url(url);
         }
-        let path_style = options.path_style.unwrap_or_else(|| has_endpoint(options));
         let direct = match (&endpoint, shared.region(), shared.credentials_provider()) {
-            (Some(url), Some(region), Some(provider)) => Some(DirectPut::new(
-                url,
-                path_style,
-                region.to_string(),
-                provider,
-                tls_config(options.ca_file.as_deref())?,
-            )?),
+            (Some(url), Some(region), Some(provider)) => {
+                let address = BucketAddress {
+                    endpoint: url,
+                    bucket,
+                    path_style: options.path_style.unwrap_or_else(|| has_endpoint(options)),
+                    region: region.as_ref(),
+                    use_fips: shared.use_fips().unwrap_or(false),
+                    use_dual_stack: shared.use_dual_stack().unwrap_or(false),
+                };
+                let (bucket_url, signing_region) = runtime.block_on(address.resolve())?;
+                Some(DirectPut::new(
+                    &bucket_url,
+                    signing_region,
+                    provider,
+                    tls_config(options.ca_file.as_deref())?,
+                )?)
+            }
             _ => None,
         };
         let shown_endpoint = endpoint.unwrap_or_else(|| {
@@ -352,10 +361,18 @@ impl Store {
             .map_err(|e| StoreError::local(e.to_string()))?;
         let credentials =
             aws_sdk_s3::config::Credentials::new("test-key", "test-secret", None, None, "tests");
-        let direct = DirectPut::new(
+        let address = BucketAddress {
             endpoint,
-            true,
-            "test".into(),
+            bucket: "test-bucket",
+            path_style: true,
+            region: "test",
+            use_fips: false,
+            use_dual_stack: false,
+        };
+        let (bucket_url, signing_region) = runtime.block_on(address.resolve())?;
+        let direct = DirectPut::new(
+            &bucket_url,
+            signing_region,
             aws_credential_types::provider::SharedCredentialsProvider::new(credentials.clone()),
             tls_config(None)?,
         )?;
@@ -594,7 +611,7 @@ impl Store {
                 async move {
                     let encryption = self.encryption.as_ref();
                     let sent = direct
-                        .put(&self.bucket, put, condition, encryption, self.signs_payload)
+                        .put(put, condition, encryption, self.signs_payload)
                         .await;
                     if sent.as_ref().is_err_and(|e| e.status == Some(403)) {
                         direct.forget_credentials();
@@ -948,6 +965,60 @@ fn https_client(path: &Path) -> Result<SharedHttpClient, StoreError> {
         .build_https())
 }
 
+/// What decides the URL of a bucket: the inputs of the SDK's endpoint rules that apply to a
+/// store at an explicit endpoint.
+struct BucketAddress<'a> {
+    endpoint: &'a str,
+    bucket: &'a str,
+    path_style: bool,
+    region: &'a str,
+    use_fips: bool,
+    use_dual_stack: bool,
+}
+
+impl BucketAddress<'_> {
+    /// Returns the URL of the bucket and the region to sign for, as the SDK's endpoint
+    /// rules give them, so that [`DirectPut`] sends its PUTs where the SDK sends the other
+    /// requests. The rules keep the bucket in the path, even with `path_style=false`, for an
+    /// endpoint that is an IP address and for a bucket name that is not a valid host name.
+    async fn resolve(&self) -> Result<(String, String), StoreError> {
+        use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+
+        let failed = |reason: String| {
+            StoreError::local(format!(
+                "cannot build the URL of bucket {} at endpoint {:?}: {reason}; \
+                 check endpoint= and path_style=",
+                self.bucket, self.endpoint
+            ))
+        };
+        let params = Params::builder()
+            .bucket(self.bucket)
+            .region(self.region)
+            .endpoint(self.endpoint)
+            .force_path_style(self.path_style)
+            .use_fips(self.use_fips)
+            .use_dual_stack(self.use_dual_stack)
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        let resolved = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|e| failed(error_chain(e.as_ref())))?;
+        // The rules name the region to sign for; it differs from the configured one only for
+        // AWS's global endpoint.
+        let signing_region = resolved
+            .properties()
+            .get("authSchemes")
+            .and_then(|schemes| schemes.as_array())
+            .and_then(|schemes| schemes.first())
+            .and_then(|scheme| scheme.as_object())
+            .and_then(|scheme| scheme.get("signingRegion"))
+            .and_then(|region| region.as_string())
+            .unwrap_or(self.region);
+        Ok((resolved.url().to_owned(), signing_region.to_owned()))
+    }
+}
+
 /// Builds the TLS settings of [`DirectPut`]: trust in the certificate authorities of the
 /// PEM file `ca_file`, or else in the system's.
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
@@ -1014,6 +1085,72 @@ pub fn checksum_header(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Returns the bucket URL and signing region of `bucket` at `endpoint`.
+    fn resolved(endpoint: &str, bucket: &str, path_style: bool) -> (String, String) {
+        let address = BucketAddress {
+            endpoint,
+            bucket,
+            path_style,
+            region: "garage",
+            use_fips: false,
+            use_dual_stack: false,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(address.resolve()).expect("resolved")
+    }
+
+    #[test]
+    fn bucket_address_as_the_sdk_gives_it() {
+        let cases = [
+            (
+                "http://127.0.0.1:3900",
+                "logs",
+                true,
+                "http://127.0.0.1:3900/logs",
+            ),
+            (
+                "http://127.0.0.1:3900/",
+                "logs",
+                true,
+                "http://127.0.0.1:3900/logs",
+            ),
+            // An IP address has no subdomains, so the bucket stays in the path.
+            (
+                "http://127.0.0.1:3900",
+                "logs",
+                false,
+                "http://127.0.0.1:3900/logs",
+            ),
+            ("http://[::1]:3900", "logs", false, "http://[::1]:3900/logs"),
+            (
+                "https://s3.example.com",
+                "logs",
+                false,
+                "https://logs.s3.example.com",
+            ),
+            (
+                "https://s3.example.com",
+                "logs",
+                true,
+                "https://s3.example.com/logs",
+            ),
+            // A name that is not a host name label also stays in the path.
+            (
+                "https://s3.example.com",
+                "my.logs",
+                false,
+                "https://s3.example.com/my.logs",
+            ),
+        ];
+        for (endpoint, bucket, path_style, url) in cases {
+            let (got, region) = resolved(endpoint, bucket, path_style);
+            assert_eq!(got, url, "{endpoint} {bucket} path_style={path_style}");
+            assert_eq!(region, "garage");
+        }
+    }
 
     #[test]
     fn retryable_responses() {

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
+use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -276,7 +277,14 @@ impl Store {
             .connect_timeout(CONNECT_TIMEOUT)
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .build();
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        // Both request paths take the checked provider, so that a malformed key is an error
+        // and not a panic in the signer.
+        let credentials = shared
+            .credentials_provider()
+            .map(|provider| SharedCredentialsProvider::new(CheckedCredentials(provider)));
+        let mut config = aws_sdk_s3::config::Builder::from(&shared);
+        config.set_credentials_provider(credentials.clone());
+        let mut config = config
             .force_path_style(options.path_style.unwrap_or_else(|| has_endpoint(options)))
             // Retries happen in `Store::retrying`, which logs them and bounds the total.
             .retry_config(RetryConfig::disabled())
@@ -290,7 +298,7 @@ impl Store {
         if let Some(url) = &endpoint {
             config = config.endpoint_url(url);
         }
-        let direct = match (&endpoint, shared.region(), shared.credentials_provider()) {
+        let direct = match (&endpoint, shared.region(), credentials) {
             (Some(url), Some(region), Some(provider)) => {
                 let address = BucketAddress {
                     endpoint: url,
@@ -963,6 +971,47 @@ fn https_client(path: &Path) -> Result<SharedHttpClient, StoreError> {
         ))
         .tls_context(context)
         .build_https())
+}
+
+/// A credentials provider that rejects credentials the signer cannot put in a header.
+///
+/// The access key ID goes into the `Authorization` header and a session token into
+/// `x-amz-security-token`. A control character in either, such as the carriage return that a
+/// credentials file with Windows line endings leaves at the end, makes the signer of both
+/// request paths panic (aws-sigv4 1.3 and aws-runtime 1.5 unwrap the header value).
+#[derive(Debug)]
+struct CheckedCredentials(SharedCredentialsProvider);
+
+impl ProvideCredentials for CheckedCredentials {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            let credentials = self.0.provide_credentials().await?;
+            let fields = [
+                ("access key ID", Some(credentials.access_key_id())),
+                ("session token", credentials.session_token()),
+            ];
+            for (name, value) in fields {
+                let Some(value) = value else { continue };
+                if let Some((at, byte)) = value
+                    .bytes()
+                    .enumerate()
+                    .find(|&(_, b)| (b < 0x20 && b != b'\t') || b == 0x7f)
+                {
+                    return Err(provider::error::CredentialsError::invalid_configuration(
+                        format!(
+                            "the AWS {name} contains the control character 0x{byte:02X} at \
+                             byte {at}, often a carriage return left by a file with Windows \
+                             line endings; remove it from the environment or credentials file"
+                        ),
+                    ));
+                }
+            }
+            Ok(credentials)
+        })
+    }
 }
 
 /// What decides the URL of a bucket: the inputs of the SDK's endpoint rules that apply to a

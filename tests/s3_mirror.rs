@@ -461,42 +461,53 @@ fn s3_mount_wrong_credentials() {
     );
 }
 
-/// A carriage return at the end of the access key ID, as a credentials file with Windows
+/// A carriage return at the end of the access key ID or the region, as a file with Windows
 /// line endings leaves it, cannot go into the `Authorization` header. Mount and restore must
 /// name the problem instead of panicking in the signer.
 #[test]
-fn s3_access_key_with_carriage_return() {
+fn s3_carriage_return_in_credentials() {
     if !common::can_mount() {
         return;
     }
     let Some(garage) = Garage::start() else {
         return;
     };
-    let mut env = garage.env();
-    let key_id = env
-        .iter_mut()
-        .find(|(name, _)| name == "AWS_ACCESS_KEY_ID")
-        .expect("AWS_ACCESS_KEY_ID in the environment");
-    key_id.1.push('\r');
-    let problem = format!(
+    let key_id_problem = format!(
         "the AWS access key ID contains the control character 0x0D at byte {}",
         garage.key_id.len()
     );
+    let region_problem = format!(
+        "the AWS region \"{}\\r\" from AWS_REGION or the profile is invalid",
+        garage.region
+    );
+    // The endpoint and region come from the environment only.
+    let options = [format!("mirror={}", mirror_spec(&garage))];
+    for (variable, problem) in [
+        ("AWS_ACCESS_KEY_ID", key_id_problem),
+        ("AWS_REGION", region_problem),
+    ] {
+        let mut env = garage.env();
+        let (_, value) = env
+            .iter_mut()
+            .find(|(name, _)| name == variable)
+            .unwrap_or_else(|| panic!("{variable} in the environment"));
+        value.push('\r');
 
-    let dirs = TestDirs::new(0);
-    let out = common::mount_expecting_failure(&dirs, &mount_options(&garage, Mode::Sync), &env);
-    assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
-    assert!(out.stderr.contains(&problem), "{out}");
-    assert!(out.stderr.contains(&mirror_spec(&garage)), "{out}");
-    let log = common::read_text(&dirs.root.join("failed-mount.log"));
-    assert!(!log.contains("panicked"), "daemon log: {log}");
+        let dirs = TestDirs::new(0);
+        let out = common::mount_expecting_failure(&dirs, &options, &env);
+        assert_eq!(out.code(), EXIT_RUNTIME, "{variable}: {out}");
+        assert!(out.stderr.contains(&problem), "{variable}: {out}");
+        assert!(out.stderr.contains(&mirror_spec(&garage)), "{out}");
+        let log = common::read_text(&dirs.root.join("failed-mount.log"));
+        assert!(!log.contains("panicked"), "{variable}: daemon log: {log}");
 
-    let restored = dirs.root.join("restored");
-    let spec = mirror_spec(&garage);
-    let out = logmirror_env(&["restore", &spec, path_str(&restored)], &env);
-    assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
-    assert!(out.stderr.contains(&problem), "{out}");
-    assert!(!out.stderr.contains("panicked"), "{out}");
+        let restored = dirs.root.join("restored");
+        let spec = mirror_spec(&garage);
+        let out = logmirror_env(&["restore", &spec, path_str(&restored)], &env);
+        assert_eq!(out.code(), EXIT_RUNTIME, "{variable}: {out}");
+        assert!(out.stderr.contains(&problem), "{variable}: {out}");
+        assert!(!out.stderr.contains("panicked"), "{variable}: {out}");
+    }
 }
 
 const ACKS_BEFORE_KILL: u64 = 300;

@@ -260,6 +260,18 @@ impl Store {
             loader = loader.http_client(https_client(path)?);
         }
         let shared = runtime.block_on(loader.load());
+        // A region from the environment or a profile file is not checked like `region=`, and
+        // a control character in it makes the signer panic.
+        if let Some(region) = shared.region()
+            && !crate::config::is_valid_region(region.as_ref())
+        {
+            return Err(StoreError::local(format!(
+                "the AWS region {:?} from AWS_REGION or the profile is invalid: {}; fix it or \
+                 give region=",
+                region.as_ref(),
+                crate::config::REGION_FORM
+            )));
+        }
 
         // The endpoint may come from the option, the environment or a profile file; the
         // transport rule applies to whichever is used.

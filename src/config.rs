@@ -558,7 +558,7 @@ fn parse_flag(key: &str, value: &str) -> Result<bool, Error> {
 
 /// Checks an endpoint URL: http or https, a host, and no user name, password, query or
 /// fragment.
-fn check_endpoint(value: &str) -> Result<String, Error> {
+pub(crate) fn check_endpoint(value: &str) -> Result<String, Error> {
     // Text before an '@' may be a password, so it is never repeated in a message.
     if value.contains('@') {
         return Err(Error::EndpointUserInfo);

@@ -461,6 +461,21 @@ fn s3_mount_wrong_credentials() {
     );
 }
 
+/// Returns the environment of `garage` with the value of `variable` changed by `change`.
+fn env_with(
+    garage: &Garage,
+    variable: &str,
+    change: impl FnOnce(&mut String),
+) -> Vec<(String, String)> {
+    let mut env = garage.env();
+    let (_, value) = env
+        .iter_mut()
+        .find(|(name, _)| name == variable)
+        .unwrap_or_else(|| panic!("{variable} in the environment"));
+    change(value);
+    env
+}
+
 /// A carriage return at the end of the access key ID or the region, as a file with Windows
 /// line endings leaves it, cannot go into the `Authorization` header. Mount and restore must
 /// name the problem instead of panicking in the signer.
@@ -486,12 +501,7 @@ fn s3_carriage_return_in_credentials() {
         ("AWS_ACCESS_KEY_ID", key_id_problem),
         ("AWS_REGION", region_problem),
     ] {
-        let mut env = garage.env();
-        let (_, value) = env
-            .iter_mut()
-            .find(|(name, _)| name == variable)
-            .unwrap_or_else(|| panic!("{variable} in the environment"));
-        value.push('\r');
+        let env = env_with(&garage, variable, |value| value.push('\r'));
 
         let dirs = TestDirs::new(0);
         let out = common::mount_expecting_failure(&dirs, &options, &env);
@@ -508,6 +518,35 @@ fn s3_carriage_return_in_credentials() {
         assert!(out.stderr.contains(&problem), "{variable}: {out}");
         assert!(!out.stderr.contains("panicked"), "{variable}: {out}");
     }
+}
+
+/// An endpoint from AWS_ENDPOINT_URL gets the checks of `endpoint=`: a password in it is
+/// rejected and never shown, in place of being sent in the Host header and printed in
+/// messages.
+#[test]
+fn s3_endpoint_variable_with_password() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let password = "pw-not-for-logs";
+    let with_password = garage
+        .endpoint
+        .replace("http://", &format!("http://user:{password}@"));
+    let env = env_with(&garage, "AWS_ENDPOINT_URL", |value| *value = with_password);
+    let options = [format!("mirror={}", mirror_spec(&garage))];
+
+    let dirs = TestDirs::new(0);
+    let out = common::mount_expecting_failure(&dirs, &options, &env);
+    assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
+    let problem = "the endpoint from AWS_ENDPOINT_URL or the profile's endpoint_url is invalid: \
+                   invalid value for endpoint: it contains a user name or password";
+    assert!(out.stderr.contains(problem), "{out}");
+    assert!(!out.stderr.contains(password), "{out}");
+    let log = common::read_text(&dirs.root.join("failed-mount.log"));
+    assert!(!log.contains(password), "daemon log: {log}");
 }
 
 const ACKS_BEFORE_KILL: u64 = 300;

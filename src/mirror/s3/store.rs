@@ -273,13 +273,27 @@ impl Store {
             )));
         }
 
-        // The endpoint may come from the option, the environment or a profile file; the
-        // transport rule applies to whichever is used.
-        let endpoint = options
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
-            .or_else(|| shared.endpoint_url().map(str::to_owned));
+        // The endpoint may come from the option, the environment or a profile file. One from
+        // the environment or a profile gets the checks of `endpoint=` here, so that a password
+        // in it is never shown and never sent in the Host header.
+        let from_environment = match std::env::var("AWS_ENDPOINT_URL_S3") {
+            Ok(url) => Some(("AWS_ENDPOINT_URL_S3", url)),
+            Err(_) => shared.endpoint_url().map(|url| {
+                (
+                    "AWS_ENDPOINT_URL or the profile's endpoint_url",
+                    url.to_owned(),
+                )
+            }),
+        };
+        let endpoint = match (&options.endpoint, from_environment) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some((source, url))) => {
+                Some(crate::config::check_endpoint(&url).map_err(|e| {
+                    StoreError::local(format!("the endpoint from {source} is invalid: {e}"))
+                })?)
+            }
+            (None, None) => None,
+        };
         if let Some(url) = &endpoint {
             crate::config::check_endpoint_transport(url, options.allow_http)
                 .map_err(|e| StoreError::local(e.to_string()))?;

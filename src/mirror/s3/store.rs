@@ -1062,7 +1062,8 @@ impl BucketAddress<'_> {
         let failed = |reason: String| {
             StoreError::local(format!(
                 "cannot build the URL of bucket {} at endpoint {:?}: {reason}; \
-                 check endpoint= and path_style=",
+                 check endpoint=, path_style=, AWS_USE_FIPS_ENDPOINT and \
+                 AWS_USE_DUALSTACK_ENDPOINT",
                 self.bucket, self.endpoint
             ))
         };

@@ -321,10 +321,11 @@ impl Store {
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build());
         // NOTE: every request goes to this one endpoint, with no failover to other nodes.
-        if let Some(url) = &endpoint {
+        let request_endpoint = endpoint.as_deref().map(with_path_slash);
+        if let Some(url) = &request_endpoint {
             config = config.endpoint_url(url);
         }
-        let direct = match (&endpoint, shared.region(), credentials) {
+        let direct = match (&request_endpoint, shared.region(), credentials) {
             (Some(url), Some(region), Some(provider)) => {
                 let address = BucketAddress {
                     endpoint: url,
@@ -999,6 +1000,19 @@ fn https_client(path: &Path) -> Result<SharedHttpClient, StoreError> {
         .build_https())
 }
 
+/// Returns the endpoint `url` with a `/` at the end of its path, if it has a path. The SDK's
+/// endpoint rules (aws-sdk-s3 1.96) append the bucket to the path as given, so that
+/// `http://proxy/s3` would address bucket `s3logs` in place of `s3/logs`.
+fn with_path_slash(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |at| at + 3);
+    let has_path = url[authority_start..].contains('/');
+    if has_path && !url.ends_with('/') {
+        format!("{url}/")
+    } else {
+        url.to_owned()
+    }
+}
+
 /// A credentials provider that rejects credentials the signer cannot put in a header.
 ///
 /// The access key ID goes into the `Authorization` header and a session token into
@@ -1213,6 +1227,19 @@ mod tests {
                 true,
                 "https://s3.example.com/logs",
             ),
+            // A path before the bucket stays a path segment of its own.
+            (
+                "http://127.0.0.1:3900/s3",
+                "logs",
+                true,
+                "http://127.0.0.1:3900/s3/logs",
+            ),
+            (
+                "http://127.0.0.1:3900/s3/",
+                "logs",
+                true,
+                "http://127.0.0.1:3900/s3/logs",
+            ),
             // A name that is not a host name label also stays in the path.
             (
                 "https://s3.example.com",
@@ -1222,7 +1249,7 @@ mod tests {
             ),
         ];
         for (endpoint, bucket, path_style, url) in cases {
-            let (got, region) = resolved(endpoint, bucket, path_style);
+            let (got, region) = resolved(&with_path_slash(endpoint), bucket, path_style);
             assert_eq!(got, url, "{endpoint} {bucket} path_style={path_style}");
             assert_eq!(region, "garage");
         }

@@ -341,16 +341,8 @@ impl S3Options {
         match key {
             "endpoint" => self.endpoint = Some(check_endpoint(value)?),
             "region" => {
-                let valid = !value.is_empty()
-                    && value.len() <= 64
-                    && value
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                if !valid {
-                    return Err(invalid(
-                        "expected a region name of letters, digits, '-', '_' or '.', as in \
-                         us-east-1 or garage",
-                    ));
+                if !is_valid_region(value) {
+                    return Err(invalid(REGION_FORM));
                 }
                 self.region = Some(value.to_string());
             }
@@ -566,7 +558,7 @@ fn parse_flag(key: &str, value: &str) -> Result<bool, Error> {
 
 /// Checks an endpoint URL: http or https, a host, and no user name, password, query or
 /// fragment.
-fn check_endpoint(value: &str) -> Result<String, Error> {
+pub(crate) fn check_endpoint(value: &str) -> Result<String, Error> {
     // Text before an '@' may be a password, so it is never repeated in a message.
     if value.contains('@') {
         return Err(Error::EndpointUserInfo);
@@ -770,6 +762,20 @@ struct FileOptions {
     sse: Option<String>,
     sse_kms_key_id: Option<String>,
     sse_c_key: Option<PathBuf>,
+}
+
+/// The form of a valid S3 region name, as error messages state it.
+pub const REGION_FORM: &str =
+    "expected a region name of letters, digits, '-', '_' or '.', as in us-east-1 or garage";
+
+/// Returns whether `value` is a valid S3 region name: 1 to 64 ASCII letters, digits, `-`,
+/// `_` or `.`. The region goes into the `Authorization` header of every request.
+pub fn is_valid_region(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// A value a config file may give as a boolean or as text (`path_style = true` or

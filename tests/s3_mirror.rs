@@ -461,6 +461,94 @@ fn s3_mount_wrong_credentials() {
     );
 }
 
+/// Returns the environment of `garage` with the value of `variable` changed by `change`.
+fn env_with(
+    garage: &Garage,
+    variable: &str,
+    change: impl FnOnce(&mut String),
+) -> Vec<(String, String)> {
+    let mut env = garage.env();
+    let (_, value) = env
+        .iter_mut()
+        .find(|(name, _)| name == variable)
+        .unwrap_or_else(|| panic!("{variable} in the environment"));
+    change(value);
+    env
+}
+
+/// A carriage return at the end of the access key ID or the region, as a file with Windows
+/// line endings leaves it, cannot go into the `Authorization` header. Mount and restore must
+/// name the problem instead of panicking in the signer.
+#[test]
+fn s3_carriage_return_in_credentials() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let key_id_problem = format!(
+        "the AWS access key ID contains the control character 0x0D at byte {}",
+        garage.key_id.len()
+    );
+    let region_problem = format!(
+        "the AWS region \"{}\\r\" from AWS_REGION or the profile is invalid",
+        garage.region
+    );
+    // The endpoint and region come from the environment only.
+    let options = [format!("mirror={}", mirror_spec(&garage))];
+    for (variable, problem) in [
+        ("AWS_ACCESS_KEY_ID", key_id_problem),
+        ("AWS_REGION", region_problem),
+    ] {
+        let env = env_with(&garage, variable, |value| value.push('\r'));
+
+        let dirs = TestDirs::new(0);
+        let out = common::mount_expecting_failure(&dirs, &options, &env);
+        assert_eq!(out.code(), EXIT_RUNTIME, "{variable}: {out}");
+        assert!(out.stderr.contains(&problem), "{variable}: {out}");
+        assert!(out.stderr.contains(&mirror_spec(&garage)), "{out}");
+        let log = common::read_text(&dirs.root.join("failed-mount.log"));
+        assert!(!log.contains("panicked"), "{variable}: daemon log: {log}");
+
+        let restored = dirs.root.join("restored");
+        let spec = mirror_spec(&garage);
+        let out = logmirror_env(&["restore", &spec, path_str(&restored)], &env);
+        assert_eq!(out.code(), EXIT_RUNTIME, "{variable}: {out}");
+        assert!(out.stderr.contains(&problem), "{variable}: {out}");
+        assert!(!out.stderr.contains("panicked"), "{variable}: {out}");
+    }
+}
+
+/// An endpoint from AWS_ENDPOINT_URL gets the checks of `endpoint=`: a password in it is
+/// rejected and never shown, in place of being sent in the Host header and printed in
+/// messages.
+#[test]
+fn s3_endpoint_variable_with_password() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let password = "pw-not-for-logs";
+    let with_password = garage
+        .endpoint
+        .replace("http://", &format!("http://user:{password}@"));
+    let env = env_with(&garage, "AWS_ENDPOINT_URL", |value| *value = with_password);
+    let options = [format!("mirror={}", mirror_spec(&garage))];
+
+    let dirs = TestDirs::new(0);
+    let out = common::mount_expecting_failure(&dirs, &options, &env);
+    assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
+    let problem = "the endpoint from AWS_ENDPOINT_URL or the profile's endpoint_url is invalid: \
+                   invalid value for endpoint: it contains a user name or password";
+    assert!(out.stderr.contains(problem), "{out}");
+    assert!(!out.stderr.contains(password), "{out}");
+    let log = common::read_text(&dirs.root.join("failed-mount.log"));
+    assert!(!log.contains(password), "daemon log: {log}");
+}
+
 const ACKS_BEFORE_KILL: u64 = 300;
 
 #[test]
@@ -508,4 +596,51 @@ fn s3_kill_sync_then_restore() {
     let out = restore(&garage, &again, &[]);
     assert_eq!(out.code(), 0, "restore after the resync: {out}");
     assert_same_tree("backing", &backing, "restored", &tree_sha256(&again, &[]));
+}
+
+/// `path_style=false` with an endpoint that is an IP address: S3's endpoint rules keep the
+/// bucket in the path for such an endpoint, since an address has no subdomains. The PUTs,
+/// which bypass the SDK, must go there too, and not to `BUCKET.127.0.0.1`, a host name no
+/// resolver knows.
+#[test]
+fn s3_path_style_false_with_ip_endpoint() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let dirs = TestDirs::new(0);
+    let mut options = mount_options(&garage, Mode::Sync);
+    options.push("path_style=false".to_string());
+    let mount = Mount::with_env(&dirs, &options, &garage.env());
+    common::append_lines(&dirs.mnt.join("app.log"), 0, 50);
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync");
+    assert_journal_keys(&garage);
+    let expected = common::expected_lines(50);
+    let copy_key = format!("{PREFIX}/app.log");
+    common::wait_until(
+        COMMAND_TIMEOUT,
+        "the readable copy of app.log",
+        || match garage.client().try_get(&copy_key) {
+            Some(body) if body == expected.as_bytes() => Ok(()),
+            other => Err(format!("{copy_key}: {:?}", other.map(String::from_utf8))),
+        },
+    );
+    let out = mount.verify();
+    assert_eq!(out.code(), 0, "logmirror verify: {out}");
+    mount.unmount();
+
+    let backing = tree_sha256(&dirs.backing, &[STATE_DIR]);
+    let restored = dirs.root.join("restored");
+    let out = restore(&garage, &restored, &["-o", "path_style=false"]);
+    assert_eq!(out.code(), 0, "logmirror restore: {out}");
+    assert_same_tree(
+        "backing",
+        &backing,
+        "restored",
+        &tree_sha256(&restored, &[]),
+    );
 }

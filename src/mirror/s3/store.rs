@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
+use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -259,14 +260,40 @@ impl Store {
             loader = loader.http_client(https_client(path)?);
         }
         let shared = runtime.block_on(loader.load());
+        // A region from the environment or a profile file is not checked like `region=`, and
+        // a control character in it makes the signer panic.
+        if let Some(region) = shared.region()
+            && !crate::config::is_valid_region(region.as_ref())
+        {
+            return Err(StoreError::local(format!(
+                "the AWS region {:?} from AWS_REGION or the profile is invalid: {}; fix it or \
+                 give region=",
+                region.as_ref(),
+                crate::config::REGION_FORM
+            )));
+        }
 
-        // The endpoint may come from the option, the environment or a profile file; the
-        // transport rule applies to whichever is used.
-        let endpoint = options
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
-            .or_else(|| shared.endpoint_url().map(str::to_owned));
+        // The endpoint may come from the option, the environment or a profile file. One from
+        // the environment or a profile gets the checks of `endpoint=` here, so that a password
+        // in it is never shown and never sent in the Host header.
+        let from_environment = match std::env::var("AWS_ENDPOINT_URL_S3") {
+            Ok(url) => Some(("AWS_ENDPOINT_URL_S3", url)),
+            Err(_) => shared.endpoint_url().map(|url| {
+                (
+                    "AWS_ENDPOINT_URL or the profile's endpoint_url",
+                    url.to_owned(),
+                )
+            }),
+        };
+        let endpoint = match (&options.endpoint, from_environment) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some((source, url))) => {
+                Some(crate::config::check_endpoint(&url).map_err(|e| {
+                    StoreError::local(format!("the endpoint from {source} is invalid: {e}"))
+                })?)
+            }
+            (None, None) => None,
+        };
         if let Some(url) = &endpoint {
             crate::config::check_endpoint_transport(url, options.allow_http)
                 .map_err(|e| StoreError::local(e.to_string()))?;
@@ -276,7 +303,14 @@ impl Store {
             .connect_timeout(CONNECT_TIMEOUT)
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .build();
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        // Both request paths take the checked provider, so that a malformed key is an error
+        // and not a panic in the signer.
+        let credentials = shared
+            .credentials_provider()
+            .map(|provider| SharedCredentialsProvider::new(CheckedCredentials(provider)));
+        let mut config = aws_sdk_s3::config::Builder::from(&shared);
+        config.set_credentials_provider(credentials.clone());
+        let mut config = config
             .force_path_style(options.path_style.unwrap_or_else(|| has_endpoint(options)))
             // Retries happen in `Store::retrying`, which logs them and bounds the total.
             .retry_config(RetryConfig::disabled())
@@ -287,18 +321,28 @@ impl Store {
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build());
         // NOTE: every request goes to this one endpoint, with no failover to other nodes.
-        if let Some(url) = &endpoint {
+        let request_endpoint = endpoint.as_deref().map(with_path_slash);
+        if let Some(url) = &request_endpoint {
             config = config.endpoint_url(url);
         }
-        let path_style = options.path_style.unwrap_or_else(|| has_endpoint(options));
-        let direct = match (&endpoint, shared.region(), shared.credentials_provider()) {
-            (Some(url), Some(region), Some(provider)) => Some(DirectPut::new(
-                url,
-                path_style,
-                region.to_string(),
-                provider,
-                tls_config(options.ca_file.as_deref())?,
-            )?),
+        let direct = match (&request_endpoint, shared.region(), credentials) {
+            (Some(url), Some(region), Some(provider)) => {
+                let address = BucketAddress {
+                    endpoint: url,
+                    bucket,
+                    path_style: options.path_style.unwrap_or_else(|| has_endpoint(options)),
+                    region: region.as_ref(),
+                    use_fips: shared.use_fips().unwrap_or(false),
+                    use_dual_stack: shared.use_dual_stack().unwrap_or(false),
+                };
+                let (bucket_url, signing_region) = runtime.block_on(address.resolve())?;
+                Some(DirectPut::new(
+                    &bucket_url,
+                    signing_region,
+                    provider,
+                    tls_config(options.ca_file.as_deref())?,
+                )?)
+            }
             _ => None,
         };
         let shown_endpoint = endpoint.unwrap_or_else(|| {
@@ -352,10 +396,18 @@ impl Store {
             .map_err(|e| StoreError::local(e.to_string()))?;
         let credentials =
             aws_sdk_s3::config::Credentials::new("test-key", "test-secret", None, None, "tests");
-        let direct = DirectPut::new(
+        let address = BucketAddress {
             endpoint,
-            true,
-            "test".into(),
+            bucket: "test-bucket",
+            path_style: true,
+            region: "test",
+            use_fips: false,
+            use_dual_stack: false,
+        };
+        let (bucket_url, signing_region) = runtime.block_on(address.resolve())?;
+        let direct = DirectPut::new(
+            &bucket_url,
+            signing_region,
             aws_credential_types::provider::SharedCredentialsProvider::new(credentials.clone()),
             tls_config(None)?,
         )?;
@@ -594,7 +646,7 @@ impl Store {
                 async move {
                     let encryption = self.encryption.as_ref();
                     let sent = direct
-                        .put(&self.bucket, put, condition, encryption, self.signs_payload)
+                        .put(put, condition, encryption, self.signs_payload)
                         .await;
                     if sent.as_ref().is_err_and(|e| e.status == Some(403)) {
                         direct.forget_credentials();
@@ -948,6 +1000,115 @@ fn https_client(path: &Path) -> Result<SharedHttpClient, StoreError> {
         .build_https())
 }
 
+/// Returns the endpoint `url` with a `/` at the end of its path, if it has a path. The SDK's
+/// endpoint rules (aws-sdk-s3 1.96) append the bucket to the path as given, so that
+/// `http://proxy/s3` would address bucket `s3logs` in place of `s3/logs`.
+fn with_path_slash(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |at| at + 3);
+    let has_path = url[authority_start..].contains('/');
+    if has_path && !url.ends_with('/') {
+        format!("{url}/")
+    } else {
+        url.to_owned()
+    }
+}
+
+/// A credentials provider that rejects credentials the signer cannot put in a header.
+///
+/// The access key ID goes into the `Authorization` header and a session token into
+/// `x-amz-security-token`. A control character in either, such as the carriage return that a
+/// credentials file with Windows line endings leaves at the end, makes the signer of both
+/// request paths panic (aws-sigv4 1.3 and aws-runtime 1.5 unwrap the header value).
+#[derive(Debug)]
+struct CheckedCredentials(SharedCredentialsProvider);
+
+impl ProvideCredentials for CheckedCredentials {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            let credentials = self.0.provide_credentials().await?;
+            let fields = [
+                ("access key ID", Some(credentials.access_key_id())),
+                ("session token", credentials.session_token()),
+            ];
+            for (name, value) in fields {
+                let Some(value) = value else { continue };
+                if let Some((at, byte)) = value
+                    .bytes()
+                    .enumerate()
+                    .find(|&(_, b)| (b < 0x20 && b != b'\t') || b == 0x7f)
+                {
+                    return Err(provider::error::CredentialsError::invalid_configuration(
+                        format!(
+                            "the AWS {name} contains the control character 0x{byte:02X} at \
+                             byte {at}, often a carriage return left by a file with Windows \
+                             line endings; remove it from the environment or credentials file"
+                        ),
+                    ));
+                }
+            }
+            Ok(credentials)
+        })
+    }
+}
+
+/// What decides the URL of a bucket: the inputs of the SDK's endpoint rules that apply to a
+/// store at an explicit endpoint.
+struct BucketAddress<'a> {
+    endpoint: &'a str,
+    bucket: &'a str,
+    path_style: bool,
+    region: &'a str,
+    use_fips: bool,
+    use_dual_stack: bool,
+}
+
+impl BucketAddress<'_> {
+    /// Returns the URL of the bucket and the region to sign for, as the SDK's endpoint
+    /// rules give them, so that [`DirectPut`] sends its PUTs where the SDK sends the other
+    /// requests. The rules keep the bucket in the path, even with `path_style=false`, for an
+    /// endpoint that is an IP address and for a bucket name that is not a valid host name.
+    async fn resolve(&self) -> Result<(String, String), StoreError> {
+        use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+
+        let failed = |reason: String| {
+            StoreError::local(format!(
+                "cannot build the URL of bucket {} at endpoint {:?}: {reason}; \
+                 check endpoint=, path_style=, AWS_USE_FIPS_ENDPOINT and \
+                 AWS_USE_DUALSTACK_ENDPOINT",
+                self.bucket, self.endpoint
+            ))
+        };
+        let params = Params::builder()
+            .bucket(self.bucket)
+            .region(self.region)
+            .endpoint(self.endpoint)
+            .force_path_style(self.path_style)
+            .use_fips(self.use_fips)
+            .use_dual_stack(self.use_dual_stack)
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        let resolved = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|e| failed(error_chain(e.as_ref())))?;
+        // The rules name the region to sign for; it differs from the configured one only for
+        // AWS's global endpoint.
+        let signing_region = resolved
+            .properties()
+            .get("authSchemes")
+            .and_then(|schemes| schemes.as_array())
+            .and_then(|schemes| schemes.first())
+            .and_then(|scheme| scheme.as_object())
+            .and_then(|scheme| scheme.get("signingRegion"))
+            .and_then(|region| region.as_string())
+            .unwrap_or(self.region);
+        Ok((resolved.url().to_owned(), signing_region.to_owned()))
+    }
+}
+
 /// Builds the TLS settings of [`DirectPut`]: trust in the certificate authorities of the
 /// PEM file `ca_file`, or else in the system's.
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
@@ -1014,6 +1175,85 @@ pub fn checksum_header(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Returns the bucket URL and signing region of `bucket` at `endpoint`.
+    fn resolved(endpoint: &str, bucket: &str, path_style: bool) -> (String, String) {
+        let address = BucketAddress {
+            endpoint,
+            bucket,
+            path_style,
+            region: "garage",
+            use_fips: false,
+            use_dual_stack: false,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(address.resolve()).expect("resolved")
+    }
+
+    #[test]
+    fn bucket_address_as_the_sdk_gives_it() {
+        let cases = [
+            (
+                "http://127.0.0.1:3900",
+                "logs",
+                true,
+                "http://127.0.0.1:3900/logs",
+            ),
+            (
+                "http://127.0.0.1:3900/",
+                "logs",
+                true,
+                "http://127.0.0.1:3900/logs",
+            ),
+            // An IP address has no subdomains, so the bucket stays in the path.
+            (
+                "http://127.0.0.1:3900",
+                "logs",
+                false,
+                "http://127.0.0.1:3900/logs",
+            ),
+            ("http://[::1]:3900", "logs", false, "http://[::1]:3900/logs"),
+            (
+                "https://s3.example.com",
+                "logs",
+                false,
+                "https://logs.s3.example.com",
+            ),
+            (
+                "https://s3.example.com",
+                "logs",
+                true,
+                "https://s3.example.com/logs",
+            ),
+            // A path before the bucket stays a path segment of its own.
+            (
+                "http://127.0.0.1:3900/s3",
+                "logs",
+                true,
+                "http://127.0.0.1:3900/s3/logs",
+            ),
+            (
+                "http://127.0.0.1:3900/s3/",
+                "logs",
+                true,
+                "http://127.0.0.1:3900/s3/logs",
+            ),
+            // A name that is not a host name label also stays in the path.
+            (
+                "https://s3.example.com",
+                "my.logs",
+                false,
+                "https://s3.example.com/my.logs",
+            ),
+        ];
+        for (endpoint, bucket, path_style, url) in cases {
+            let (got, region) = resolved(&with_path_slash(endpoint), bucket, path_style);
+            assert_eq!(got, url, "{endpoint} {bucket} path_style={path_style}");
+            assert_eq!(region, "garage");
+        }
+    }
 
     #[test]
     fn retryable_responses() {

@@ -54,33 +54,34 @@ pub struct DirectPut {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// Scheme of the endpoint: `http` or `https`.
     scheme: String,
-    /// Host and port of the endpoint.
+    /// Host and port of the bucket: the endpoint's, or the bucket's name before it.
     authority: String,
-    /// Path of the endpoint URL without its trailing `/`; usually empty.
+    /// Path of the bucket's URL without its trailing `/`: `/BUCKET` in path style, usually
+    /// empty otherwise.
     base_path: String,
-    path_style: bool,
+    /// Region the requests are signed for.
     region: String,
     provider: SharedCredentialsProvider,
     cached: Mutex<Option<Credentials>>,
 }
 
 impl DirectPut {
-    /// Builds the client for `endpoint`, trusting `tls`'s roots on https. Returns an error
-    /// naming the endpoint when it is not an absolute http or https URL.
+    /// Builds the client for the bucket at `bucket_url`, as the SDK's endpoint rules give it,
+    /// trusting `tls`'s roots on https. Returns an error naming the URL when it is not an
+    /// absolute http or https URL.
     pub fn new(
-        endpoint: &str,
-        path_style: bool,
+        bucket_url: &str,
         region: String,
         provider: SharedCredentialsProvider,
         tls: rustls::ClientConfig,
     ) -> Result<DirectPut, StoreError> {
         let invalid = |reason: &str| {
             StoreError::local(format!(
-                "endpoint {endpoint:?} is invalid: {reason}; give a URL such as \
+                "endpoint {bucket_url:?} is invalid: {reason}; give a URL such as \
                  https://s3.example.com or http://127.0.0.1:3900"
             ))
         };
-        let uri: http::Uri = endpoint.parse().map_err(|_| invalid("not a URL"))?;
+        let uri: http::Uri = bucket_url.parse().map_err(|_| invalid("not a URL"))?;
         let scheme = match uri.scheme_str() {
             Some(s @ ("http" | "https")) => s.to_owned(),
             _ => return Err(invalid("the scheme is not http or https")),
@@ -112,34 +113,26 @@ impl DirectPut {
             scheme,
             authority,
             base_path,
-            path_style,
             region,
             provider,
             cached: Mutex::new(None),
         })
     }
 
-    /// Sends one PutObject of `put` to `bucket`, with `condition` in place of the request's
+    /// Sends one PutObject of `put` to the bucket, with `condition` in place of the request's
     /// own (the caller leaves it out for stores that reject preconditions). With
     /// `signs_payload`, the signature covers the body's SHA-256.
     pub async fn put(
         &self,
-        bucket: &str,
         put: &PutRequest<'_>,
         condition: Condition<'_>,
         encryption: Option<&Encryption>,
         signs_payload: bool,
     ) -> Result<PutResponse, StoreError> {
         let credentials = self.credentials().await?;
-        let (host, path) = if self.path_style {
-            let path = format!("{}/{bucket}/{}", self.base_path, encode_key(put.key));
-            (self.authority.clone(), path)
-        } else {
-            let path = format!("{}/{}", self.base_path, encode_key(put.key));
-            (format!("{bucket}.{}", self.authority), path)
-        };
-        let uri = format!("{}://{host}{path}", self.scheme);
-        let headers = put_headers(put, condition, encryption, host);
+        let path = format!("{}/{}", self.base_path, encode_key(put.key));
+        let uri = format!("{}://{}{path}", self.scheme, self.authority);
+        let headers = put_headers(put, condition, encryption, self.authority.clone());
 
         let identity = credentials.into();
         let mut settings = SigningSettings::default();

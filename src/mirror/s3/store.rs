@@ -116,14 +116,9 @@ where
         _ => (false, None),
     };
     let code = err.code().map(str::to_owned);
-    let detail = match (&code, status) {
-        (Some(code), Some(status)) => {
-            let message = err.message().unwrap_or("no message");
-            format!("{code} (HTTP {status}): {message}")
-        }
-        // A response without a body, such as the response to a HEAD request.
-        (None, Some(status)) => format!("HTTP {status} without an error code"),
-        _ => match &err {
+    let detail = match status {
+        Some(status) => response_detail(code.as_deref(), status, err.message()),
+        None => match &err {
             SdkError::TimeoutError(_) => format!("timed out after {ATTEMPT_TIMEOUT:?}"),
             _ => error_chain(&err),
         },
@@ -133,6 +128,18 @@ where
         status,
         is_retryable,
         detail,
+    }
+}
+
+/// Returns the message of an error response: `Code (HTTP status): Message`, or, for a
+/// response without an error document (such as the response to a HEAD request), the status.
+fn response_detail(code: Option<&str>, status: u16, message: Option<&str>) -> String {
+    match code {
+        Some(code) => format!(
+            "{code} (HTTP {status}): {}",
+            message.unwrap_or("no message")
+        ),
+        None => format!("HTTP {status} without an error code"),
     }
 }
 
@@ -310,8 +317,9 @@ impl Store {
             .map(|provider| SharedCredentialsProvider::new(CheckedCredentials(provider)));
         let mut config = aws_sdk_s3::config::Builder::from(&shared);
         config.set_credentials_provider(credentials.clone());
+        let path_style = options.path_style.unwrap_or_else(|| has_endpoint(options));
         let mut config = config
-            .force_path_style(options.path_style.unwrap_or_else(|| has_endpoint(options)))
+            .force_path_style(path_style)
             // Retries happen in `Store::retrying`, which logs them and bounds the total.
             .retry_config(RetryConfig::disabled())
             .timeout_config(timeouts)
@@ -330,7 +338,7 @@ impl Store {
                 let address = BucketAddress {
                     endpoint: url,
                     bucket,
-                    path_style: options.path_style.unwrap_or_else(|| has_endpoint(options)),
+                    path_style,
                     region: region.as_ref(),
                     use_fips: shared.use_fips().unwrap_or(false),
                     use_dual_stack: shared.use_dual_stack().unwrap_or(false),

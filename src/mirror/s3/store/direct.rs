@@ -29,13 +29,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::{LockMode, SseKind};
+use aws_smithy_types::date_time::Format;
 
-use super::protection::{Encryption, content_md5};
+use crate::config::SseKind;
+
+use super::protection::{Encryption, content_md5, lock_mode_header, to_date_time};
 use super::requests::encode_key;
 use super::{
     ATTEMPT_TIMEOUT, CONNECT_TIMEOUT, Condition, PutRequest, PutResponse, StoreError, error_chain,
-    is_certificate_error, is_retryable_response,
+    is_certificate_error, is_retryable_response, response_detail,
 };
 
 /// Time before their expiry at which cached credentials are fetched again.
@@ -299,11 +301,8 @@ fn put_headers(
         }
     }
     if let Some((mode, until)) = put.lock {
-        let mode = match mode {
-            LockMode::Compliance => "COMPLIANCE",
-            LockMode::Governance => "GOVERNANCE",
-        };
-        headers.push(("x-amz-object-lock-mode", mode.to_owned()));
+        let mode = lock_mode_header(mode);
+        headers.push(("x-amz-object-lock-mode", mode.as_str().to_owned()));
         headers.push(("x-amz-object-lock-retain-until-date", iso8601(until)));
         // S3 requires Content-MD5 (or an SDK checksum algorithm header) on a PUT with a
         // retention; Content-MD5 is the form every S3 version with Object Lock accepts.
@@ -314,12 +313,8 @@ fn put_headers(
 
 /// Formats `time` as S3 dates in headers are written, such as `2030-01-31T12:00:00Z`.
 fn iso8601(time: SystemTime) -> String {
-    let seconds = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
-    jiff::Timestamp::from_second(seconds)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    to_date_time(time)
+        .fmt(Format::DateTime)
         .unwrap_or_else(|_| "9999-12-31T23:59:59Z".to_owned())
 }
 
@@ -329,13 +324,7 @@ fn response_error(status: u16, body: &[u8]) -> StoreError {
     let text = String::from_utf8_lossy(body);
     let code = xml_element(&text, "Code");
     let message = xml_element(&text, "Message");
-    let detail = match &code {
-        Some(code) => format!(
-            "{code} (HTTP {status}): {}",
-            message.as_deref().unwrap_or("no message")
-        ),
-        None => format!("HTTP {status} without an error code"),
-    };
+    let detail = response_detail(code.as_deref(), status, message.as_deref());
     StoreError {
         is_retryable: is_retryable_response(status, code.as_deref().unwrap_or("")),
         code,
@@ -360,6 +349,7 @@ fn xml_element(text: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LockMode;
 
     #[test]
     fn error_document_parsed() {

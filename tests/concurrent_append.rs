@@ -229,7 +229,7 @@ fn many_files_and_hard_link(mode: Mode) {
     assert_eq!(inode("pair-a"), inode("pair-b"), "mirror pair is one inode");
 }
 
-/// Returns the pair's content after every round: each step holds the first half of its
+/// Returns the pair's content after every round: each step contains the first half of its
 /// `pair-a` write, then the first half of its `pair-b` write, which the next round's
 /// `pair-a` write cut short; the last `pair-b` write leaves its second half at the end.
 fn expected_pair() -> Vec<u8> {

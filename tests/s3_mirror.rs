@@ -600,8 +600,8 @@ fn s3_kill_sync_then_restore() {
 
 /// `path_style=false` with an endpoint that is an IP address: S3's endpoint rules keep the
 /// bucket in the path for such an endpoint, since an address has no subdomains. The PUTs,
-/// which bypass the SDK, must go there too, and not to `BUCKET.127.0.0.1`, a host name no
-/// resolver knows.
+/// which bypass the SDK, must go there too, and not to `BUCKET.127.0.0.1`, a host name that no
+/// resolver can find.
 #[test]
 fn s3_path_style_false_with_ip_endpoint() {
     if !common::can_mount() {

@@ -5,7 +5,7 @@
 //! back by path after a restart first checks that it opened the file the write went to.
 //! The number alone is not unique over time, because a filesystem gives a freed number to
 //! a new file. The generation, which ext4, XFS and Btrfs set when they allocate an inode,
-//! tells such files apart.
+//! distinguishes such files.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 

@@ -36,10 +36,10 @@ const MAX_CACHED_FILES: usize = 32;
 const MAX_DIRTY: usize = 256;
 
 /// Bytes of merged writes per `pwritev`. A write that would take a chain past it starts a new
-/// chain. With 8 writers appending 4 KiB records (scripts/bench-writer.c, Linux 6.18 on a
-/// 2-core VM, ext4), the mirror thread used about 20 CPU ticks per 256 MiB at 64 KiB, 30
-/// with one `pwrite` per record, and 47 with chains of up to 4 MiB, most of them spent in
-/// the kernel's page cache copy.
+/// chain. Measured with 8 writers appending 4 KiB records (scripts/bench-writer.c, Linux
+/// 6.18 on a 2-core VM, ext4): the mirror thread used about 20 CPU ticks per 256 MiB at
+/// 64 KiB and 30 with one `pwrite` per record. Chains of up to 4 MiB took 47, most of them
+/// in the kernel's page cache copy.
 const MAX_CHAIN_BYTES: u64 = 64 << 10;
 
 /// Threads that fsync dirty files at once during a flush.

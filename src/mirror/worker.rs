@@ -564,7 +564,7 @@ impl Worker {
 
     /// Applies the `run` write records from `applied` on as one call, so that the mirror can
     /// merge them. On failure the mirror's error sets where the retry starts. The run's first
-    /// record is always a safe start for the directory mirror, because the run holds no
+    /// record is always a safe start for the directory mirror, because the run contains no
     /// namespace op and applying it again repeats each file's writes in their order.
     fn apply_write_run(&mut self, mirror: &mut dyn Mirror, run: usize) -> Result<(), String> {
         let start = self.applied;

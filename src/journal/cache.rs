@@ -1,11 +1,12 @@
 //! Data of the writes that the journal refers to instead of copying (tag-19 frames), held in
-//! memory from the append until every mirror confirmed the record.
+//! memory from the append until no mirror needs it: every mirror confirmed the record, or
+//! applied it to files of its own (the directory mirror).
 //!
 //! `Journal::append_owned` moves a write's data here when the budget has room, and the
 //! segment gets a short frame with the data's length, CRC32C and the backing file's
 //! identity. `Reader` fills the write
 //! back from here, so mirrors see an ordinary `Op::Write`. The mirror workers release the
-//! data once the slowest mirror confirmed it. When the budget is used up (a mirror is down
+//! data once the slowest mirror is done with it. When the budget is used up (a mirror is down
 //! or far behind), writes go into the segment whole again, so memory stays bounded by the
 //! budget whatever the backlog.
 

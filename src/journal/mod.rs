@@ -466,7 +466,7 @@ impl Journal {
         let _ = self.inner.backing.set(read);
     }
 
-    /// Drops from memory the data of the writes up to `seq`, which every mirror confirmed.
+    /// Drops from memory the data of the writes up to `seq`, which no mirror reads any more.
     pub fn release_data_up_to(&self, seq: Seq) {
         self.inner.data.release_up_to(seq);
     }

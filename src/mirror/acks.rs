@@ -96,6 +96,10 @@ pub struct Acks {
     /// Writes queued or running on the deferred-write thread, because the async backlog was
     /// full when they arrived.
     backlog_waiters: AtomicU64,
+    /// Per mirror, the newest record whose write data it no longer reads from the journal:
+    /// confirmed, or applied to a mirror that keeps the bytes itself (see
+    /// [`crate::mirror::Mirror::stores_applied_data`]).
+    data_done: Mutex<Vec<Seq>>,
 }
 
 /// Writes whose reply waits right now, by cause.
@@ -120,6 +124,7 @@ impl Acks {
     /// Starts with each mirror's confirmed position as read from its cursor.
     pub fn new(policy: AckPolicy, confirmed: Vec<(Seq, Position)>) -> Acks {
         let mirrors = confirmed.len();
+        let data_done = Mutex::new(confirmed.iter().map(|c| c.0).collect());
         let policies = policy.policies(mirrors);
         let serves_sync = (0..mirrors)
             .map(|m| policies.iter().any(|p| p.waits() && p.mirrors.contains(&m)))
@@ -140,6 +145,7 @@ impl Acks {
             }),
             changed: Condvar::new(),
             backlog_waiters: AtomicU64::new(0),
+            data_done,
         }
     }
 
@@ -262,6 +268,14 @@ impl Acks {
     pub fn min_confirmed(&self) -> (Seq, Position) {
         let state = self.state.lock().expect("acks lock");
         state.confirmed.iter().copied().min().unwrap_or_default()
+    }
+
+    /// Records that mirror `index` no longer needs the write data of the records up to
+    /// `seq`, and returns the newest record that no mirror needs it for.
+    pub fn data_done(&self, index: usize, seq: Seq) -> Seq {
+        let mut done = self.data_done.lock().expect("data lock");
+        done[index] = done[index].max(seq);
+        done.iter().copied().min().unwrap_or_default()
     }
 
     /// Returns the newest record confirmed by mirror `index`.
@@ -497,6 +511,26 @@ mod tests {
                 Err(_) => err.fetch_add(1, Ordering::SeqCst),
             };
         })
+    }
+
+    #[test]
+    fn data_stays_needed_until_every_mirror_is_done() {
+        let acks = Acks::new(
+            policy(Mode::Async, 1, OnMirrorFailure::Block),
+            vec![(Seq(3), Position(0)), (Seq(5), Position(0))],
+        );
+        assert_eq!(
+            acks.data_done(1, Seq(9)),
+            Seq(3),
+            "mirror 0 still needs 4 and on"
+        );
+        assert_eq!(acks.data_done(0, Seq(7)), Seq(7));
+        assert_eq!(
+            acks.data_done(0, Seq(2)),
+            Seq(7),
+            "an older seq does not go back"
+        );
+        assert_eq!(acks.data_done(0, Seq(12)), Seq(9));
     }
 
     #[test]

@@ -876,6 +876,10 @@ impl Mirror for DirMirror {
         self.recheck_root = true;
     }
 
+    fn stores_applied_data(&self) -> bool {
+        true
+    }
+
     fn flush(&mut self) -> Result<(), Error> {
         self.recheck_root = true;
         self.sync_dirty().map_err(|(path, source)| {

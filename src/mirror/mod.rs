@@ -154,6 +154,14 @@ pub trait Mirror: Send {
     /// Makes every op applied so far durable on the mirror.
     fn flush(&mut self) -> Result<(), Error>;
 
+    /// Returns whether `apply` puts a write's bytes where `flush` makes them durable, so that
+    /// the journal can drop its copy before the flush. A retry after a failed flush then
+    /// reads the data back from the backing file, or resyncs if the file changed. Mirrors
+    /// that buffer ops until the flush keep the default.
+    fn stores_applied_data(&self) -> bool {
+        false
+    }
+
     /// Runs upkeep while no records wait, about every 100 ms (the S3 mirror confirms its
     /// lease here).
     fn idle(&mut self) -> Result<(), Error> {

@@ -21,6 +21,10 @@ use crate::rules::Rules;
 const BATCH_MAX_RECORDS: usize = 4096;
 /// Payload bytes applied before a flush.
 const BATCH_MAX_BYTES: u64 = 8 << 20;
+/// Writes applied in one call to a mirror that stores their data, after which the journal
+/// may drop that data. A batch holds more data than the journal's memory budget
+/// ([`journal::DATA_CACHE_BYTES`]), so waiting for its end would push new writes out of it.
+const RELEASE_RUN_RECORDS: usize = 256;
 /// How long an async-mode worker lets records gather before it applies them, so that one
 /// write to the mirror serves many records. The linger adds to the lag.
 const ASYNC_LINGER: Duration = Duration::from_millis(20);
@@ -512,8 +516,14 @@ impl Worker {
     fn apply_batch(&mut self) -> Result<(), String> {
         let slot = self.slot.clone();
         let mut mirror = slot.mirror.lock().expect("mirror lock");
+        let stores_data = mirror.stores_applied_data();
         while self.applied < self.batch.len() {
             let run = self.write_run_len(slot.index);
+            if run > 0 && stores_data {
+                self.apply_write_run(mirror.as_mut(), run.min(RELEASE_RUN_RECORDS))?;
+                self.release_data(self.batch[self.applied - 1].0.seq);
+                continue;
+            }
             if run > 0 {
                 self.apply_write_run(mirror.as_mut(), run)?;
                 continue;
@@ -548,7 +558,18 @@ impl Worker {
             self.applied += 1;
         }
         mirror.end_batch();
+        if stores_data {
+            let (last, _) = self.batch.last().expect("batch not empty");
+            self.release_data(last.seq);
+        }
         Ok(())
+    }
+
+    /// Lets the journal drop the write data this mirror no longer reads, up to record `seq`,
+    /// once no other mirror needs it either.
+    fn release_data(&self, seq: Seq) {
+        let unneeded = self.ctx.acks.data_done(self.slot.index, seq);
+        self.ctx.journal.release_data_up_to(unneeded);
     }
 
     /// Returns how many records from `applied` on are writes that mirror `index` applies.
@@ -615,9 +636,7 @@ impl Worker {
             progress.oldest_unconfirmed_ns = None;
         }
         self.ctx.acks.confirm(self.slot.index, seq, position);
-        self.ctx
-            .journal
-            .release_data_up_to(self.ctx.acks.min_confirmed().0);
+        self.release_data(seq);
         self.missing_path_failures = None;
         self.recovered();
         if self.last_cursor_write.elapsed() >= CURSOR_INTERVAL {

@@ -410,6 +410,8 @@ pub struct Status {
     pub degraded: bool,
     pub head_seq: u64,
     pub journal_bytes: u64,
+    /// Write data the journal holds in memory until every mirror applied it.
+    pub journal_memory_bytes: u64,
     pub mirrors: Vec<MirrorStatus>,
     #[serde(default)]
     pub reads: Reads,

@@ -876,6 +876,7 @@ impl Mirror for DirMirror {
         self.recheck_root = true;
     }
 
+    // NOTE: after a failed fsync, data changed in the backing file since makes the retry resync.
     fn stores_applied_data(&self) -> bool {
         true
     }

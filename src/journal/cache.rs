@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Seq, lock};
 
@@ -24,69 +25,67 @@ pub const MIN_REFERENCED_BYTES: usize = 1024;
 
 pub(super) struct DataCache {
     budget: u64,
-    state: Mutex<Entries>,
-}
-
-#[derive(Default)]
-struct Entries {
-    by_seq: BTreeMap<Seq, Vec<u8>>,
-    /// Bytes of the entries plus those reserved for appends in progress.
-    bytes: u64,
+    /// Data of each record held, by seq.
+    by_seq: Mutex<BTreeMap<Seq, Vec<u8>>>,
+    /// Bytes of the entries plus those reserved for appends in progress. Kept outside the
+    /// lock, so that a write takes the lock once (to insert).
+    bytes: AtomicU64,
 }
 
 impl DataCache {
     pub fn new(budget: u64) -> DataCache {
         DataCache {
             budget,
-            state: Mutex::new(Entries::default()),
+            by_seq: Mutex::new(BTreeMap::new()),
+            bytes: AtomicU64::new(0),
         }
     }
 
     /// Reserves room for `len` bytes; false when the budget has none left.
     pub fn reserve(&self, len: usize) -> bool {
-        let mut entries = lock(&self.state);
-        let requested = entries.bytes + len as u64;
-        if requested > self.budget {
-            return false;
-        }
-        entries.bytes = requested;
-        true
+        let len = len as u64;
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bytes| {
+                Some(bytes + len).filter(|requested| *requested <= self.budget)
+            })
+            .is_ok()
     }
 
     /// Gives back a reservation whose append failed.
     pub fn unreserve(&self, len: usize) {
-        let mut entries = lock(&self.state);
-        entries.bytes = entries.bytes.saturating_sub(len as u64);
+        self.bytes.fetch_sub(len as u64, Ordering::Relaxed);
     }
 
     /// Stores the data of record `seq`, for which `reserve` made room.
     pub fn insert(&self, seq: Seq, data: Vec<u8>) {
-        lock(&self.state).by_seq.insert(seq, data);
+        lock(&self.by_seq).insert(seq, data);
     }
 
     /// Returns a copy of the data of record `seq`, if still in memory.
     pub fn get(&self, seq: Seq) -> Option<Vec<u8>> {
-        lock(&self.state).by_seq.get(&seq).cloned()
+        lock(&self.by_seq).get(&seq).cloned()
     }
 
     /// Drops the data of every record up to `seq`.
     pub fn release_up_to(&self, seq: Seq) {
-        let mut entries = lock(&self.state);
-        let Some((&oldest, _)) = entries.by_seq.first_key_value() else {
+        let mut entries = lock(&self.by_seq);
+        let Some((&oldest, _)) = entries.first_key_value() else {
             return;
         };
         if oldest > seq {
             return;
         }
-        let newer = entries.by_seq.split_off(&Seq(seq.0.saturating_add(1)));
-        let released = std::mem::replace(&mut entries.by_seq, newer);
+        let newer = entries.split_off(&Seq(seq.0.saturating_add(1)));
+        let released = std::mem::replace(&mut *entries, newer);
+        // The buffers are freed after unlocking, because FUSE threads take the lock per write.
+        drop(entries);
         let freed: u64 = released.values().map(|data| data.len() as u64).sum();
-        entries.bytes = entries.bytes.saturating_sub(freed);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 
     /// Returns the bytes stored and reserved.
     pub fn bytes(&self) -> u64 {
-        lock(&self.state).bytes
+        self.bytes.load(Ordering::Relaxed)
     }
 }
 

@@ -893,17 +893,18 @@ fn open_mirror(
             let mut mirror =
                 S3Mirror::open(bucket, prefix, &config.s3, journal.id(), &scratch, &lease)?;
             let (head, _) = journal.head();
-            let resync_reason = match mirror.check_position(head, target.cursor, journal.dir()) {
-                Ok(reason) => reason,
-                Err(e) => {
-                    // The lease goes back, so that the remedy the error names (a new
-                    // journal) needs no takeover.
-                    if let Err(release) = mirror.release() {
-                        log::warn!("{release}");
+            let resync_reason =
+                match mirror.check_position(head, target.cursor, journal.dir(), config.takeover) {
+                    Ok(reason) => reason,
+                    Err(e) => {
+                        // The lease goes back, so that the remedies the errors name (a new
+                        // journal, a restore) need no takeover.
+                        if let Err(release) = mirror.release() {
+                            log::warn!("{release}");
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
-                }
-            };
+                };
             let resync_pending = target.resync_pending || resync_reason.is_some();
             let confirmed = match (resync_pending, target.cursor) {
                 (false, Some(cursor)) => Seq(cursor.seq),

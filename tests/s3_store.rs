@@ -352,6 +352,72 @@ fn s3_restored_state_dir_refused() {
 }
 
 #[test]
+fn s3_old_owner_refused_after_handover() {
+    if !common::can_mount() {
+        return;
+    }
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let options = mount_options(&garage, Mode::Async);
+    let old_dirs = TestDirs::new(0);
+    let mount = Mount::with_env(&old_dirs, &options, &garage.env());
+    fs::write(old_dirs.mnt.join("a.log"), "from the old host\n").expect("write a.log");
+    mount.unmount();
+
+    // A new host takes the prefix after the old one unmounted cleanly, writes and unmounts.
+    let new_dirs = TestDirs::new(0);
+    let mount = Mount::with_env(&new_dirs, &options, &garage.env());
+    fs::write(new_dirs.mnt.join("b.log"), "from the new host\n").expect("write b.log");
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync on the new host");
+    let newer = tree_sha256(&new_dirs.backing, &[STATE_DIR]);
+    mount.unmount();
+    let keys_before = journal_keys(&garage);
+
+    // The old host comes back with its stale state directory: refused, the store untouched.
+    let out = common::mount_expecting_failure(&old_dirs, &options, &garage.env());
+    assert_eq!(out.code(), EXIT_RUNTIME, "{out}");
+    assert!(out.stderr.contains("comes from another journal"), "{out}");
+    assert!(
+        out.stderr.contains("Another daemon took the prefix over"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("logmirror restore"), "{out}");
+    assert!(out.stderr.contains("takeover=true"), "{out}");
+    assert_eq!(journal_keys(&garage), keys_before);
+    assert_eq!(lease(&garage), None, "the refused mount kept the lease");
+    let restored = old_dirs.root.join("restored");
+    let out = restore_into(&garage, &restored, &[]);
+    assert_eq!(out.code(), 0, "restore: {out}");
+    assert_same_tree(
+        "new backing",
+        &newer,
+        "restored",
+        &tree_sha256(&restored, &[]),
+    );
+
+    // takeover=true is the explicit choice to make the old tree the mirror's content again.
+    let mut takeover = options.clone();
+    takeover.push("takeover=true".into());
+    let mount = Mount::with_env(&old_dirs, &takeover, &garage.env());
+    let out = mount.verify();
+    assert_eq!(out.code(), 0, "verify after the takeover: {out}");
+    let older = tree_sha256(&old_dirs.backing, &[STATE_DIR]);
+    mount.unmount();
+    let restored = old_dirs.root.join("restored-after-takeover");
+    let out = restore_into(&garage, &restored, &[]);
+    assert_eq!(out.code(), 0, "restore: {out}");
+    assert_same_tree(
+        "old backing",
+        &older,
+        "restored",
+        &tree_sha256(&restored, &[]),
+    );
+}
+
+#[test]
 fn s3_removed_objects_force_resync() {
     if !common::can_mount() {
         return;

@@ -343,14 +343,18 @@ impl S3Mirror {
     ///
     /// # Errors
     ///
-    /// [`Error::StoreAhead`] when the store contains records of this journal beyond `head`.
+    /// [`Error::StoreAhead`] when the store contains records of this journal beyond `head`,
+    /// and [`Error::TakenOver`] when another daemon stored objects after the cursor and
+    /// `takeover` is off.
     pub fn check_position(
         &self,
         head: Seq,
         cursor: Option<&Cursor>,
         journal_dir: &Path,
+        takeover: bool,
     ) -> Result<Option<String>, Error> {
-        match position::compare(self.newest.as_ref(), self.journal_id, head, cursor) {
+        let newest = self.newest.as_ref();
+        match position::compare(newest, self.journal_id, head, cursor, takeover) {
             Verdict::InStep => Ok(None),
             Verdict::Resync(reason) => Ok(Some(reason)),
             Verdict::StoreAhead { store_seq, head } => Err(Error::StoreAhead {
@@ -358,6 +362,16 @@ impl S3Mirror {
                 store_seq,
                 head,
                 journal_dir: journal_dir.to_path_buf(),
+            }),
+            Verdict::TakenOver {
+                number,
+                other_journal,
+                confirmed,
+            } => Err(Error::TakenOver {
+                mirror: self.name.clone(),
+                number,
+                other_journal,
+                confirmed,
             }),
         }
     }

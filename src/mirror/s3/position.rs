@@ -18,17 +18,26 @@ pub enum Verdict {
     /// The store contains records of this journal that the local journal no longer has, so the
     /// local journal would give new records seqs that replay leaves out as repeats.
     StoreAhead { store_seq: Seq, head: Seq },
+    /// Another journal stored objects after this mirror's cursor: another daemon took the
+    /// prefix over since, and its tree is newer than the local backing tree.
+    TakenOver {
+        number: u64,
+        other_journal: u64,
+        confirmed: Seq,
+    },
 }
 
 /// Compares `newest`, the header of the highest-numbered journal object (`None` for an
 /// empty prefix), with the local journal `journal_id` at `head` and the mirror's `cursor`.
+/// With `takeover`, objects of another daemon after the cursor only call for a resync.
 // NOTE: only the newest object is read, so records of this journal below another journal's
-// objects (a prefix taken over, then taken back with an old state directory) go unnoticed.
+// objects (a prefix taken over, then taken back with takeover=true) go unnoticed.
 pub fn compare(
     newest: Option<&ObjectHeader>,
     journal_id: u64,
     head: Seq,
     cursor: Option<&Cursor>,
+    takeover: bool,
 ) -> Verdict {
     // Only a cursor of this journal claims anything about the store.
     let confirmed = cursor
@@ -45,6 +54,11 @@ pub fn compare(
     };
     if newest.journal_id != journal_id {
         return match confirmed {
+            Some(seq) if !takeover => Verdict::TakenOver {
+                number: newest.number,
+                other_journal: newest.journal_id,
+                confirmed: seq,
+            },
             Some(seq) => Verdict::Resync(format!(
                 "journal object {} comes from another journal (id {:016x}) and was stored \
                  after this mirror's cursor (seq {seq}); another daemon wrote to the prefix",
@@ -105,12 +119,12 @@ mod tests {
 
     #[test]
     fn empty_store() {
-        assert_eq!(compare(None, OURS, Seq(5), None), Verdict::InStep);
+        assert_eq!(compare(None, OURS, Seq(5), None, false), Verdict::InStep);
         assert_eq!(
-            compare(None, OURS, Seq(5), Some(&cursor(OURS, 0))),
+            compare(None, OURS, Seq(5), Some(&cursor(OURS, 0)), false),
             Verdict::InStep
         );
-        let verdict = compare(None, OURS, Seq(5), Some(&cursor(OURS, 4)));
+        let verdict = compare(None, OURS, Seq(5), Some(&cursor(OURS, 4)), false);
         assert!(
             matches!(&verdict, Verdict::Resync(r) if r.contains("no journal objects")),
             "{verdict:?}"
@@ -120,15 +134,26 @@ mod tests {
     #[test]
     fn newest_from_other_journal() {
         let newest = header(OTHER, 9, 40);
-        let verdict = compare(Some(&newest), OURS, Seq(5), Some(&cursor(OURS, 5)));
+        assert_eq!(
+            compare(Some(&newest), OURS, Seq(5), Some(&cursor(OURS, 5)), false),
+            Verdict::TakenOver {
+                number: 9,
+                other_journal: OTHER,
+                confirmed: Seq(5),
+            }
+        );
+        let verdict = compare(Some(&newest), OURS, Seq(5), Some(&cursor(OURS, 5)), true);
         assert!(
             matches!(&verdict, Verdict::Resync(r) if r.contains("another journal")),
             "{verdict:?}"
         );
         // Without a cursor of this journal the daemon resyncs anyway.
-        assert_eq!(compare(Some(&newest), OURS, Seq(5), None), Verdict::InStep);
         assert_eq!(
-            compare(Some(&newest), OURS, Seq(5), Some(&cursor(OTHER, 40))),
+            compare(Some(&newest), OURS, Seq(5), None, false),
+            Verdict::InStep
+        );
+        assert_eq!(
+            compare(Some(&newest), OURS, Seq(5), Some(&cursor(OTHER, 40)), false),
             Verdict::InStep
         );
     }
@@ -137,14 +162,14 @@ mod tests {
     fn store_ahead_of_local_journal() {
         let newest = header(OURS, 3, 12);
         assert_eq!(
-            compare(Some(&newest), OURS, Seq(10), Some(&cursor(OURS, 10))),
+            compare(Some(&newest), OURS, Seq(10), Some(&cursor(OURS, 10)), false),
             Verdict::StoreAhead {
                 store_seq: Seq(12),
                 head: Seq(10)
             }
         );
         assert_eq!(
-            compare(Some(&newest), OURS, Seq(12), Some(&cursor(OURS, 12))),
+            compare(Some(&newest), OURS, Seq(12), Some(&cursor(OURS, 12)), false),
             Verdict::InStep
         );
     }
@@ -152,14 +177,14 @@ mod tests {
     #[test]
     fn store_behind_cursor() {
         let newest = header(OURS, 3, 7);
-        let verdict = compare(Some(&newest), OURS, Seq(12), Some(&cursor(OURS, 10)));
+        let verdict = compare(Some(&newest), OURS, Seq(12), Some(&cursor(OURS, 10)), false);
         assert!(
             matches!(&verdict, Verdict::Resync(r) if r.contains("before the cursor's seq 10")),
             "{verdict:?}"
         );
         // The cursor trails the store after a lost response or a cursor written late.
         assert_eq!(
-            compare(Some(&newest), OURS, Seq(12), Some(&cursor(OURS, 5))),
+            compare(Some(&newest), OURS, Seq(12), Some(&cursor(OURS, 5)), false),
             Verdict::InStep
         );
     }
@@ -168,7 +193,7 @@ mod tests {
     fn resync_only_object_tells_nothing() {
         let newest = header(OURS, 4, 0);
         assert_eq!(
-            compare(Some(&newest), OURS, Seq(3), Some(&cursor(OURS, 3))),
+            compare(Some(&newest), OURS, Seq(3), Some(&cursor(OURS, 3)), false),
             Verdict::InStep
         );
     }

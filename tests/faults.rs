@@ -25,6 +25,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::crash_writer;
+use common::state_dir;
 use common::{
     Mode, Mount, STATE_DIR, SmallTmpfs, TestDirs, assert_mirrors_match, assert_same_tree,
     logmirror_env, path_str, tree_sha256, wait_until,
@@ -1162,6 +1163,64 @@ fn disk_full(mode: Mode) {
     assert_mirrors_match(&again);
     again.unmount();
     figures.report(&format!("disk_full_{}", mode.as_str()));
+}
+
+/// The active segment has just reached `segment_size`, so the next record starts a new
+/// segment, and then the disk fills from outside the mount. Creating that segment fails,
+/// but the delete that frees space must still be journaled, in the reserve of the active
+/// segment.
+#[test]
+fn delete_on_full_disk_at_roll() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let _disk = SmallTmpfs::new(&dirs.backing, 16 << 20);
+    let mut options = dirs.options(Mode::Async);
+    options.push("segment_size=1M".to_string());
+    let mount = Mount::with_options(&dirs, &options);
+    let log = dirs.mnt.join("app.log");
+    let line = [b'z'; 512];
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("open app.log");
+    // Records under 1 KiB are copied into the segment, so the active one grows by each.
+    let active_len = || {
+        let (_, newest) = state_dir::segments(&dirs).pop().expect("a segment");
+        fs::metadata(&newest).expect("stat segment").len()
+    };
+    while active_len() < 1 << 20 {
+        file.write_all(&line).expect("write app.log");
+    }
+    drop(file);
+    assert_eq!(state_dir::segments(&dirs).len(), 1, "no roll yet");
+
+    let filler = dirs.backing.join(STATE_DIR).join("filler");
+    let mut out = File::create(&filler).expect("create filler");
+    let chunk = vec![0u8; 64 << 10];
+    let errno = loop {
+        if let Err(e) = out.write_all(&chunk) {
+            break e.raw_os_error();
+        }
+    };
+    assert_eq!(
+        errno,
+        Some(libc::ENOSPC),
+        "filling the disk outside the mount"
+    );
+    drop(out);
+
+    fs::remove_file(&log).expect("delete app.log on the full disk");
+    assert!(!dirs.backing.join("app.log").exists());
+    fs::remove_file(&filler).expect("remove filler");
+    fs::write(dirs.mnt.join("after.log"), line).expect("write after freeing space");
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync after freeing space");
+    assert_mirrors_match(&mount);
+    mount.unmount();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -120,16 +120,29 @@ impl Writer {
                 max: format::MAX_PAYLOAD_BYTES,
             });
         }
-        if self.records > 0 && self.len_bytes >= self.segment_size_bytes {
-            self.roll(state)?;
-        }
-
         let seq = self.head.next();
         match entry {
             Entry::Op(op) => format::encode_frame(seq, now_ns(), op, payload_len, &mut self.frame),
             Entry::Reference { path, offset, data } => {
                 format::encode_ref_frame(seq, now_ns(), path, offset, data, &mut self.frame)
             }
+        }
+        if self.records > 0
+            && self.len_bytes >= self.segment_size_bytes
+            && let Err(e) = self.roll(state)
+        {
+            // On a full disk the new segment cannot be created. The frame may still fit in
+            // the reserve, and the unlink that frees space must fit there.
+            if e.no_space_errno().is_none()
+                || self.reserved_to < self.len_bytes + self.frame.len() as u64
+            {
+                return Err(e);
+            }
+            log::warn!(
+                "journal segment {} could not roll over, so the record goes into the \
+                 space kept in reserve: {e}",
+                self.active.path.display()
+            );
         }
         if let Err(source) = self.active.file.write_all_at(&self.frame, self.len_bytes) {
             self.cut_partial_write();
@@ -240,6 +253,14 @@ impl Writer {
             file: Arc::new(file),
         };
         let previous = std::mem::replace(&mut self.active, next.clone());
+        // Truncating to the same length frees the reserve past the end. A sealed segment
+        // would otherwise hold up to RESERVE_BYTES unused until its release.
+        if let Err(e) = previous.file.set_len(self.len_bytes) {
+            log::warn!(
+                "failed to free the reserve past the end of the sealed journal segment {}: {e}",
+                previous.path.display()
+            );
+        }
         self.len_bytes = format::HEADER_LEN as u64;
         self.data_bytes = 0;
         self.records = 0;
@@ -480,6 +501,29 @@ mod tests {
             assert!(
                 allocated >= metadata.len() + RESERVE_BYTES / 2,
                 "after record {n}: {allocated} bytes allocated for {} bytes",
+                metadata.len()
+            );
+        }
+    }
+
+    /// A sealed segment gives its reserve back: only the active one needs room to grow.
+    #[test]
+    fn sealed_segment_frees_its_reserve() {
+        use std::os::unix::fs::MetadataExt;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 64 << 10).unwrap();
+        for n in 1..=2000 {
+            journal.append(&write_op(n, 100)).unwrap();
+        }
+        let names = segment_names(tmp.path());
+        assert!(names.len() > 2, "segments: {names:?}");
+        for name in &names[..names.len() - 1] {
+            let metadata = std::fs::metadata(tmp.path().join(name)).unwrap();
+            let allocated = metadata.blocks() * 512;
+            assert!(
+                allocated <= metadata.len().next_multiple_of(64 << 10),
+                "sealed {name}: {allocated} bytes allocated for {} bytes",
                 metadata.len()
             );
         }

@@ -12,8 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::{
-    Mode, Mount, ReadOnlyBind, STATE_DIR, TestDirs, assert_mirrors_match, assert_same_tree,
-    tree_sha256, wait_until,
+    Mode, Mount, ReadOnlyBind, STATE_DIR, SmallTmpfs, TestDirs, assert_mirrors_match,
+    assert_same_tree, tree_sha256, wait_until,
 };
 use garage::Garage;
 
@@ -102,6 +102,28 @@ fn append_records(mount: &Mount, name: &str) {
     }
 }
 
+/// Appends the records to `w0.log` ... from `WRITERS` threads at once, one file each.
+fn append_from_writers(mount: &Mount) {
+    std::thread::scope(|scope| {
+        for writer in 0..WRITERS {
+            scope.spawn(move || append_records(mount, &format!("w{writer}.log")));
+        }
+    });
+}
+
+/// Truncates `w0.log` and overwrites the first record of `w1.log` through the mount, so
+/// that the backing files no longer have the bytes those records wrote.
+fn change_in_place(mount: &Mount) {
+    fs::write(mount.mnt().join("w0.log"), "").expect("truncate w0.log");
+    let w1 = OpenOptions::new()
+        .write(true)
+        .open(mount.mnt().join("w1.log"))
+        .expect("open w1.log");
+    w1.write_all_at(&[b'#'; RECORD_BYTES], 0)
+        .expect("overwrite the first record of w1.log");
+    drop(w1);
+}
+
 /// Two directory mirrors apply and drop their share at once, but the S3 mirror, down while
 /// the writes arrive, still needs every write's data. The files change in place before the
 /// server returns, so the S3 history must come from the held data, not the backing files.
@@ -128,12 +150,7 @@ fn data_held_for_s3_mirror_during_outage() {
         .assert_success("logmirror sync before the outage");
 
     garage.stop();
-    std::thread::scope(|scope| {
-        for writer in 0..WRITERS {
-            let mount = &mount;
-            scope.spawn(move || append_records(mount, &format!("w{writer}.log")));
-        }
-    });
+    append_from_writers(&mount);
     let status = wait_until(
         Duration::from_secs(30),
         "both directory mirrors to confirm every record",
@@ -161,15 +178,7 @@ fn data_held_for_s3_mirror_during_outage() {
         "the S3 mirror has uploaded none of the outage's writes, so their data must stay held"
     );
 
-    // Truncated and overwritten in place: the backing files no longer have those bytes.
-    fs::write(mount.mnt().join("w0.log"), "").expect("truncate w0.log");
-    let w1 = OpenOptions::new()
-        .write(true)
-        .open(mount.mnt().join("w1.log"))
-        .expect("open w1.log");
-    w1.write_all_at(&[b'#'; RECORD_BYTES], 0)
-        .expect("overwrite the first record of w1.log");
-    drop(w1);
+    change_in_place(&mount);
 
     garage.restart();
     mount
@@ -202,4 +211,60 @@ fn data_held_for_s3_mirror_during_outage() {
         "restored",
         &tree_sha256(&restored, &[]),
     );
+}
+
+/// Size of the disk of the mirror that fills up: less than the writes of the test.
+const SMALL_MIRROR_BYTES: u64 = 2 << 20;
+
+/// The disk of one of two directory mirrors fills while several writers append, after that
+/// mirror applied and dropped part of the data. The files change through the mount while it
+/// is down, the daemon stops with the mirror behind, and the disk grows. At the next mount
+/// the mirror gets the released data back from the unchanged backing files, resyncs for the
+/// changed ones, and ends equal to the backing tree.
+#[test]
+fn full_mirror_disk_then_files_rewritten() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(2);
+    let disk = SmallTmpfs::new(&dirs.mirrors[0], SMALL_MIRROR_BYTES);
+    let mut options = dirs.options(Mode::Async);
+    options.push("drain_timeout=1s".to_string());
+    let mount = Mount::with_options(&dirs, &options);
+    append_from_writers(&mount);
+    let error = wait_until(
+        Duration::from_secs(30),
+        "the mirror on the full disk to be down",
+        || {
+            let status = mount.status();
+            let mirror = &status.mirrors[0];
+            match &mirror.last_error {
+                Some(error) if mirror.state == "down" => Ok(error.clone()),
+                _ => Err(format!("{mirror:?}")),
+            }
+        },
+    );
+    assert!(error.contains("No space left on device"), "{error}");
+
+    change_in_place(&mount);
+    fs::rename(mount.mnt().join("w2.log"), mount.mnt().join("w2.log.1")).expect("rename w2.log");
+    append_records(&mount, "w2.log");
+    mount.unmount();
+
+    disk.resize(64 << 20);
+    let mount = Mount::with_options(&dirs, &options);
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync after the disk grew");
+    let out = mount.verify();
+    assert_eq!(out.code(), 0, "verify after the disk grew: {out}");
+    let tree = assert_mirrors_match(&mount);
+    let names: Vec<&String> = tree.entries.keys().collect();
+    assert_eq!(names, ["w0.log", "w1.log", "w2.log", "w2.log.1", "w3.log"]);
+    let w3 = fs::read(dirs.mirrors[0].join("w3.log")).expect("read w3.log on the mirror");
+    assert!(
+        w3 == (0..RECORDS).flat_map(record).collect::<Vec<u8>>(),
+        "w3.log on the mirror differs from the records written"
+    );
+    mount.unmount();
 }

@@ -102,7 +102,8 @@ fn append_records(mount: &Mount, name: &str) {
     }
 }
 
-/// Appends the records to `w0.log` ... from `WRITERS` threads at once, one file each.
+/// Appends the records to `w0.log`, `w1.log` and on, from `WRITERS` threads at once, one file
+/// per thread.
 fn append_from_writers(mount: &Mount) {
     std::thread::scope(|scope| {
         for writer in 0..WRITERS {

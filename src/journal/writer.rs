@@ -34,6 +34,11 @@ pub(super) enum Entry<'a> {
 /// a time, fallocate took a tenth of the daemon's CPU under 4 KiB writes, hence 1 MiB.
 const RESERVE_BYTES: u64 = 1 << 20;
 
+/// Part of the reserve that, once topping it up failed (the disk is full), only records that
+/// free space may use: unlink, rmdir and truncate. Without it, small writes used the whole
+/// reserve and the delete that frees space failed with ENOSPC.
+const FREEING_RESERVE_BYTES: u64 = 64 << 10;
+
 /// Maximum capacity of the frame buffer kept between appends. A buffer grown past this by a
 /// large record is freed after the append.
 const MAX_RETAINED_FRAME_BUFFER_BYTES: usize = 1 << 20;
@@ -127,6 +132,17 @@ impl Writer {
                 format::encode_ref_frame(seq, now_ns(), path, offset, data, &mut self.frame)
             }
         }
+        if !frees_space(&entry) && self.in_freeing_reserve() {
+            // The disk may have room again, freed outside the mount.
+            self.keep_reserve();
+            if self.in_freeing_reserve() {
+                return Err(Error::io(
+                    "append to journal segment",
+                    &self.active.path,
+                    io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
+        }
         if self.records > 0
             && self.len_bytes >= self.segment_size_bytes
             && let Err(e) = self.roll(state)
@@ -180,6 +196,13 @@ impl Writer {
             head_changed.notify_all();
         }
         Ok((seq, self.position))
+    }
+
+    /// Returns whether the disk is full and the frame in `self.frame` would reach into the
+    /// last [`FREEING_RESERVE_BYTES`] of the reserve.
+    fn in_freeing_reserve(&self) -> bool {
+        self.reserve_failing
+            && self.len_bytes + self.frame.len() as u64 + FREEING_RESERVE_BYTES > self.reserved_to
     }
 
     /// Allocates [`RESERVE_BYTES`] past the end of the active segment without changing its
@@ -329,6 +352,15 @@ pub(super) fn sync_dir(dir: &Path, path: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync the journal directory holding", path, e))
+}
+
+/// Returns whether the record frees space on the backing filesystem, so that it may use the
+/// last part of the reserve.
+fn frees_space(entry: &Entry<'_>) -> bool {
+    matches!(
+        entry,
+        Entry::Op(Op::Unlink { .. } | Op::Rmdir { .. } | Op::Truncate { .. })
+    )
 }
 
 /// Removes the oldest segments whose records are all at or below `seq`, never the active one.

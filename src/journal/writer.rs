@@ -133,9 +133,11 @@ impl Writer {
             }
         }
         if !frees_space(&entry) && self.in_freeing_reserve() {
-            // The disk may have room again, freed outside the mount.
+            // The disk may have room again, freed outside the mount, or room for this frame
+            // with the last part of the reserve kept.
             self.keep_reserve();
-            if self.in_freeing_reserve() {
+            let needed = self.len_bytes + self.frame.len() as u64 + FREEING_RESERVE_BYTES;
+            if self.in_freeing_reserve() && self.allocate_to(needed).is_err() {
                 return Err(Error::io(
                     "append to journal segment",
                     &self.active.path,
@@ -213,22 +215,10 @@ impl Writer {
             return;
         }
         let start = self.reserved_to.max(self.len_bytes);
-        let end = self.len_bytes + RESERVE_BYTES;
-        // SAFETY: the segment file is open for writing for the duration of the call.
-        let ret = unsafe {
-            libc::fallocate(
-                self.active.file.as_raw_fd(),
-                libc::FALLOC_FL_KEEP_SIZE,
-                start as libc::off_t,
-                (end - start) as libc::off_t,
-            )
-        };
-        if ret == 0 {
-            self.reserved_to = end;
+        let Err(error) = self.allocate_to(self.len_bytes + RESERVE_BYTES) else {
             self.reserve_failing = false;
             return;
-        }
-        let error = io::Error::last_os_error();
+        };
         if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
             log::info!(
                 "the journal's filesystem does not support fallocate, so no space is kept in \
@@ -245,6 +235,28 @@ impl Writer {
             );
             self.reserve_failing = true;
         }
+    }
+
+    /// Allocates the active segment's space up to offset `end` without changing its size.
+    fn allocate_to(&mut self, end: u64) -> io::Result<()> {
+        let start = self.reserved_to.max(self.len_bytes);
+        if end <= start {
+            return Ok(());
+        }
+        // SAFETY: the segment file is open for writing for the duration of the call.
+        let ret = unsafe {
+            libc::fallocate(
+                self.active.file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                (end - start) as libc::off_t,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.reserved_to = end;
+        Ok(())
     }
 
     /// Removes whatever part of a failed write reached the file, so the segment still ends

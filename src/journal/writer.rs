@@ -210,6 +210,7 @@ impl Writer {
     /// Allocates [`RESERVE_BYTES`] past the end of the active segment without changing its
     /// size, once less than half of the previous reserve is left. A failure only leaves
     /// less room, so it is logged and the append goes on.
+    // NOTE: on a nearly full tmpfs each append retries the fallocate, which tmpfs undoes.
     fn keep_reserve(&mut self) {
         if !self.reserve_supported || self.reserved_to >= self.len_bytes + RESERVE_BYTES / 2 {
             return;
@@ -376,6 +377,7 @@ fn frees_space(entry: &Entry<'_>) -> bool {
 }
 
 /// Removes the oldest segments whose records are all at or below `seq`, never the active one.
+// NOTE: a full disk smaller than the segment size therefore stays full after the mirrors confirm.
 pub(super) fn release_up_to(dir: &Path, state: &Mutex<State>, seq: Seq) -> Result<usize, Error> {
     let mut guard = lock(state);
     // A segment's last record is the one before the next segment's first.

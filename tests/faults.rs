@@ -25,9 +25,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::crash_writer;
+use common::state_dir;
 use common::{
-    Mode, Mount, STATE_DIR, SmallTmpfs, TestDirs, assert_mirrors_match, assert_same_tree,
-    logmirror_env, path_str, tree_sha256, wait_until,
+    Mode, Mount, ReadOnlyBind, STATE_DIR, SmallTmpfs, TestDirs, assert_mirrors_match,
+    assert_same_tree, logmirror_env, path_str, tree_sha256, wait_until,
 };
 use garage::Garage;
 use garage_cluster::GarageCluster;
@@ -1162,6 +1163,135 @@ fn disk_full(mode: Mode) {
     assert_mirrors_match(&again);
     again.unmount();
     figures.report(&format!("disk_full_{}", mode.as_str()));
+}
+
+/// The active segment has just reached `segment_size`, so the next record starts a new
+/// segment, and then the disk fills from outside the mount. Creating that segment fails,
+/// but the delete that frees space must still be journaled, in the reserve of the active
+/// segment.
+#[test]
+fn delete_on_full_disk_at_roll() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let _disk = SmallTmpfs::new(&dirs.backing, 16 << 20);
+    let mut options = dirs.options(Mode::Async);
+    options.push("segment_size=1M".to_string());
+    let mount = Mount::with_options(&dirs, &options);
+    let log = dirs.mnt.join("app.log");
+    let line = [b'z'; 512];
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("open app.log");
+    // Records under 1 KiB are copied into the segment, so the active one grows by each.
+    let active_len = || {
+        let (_, newest) = state_dir::segments(&dirs).pop().expect("a segment");
+        fs::metadata(&newest).expect("stat segment").len()
+    };
+    while active_len() < 1 << 20 {
+        file.write_all(&line).expect("write app.log");
+    }
+    drop(file);
+    assert_eq!(state_dir::segments(&dirs).len(), 1, "no roll yet");
+
+    let filler = dirs.backing.join(STATE_DIR).join("filler");
+    let mut out = File::create(&filler).expect("create filler");
+    let chunk = vec![0u8; 64 << 10];
+    let errno = loop {
+        if let Err(e) = out.write_all(&chunk) {
+            break e.raw_os_error();
+        }
+    };
+    assert_eq!(
+        errno,
+        Some(libc::ENOSPC),
+        "filling the disk outside the mount"
+    );
+    drop(out);
+
+    fs::remove_file(&log).expect("delete app.log on the full disk");
+    assert!(!dirs.backing.join("app.log").exists());
+    fs::remove_file(&filler).expect("remove filler");
+    fs::write(dirs.mnt.join("after.log"), line).expect("write after freeing space");
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync after freeing space");
+    assert_mirrors_match(&mount);
+    mount.unmount();
+}
+
+/// Appends writes of `len` bytes to `file` until one fails, and returns its errno.
+fn append_until_error(file: &mut File, len: usize) -> Option<i32> {
+    let data = vec![b'w'; len];
+    for _ in 0..(64 << 20) / len {
+        if let Err(e) = file.write_all(&data) {
+            return e.raw_os_error();
+        }
+    }
+    None
+}
+
+/// The state directory is on its own small disk and the mirror is down, so the journal
+/// cannot shrink. Small writes fill the disk down to the last bytes they fit in, and the
+/// unlink of a file with a long name, whose record is larger than theirs, must still find
+/// room in the reserve.
+#[test]
+fn delete_after_writes_fill_state() {
+    if !common::can_mount() {
+        return;
+    }
+    let dirs = TestDirs::new(1);
+    let state = dirs.root.join("state");
+    fs::create_dir(&state).expect("create state dir");
+    let _disk = SmallTmpfs::new(&state, 4 << 20);
+    let mut options = dirs.options(Mode::Async);
+    options.push(format!("state={}", state.display()));
+    options.push("segment_size=1M".to_string());
+    let mount = Mount::with_options(&dirs, &options);
+    let mut read_only = ReadOnlyBind::new(&dirs.mirrors[0]);
+    let long_name = format!("{}.log", "n".repeat(200));
+    fs::write(dirs.mnt.join(&long_name), "to delete\n").expect("write the long-named file");
+
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dirs.mnt.join("a"))
+        .expect("open a");
+    for len in [100, 10, 1] {
+        assert_eq!(
+            append_until_error(&mut file, len),
+            Some(libc::ENOSPC),
+            "errno of {len}-byte writes to the full state disk"
+        );
+    }
+    drop(file);
+
+    fs::remove_file(dirs.mnt.join(&long_name)).expect("delete the long-named file");
+    assert!(!dirs.backing.join(&long_name).exists());
+    read_only.remove();
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync once the mirror is writable");
+    // The confirmed segments go within a second (housekeeping), and then writes fit again.
+    wait_until(
+        Duration::from_secs(30),
+        "a write to fit once the journal released its segments",
+        || {
+            fs::write(
+                dirs.mnt.join("after.log"),
+                "written after the mirror caught up\n",
+            )
+            .map_err(|e| e.to_string())
+        },
+    );
+    mount
+        .sync(common::SYNC_TIMEOUT_SECS)
+        .assert_success("logmirror sync after the last write");
+    assert_mirrors_match(&mount);
+    mount.unmount();
 }
 
 // ---------------------------------------------------------------------------------------

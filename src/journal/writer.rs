@@ -34,6 +34,11 @@ pub(super) enum Entry<'a> {
 /// a time, fallocate took a tenth of the daemon's CPU under 4 KiB writes, hence 1 MiB.
 const RESERVE_BYTES: u64 = 1 << 20;
 
+/// Part of the reserve that, once topping it up failed (the disk is full), only records that
+/// free space may use: unlink, rmdir and truncate. Without it, small writes used the whole
+/// reserve and the delete that frees space failed with ENOSPC.
+const FREEING_RESERVE_BYTES: u64 = 64 << 10;
+
 /// Maximum capacity of the frame buffer kept between appends. A buffer grown past this by a
 /// large record is freed after the append.
 const MAX_RETAINED_FRAME_BUFFER_BYTES: usize = 1 << 20;
@@ -120,16 +125,42 @@ impl Writer {
                 max: format::MAX_PAYLOAD_BYTES,
             });
         }
-        if self.records > 0 && self.len_bytes >= self.segment_size_bytes {
-            self.roll(state)?;
-        }
-
         let seq = self.head.next();
         match entry {
             Entry::Op(op) => format::encode_frame(seq, now_ns(), op, payload_len, &mut self.frame),
             Entry::Reference { path, offset, data } => {
                 format::encode_ref_frame(seq, now_ns(), path, offset, data, &mut self.frame)
             }
+        }
+        if !frees_space(&entry) && self.in_freeing_reserve() {
+            // The disk may have room again, freed outside the mount, or room for this frame
+            // with the last part of the reserve kept.
+            self.keep_reserve();
+            let needed = self.len_bytes + self.frame.len() as u64 + FREEING_RESERVE_BYTES;
+            if self.in_freeing_reserve() && self.allocate_to(needed).is_err() {
+                return Err(Error::io(
+                    "append to journal segment",
+                    &self.active.path,
+                    io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
+        }
+        if self.records > 0
+            && self.len_bytes >= self.segment_size_bytes
+            && let Err(e) = self.roll(state)
+        {
+            // On a full disk the new segment cannot be created. The frame may still fit in
+            // the reserve, and the unlink that frees space must fit there.
+            if e.no_space_errno().is_none()
+                || self.reserved_to < self.len_bytes + self.frame.len() as u64
+            {
+                return Err(e);
+            }
+            log::warn!(
+                "journal segment {} could not roll over, so the record goes into the \
+                 space kept in reserve: {e}",
+                self.active.path.display()
+            );
         }
         if let Err(source) = self.active.file.write_all_at(&self.frame, self.len_bytes) {
             self.cut_partial_write();
@@ -169,30 +200,26 @@ impl Writer {
         Ok((seq, self.position))
     }
 
+    /// Returns whether the disk is full and the frame in `self.frame` would reach into the
+    /// last [`FREEING_RESERVE_BYTES`] of the reserve.
+    fn in_freeing_reserve(&self) -> bool {
+        self.reserve_failing
+            && self.len_bytes + self.frame.len() as u64 + FREEING_RESERVE_BYTES > self.reserved_to
+    }
+
     /// Allocates [`RESERVE_BYTES`] past the end of the active segment without changing its
     /// size, once less than half of the previous reserve is left. A failure only leaves
     /// less room, so it is logged and the append goes on.
+    // NOTE: on a nearly full tmpfs each append retries the fallocate, which tmpfs undoes.
     fn keep_reserve(&mut self) {
         if !self.reserve_supported || self.reserved_to >= self.len_bytes + RESERVE_BYTES / 2 {
             return;
         }
         let start = self.reserved_to.max(self.len_bytes);
-        let end = self.len_bytes + RESERVE_BYTES;
-        // SAFETY: the segment file is open for writing for the duration of the call.
-        let ret = unsafe {
-            libc::fallocate(
-                self.active.file.as_raw_fd(),
-                libc::FALLOC_FL_KEEP_SIZE,
-                start as libc::off_t,
-                (end - start) as libc::off_t,
-            )
-        };
-        if ret == 0 {
-            self.reserved_to = end;
+        let Err(error) = self.allocate_to(self.len_bytes + RESERVE_BYTES) else {
             self.reserve_failing = false;
             return;
-        }
-        let error = io::Error::last_os_error();
+        };
         if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
             log::info!(
                 "the journal's filesystem does not support fallocate, so no space is kept in \
@@ -209,6 +236,28 @@ impl Writer {
             );
             self.reserve_failing = true;
         }
+    }
+
+    /// Allocates the active segment's space up to offset `end` without changing its size.
+    fn allocate_to(&mut self, end: u64) -> io::Result<()> {
+        let start = self.reserved_to.max(self.len_bytes);
+        if end <= start {
+            return Ok(());
+        }
+        // SAFETY: the segment file is open for writing for the duration of the call.
+        let ret = unsafe {
+            libc::fallocate(
+                self.active.file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                (end - start) as libc::off_t,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.reserved_to = end;
+        Ok(())
     }
 
     /// Removes whatever part of a failed write reached the file, so the segment still ends
@@ -240,6 +289,14 @@ impl Writer {
             file: Arc::new(file),
         };
         let previous = std::mem::replace(&mut self.active, next.clone());
+        // Truncating to the same length frees the reserve past the end. A sealed segment
+        // would otherwise hold up to RESERVE_BYTES unused until its release.
+        if let Err(e) = previous.file.set_len(self.len_bytes) {
+            log::warn!(
+                "failed to free the reserve past the end of the sealed journal segment {}: {e}",
+                previous.path.display()
+            );
+        }
         self.len_bytes = format::HEADER_LEN as u64;
         self.data_bytes = 0;
         self.records = 0;
@@ -310,7 +367,17 @@ pub(super) fn sync_dir(dir: &Path, path: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io("fsync the journal directory holding", path, e))
 }
 
+/// Returns whether the record frees space on the backing filesystem, so that it may use the
+/// last part of the reserve.
+fn frees_space(entry: &Entry<'_>) -> bool {
+    matches!(
+        entry,
+        Entry::Op(Op::Unlink { .. } | Op::Rmdir { .. } | Op::Truncate { .. })
+    )
+}
+
 /// Removes the oldest segments whose records are all at or below `seq`, never the active one.
+// NOTE: a full disk smaller than the segment size therefore stays full after the mirrors confirm.
 pub(super) fn release_up_to(dir: &Path, state: &Mutex<State>, seq: Seq) -> Result<usize, Error> {
     let mut guard = lock(state);
     // A segment's last record is the one before the next segment's first.
@@ -480,6 +547,29 @@ mod tests {
             assert!(
                 allocated >= metadata.len() + RESERVE_BYTES / 2,
                 "after record {n}: {allocated} bytes allocated for {} bytes",
+                metadata.len()
+            );
+        }
+    }
+
+    /// A sealed segment gives its reserve back: only the active one needs room to grow.
+    #[test]
+    fn sealed_segment_frees_its_reserve() {
+        use std::os::unix::fs::MetadataExt;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), 64 << 10).unwrap();
+        for n in 1..=2000 {
+            journal.append(&write_op(n, 100)).unwrap();
+        }
+        let names = segment_names(tmp.path());
+        assert!(names.len() > 2, "segments: {names:?}");
+        for name in &names[..names.len() - 1] {
+            let metadata = std::fs::metadata(tmp.path().join(name)).unwrap();
+            let allocated = metadata.blocks() * 512;
+            assert!(
+                allocated <= metadata.len().next_multiple_of(64 << 10),
+                "sealed {name}: {allocated} bytes allocated for {} bytes",
                 metadata.len()
             );
         }

@@ -3,6 +3,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,11 @@ pub fn path(state_dir: &Path, mirror: &str) -> PathBuf {
 /// so that a cursor file that disappeared is distinguished from a mirror that never had one.
 const KNOWN_MIRRORS_FILE: &str = "known-mirrors.json";
 
+/// Lock that serializes [`store`]. Each file it replaces has one temporary name, and two
+/// threads may replace the same file: the list above, or a cursor that both the worker and
+/// the shutdown store.
+static STORE_LOCK: Mutex<()> = Mutex::new(());
+
 /// Reads a cursor; a missing file is `None`, and so is an unreadable one (logged), since a
 /// resync repairs the mirror either way. A missing file of a mirror whose cursor was stored
 /// before is logged at error level.
@@ -84,6 +90,10 @@ pub fn load(state_dir: &Path, mirror: &str) -> Option<Cursor> {
 /// Writes a cursor by replacing the file; `durable` adds the fsyncs that make it survive a
 /// power loss.
 pub fn store(state_dir: &Path, cursor: &Cursor, durable: bool) -> io::Result<()> {
+    // Mirror workers store at the same time, at least at the first mount. Without the lock,
+    // two of them wrote the same temporary file of the list. One rename then failed with
+    // ENOENT, and one name could go missing from the list.
+    let _serial = STORE_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let path = path(state_dir, &cursor.mirror);
     let dir = path.parent().expect("cursor path has a parent");
     std::fs::create_dir_all(dir)?;
@@ -179,6 +189,34 @@ mod tests {
         std::fs::remove_file(path(dir.path(), "dir:/mnt/copy")).unwrap();
         assert_eq!(load(dir.path(), "dir:/mnt/copy"), None);
         assert_eq!(known_mirrors(dir.path()), ["dir:/mnt/copy"]);
+    }
+
+    #[test]
+    fn concurrent_stores_list_every_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<Vec<String>> = (0..8)
+            .map(|t| (0..40).map(|n| format!("dir:/mnt/m{t}-{n}")).collect())
+            .collect();
+        std::thread::scope(|scope| {
+            for part in &names {
+                let dir = dir.path();
+                scope.spawn(move || {
+                    for name in part {
+                        let cursor = Cursor {
+                            mirror: name.clone(),
+                            ..Cursor::default()
+                        };
+                        store(dir, &cursor, false)
+                            .unwrap_or_else(|e| panic!("store cursor of {name}: {e}"));
+                    }
+                });
+            }
+        });
+        let mut known = known_mirrors(dir.path());
+        known.sort();
+        let mut expected: Vec<String> = names.concat();
+        expected.sort();
+        assert_eq!(known, expected);
     }
 
     #[test]

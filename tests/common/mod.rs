@@ -796,6 +796,21 @@ impl SmallTmpfs {
     }
 }
 
+impl SmallTmpfs {
+    /// Changes the size of the mounted tmpfs to `size_bytes`, as when the disk of a full
+    /// mirror gets more room.
+    pub fn resize(&self, size_bytes: u64) {
+        let out = run(
+            Command::new("mount")
+                .args(["-o"])
+                .arg(format!("remount,size={size_bytes}"))
+                .arg(&self.path),
+            COMMAND_TIMEOUT,
+        );
+        out.assert_success("mount -o remount,size=");
+    }
+}
+
 impl Drop for SmallTmpfs {
     fn drop(&mut self) {
         if let Err(e) = umount(&self.path) {

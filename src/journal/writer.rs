@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::format::{self, DataRef, SegmentHeader};
 use super::reader::Recovered;
@@ -38,6 +38,10 @@ const RESERVE_BYTES: u64 = 1 << 20;
 /// free space may use: unlink, rmdir and truncate. Without it, small writes used the whole
 /// reserve and the delete that frees space failed with ENOSPC.
 const FREEING_RESERVE_BYTES: u64 = 64 << 10;
+
+/// Wait after a failed top-up of the reserve before the next attempt. A record that needs
+/// room meanwhile allocates just its own.
+const RESERVE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Maximum capacity of the frame buffer kept between appends. A buffer grown past this by a
 /// large record is freed after the append.
@@ -67,6 +71,9 @@ pub(super) struct Writer {
     reserve_supported: bool,
     /// Set while topping up the reserve fails, so that only the first failure is logged.
     reserve_failing: bool,
+    /// Time of the latest failed top-up. The next attempt waits [`RESERVE_RETRY_INTERVAL`],
+    /// so that appends on a full disk do not each pay for a failing fallocate.
+    reserve_failed_at: Option<Instant>,
 }
 
 impl Writer {
@@ -89,6 +96,7 @@ impl Writer {
             reserved_to: newest.len_bytes,
             reserve_supported: true,
             reserve_failing: false,
+            reserve_failed_at: None,
         }
     }
 
@@ -210,16 +218,23 @@ impl Writer {
     /// Allocates [`RESERVE_BYTES`] past the end of the active segment without changing its
     /// size, once less than half of the previous reserve is left. A failure only leaves
     /// less room, so it is logged and the append goes on.
-    // NOTE: on a nearly full tmpfs each append retries the fallocate, which tmpfs undoes.
     fn keep_reserve(&mut self) {
         if !self.reserve_supported || self.reserved_to >= self.len_bytes + RESERVE_BYTES / 2 {
+            return;
+        }
+        if self
+            .reserve_failed_at
+            .is_some_and(|at| at.elapsed() < RESERVE_RETRY_INTERVAL)
+        {
             return;
         }
         let start = self.reserved_to.max(self.len_bytes);
         let Err(error) = self.allocate_to(self.len_bytes + RESERVE_BYTES) else {
             self.reserve_failing = false;
+            self.reserve_failed_at = None;
             return;
         };
+        self.reserve_failed_at = Some(Instant::now());
         if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
             log::info!(
                 "the journal's filesystem does not support fallocate, so no space is kept in \

@@ -1,4 +1,4 @@
-//! Write data that the journal holds in memory instead of copying it into a segment. It
+//! Write data that the journal keeps in memory instead of copying it into a segment. It
 //! stays while any mirror still needs it, here a mirror made read-only or an S3 mirror whose
 //! server is down, and goes once every mirror applied it.
 
@@ -65,11 +65,11 @@ fn data_held_until_every_mirror_applied_it() {
         Duration::from_secs(30),
         "the journal to drop the data",
         || {
-            let held = mount.status().journal_memory_bytes;
-            if held == 0 {
+            let held_bytes = mount.status().journal_memory_bytes;
+            if held_bytes == 0 {
                 Ok(())
             } else {
-                Err(format!("{held} bytes held"))
+                Err(format!("{held_bytes} bytes held"))
             }
         },
     );
@@ -192,7 +192,7 @@ fn data_held_for_s3_mirror_during_outage() {
         "the journal to drop the data",
         || match mount.status().journal_memory_bytes {
             0 => Ok(()),
-            held => Err(format!("{held} bytes held")),
+            held_bytes => Err(format!("{held_bytes} bytes held")),
         },
     );
     let log = mount.log_tail(1 << 20);

@@ -386,6 +386,12 @@ fn s3_old_owner_refused_after_handover() {
     );
     assert!(out.stderr.contains("logmirror restore"), "{out}");
     assert!(out.stderr.contains("takeover=true"), "{out}");
+    // The old journal must go, or the restored directory is refused the same way.
+    let journal_dir = old_dirs.backing.join(STATE_DIR).join("journal");
+    assert!(
+        out.stderr.contains(&format!("move {journal_dir:?} aside")),
+        "{out}"
+    );
     assert_eq!(journal_keys(&garage), keys_before);
     assert_eq!(lease(&garage), None, "the refused mount kept the lease");
     let restored = old_dirs.root.join("restored");

@@ -106,14 +106,15 @@ pub enum Error {
          {other_journal:016x}) and was stored after seq {confirmed}, the last one this state \
          directory confirmed. Another daemon took the prefix over since, so its tree is newer \
          than this backing directory. To keep that tree, run `logmirror restore` into an empty \
-         directory and mount it there. To replace it with this backing directory, mount with \
-         takeover=true"
+         directory, move {journal_dir:?} aside and mount the restored directory. To replace it \
+         with this backing directory, mount with takeover=true"
     )]
     TakenOver {
         mirror: String,
         number: u64,
         other_journal: u64,
         confirmed: Seq,
+        journal_dir: PathBuf,
     },
     #[error("mirror {mirror}: {reason}")]
     Setup { mirror: String, reason: String },

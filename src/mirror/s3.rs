@@ -372,6 +372,7 @@ impl S3Mirror {
                 number,
                 other_journal,
                 confirmed,
+                journal_dir: journal_dir.to_path_buf(),
             }),
         }
     }

@@ -40,9 +40,8 @@ pub fn compare(
     takeover: bool,
 ) -> Verdict {
     // Only a cursor of this journal claims anything about the store.
-    let confirmed = cursor
-        .filter(|c| c.journal_id == journal_id && !c.needs_resync)
-        .map(|c| Seq(c.seq));
+    let ours = cursor.filter(|c| c.journal_id == journal_id);
+    let confirmed = ours.filter(|c| !c.needs_resync).map(|c| Seq(c.seq));
     let Some(newest) = newest else {
         return match confirmed {
             Some(seq) if seq > Seq(0) => Verdict::Resync(format!(
@@ -53,7 +52,8 @@ pub fn compare(
         };
     };
     if newest.journal_id != journal_id {
-        return match confirmed {
+        // A cursor with a resync pending shows that this journal wrote to the prefix first.
+        return match ours.map(|c| Seq(c.seq)) {
             Some(seq) if !takeover => Verdict::TakenOver {
                 number: newest.number,
                 other_journal: newest.journal_id,
@@ -155,6 +155,30 @@ mod tests {
         assert_eq!(
             compare(Some(&newest), OURS, Seq(5), Some(&cursor(OTHER, 40)), false),
             Verdict::InStep
+        );
+    }
+
+    #[test]
+    fn newest_from_other_journal_with_resync_pending() {
+        // A clean unmount while the store is unreachable leaves a resync pending in the
+        // cursor. The prefix was this journal's before, so the newer owner's objects refuse it.
+        let newest = header(OTHER, 9, 40);
+        let pending = Cursor {
+            needs_resync: true,
+            ..cursor(OURS, 0)
+        };
+        assert_eq!(
+            compare(Some(&newest), OURS, Seq(3), Some(&pending), false),
+            Verdict::TakenOver {
+                number: 9,
+                other_journal: OTHER,
+                confirmed: Seq(0),
+            }
+        );
+        let verdict = compare(Some(&newest), OURS, Seq(3), Some(&pending), true);
+        assert!(
+            matches!(&verdict, Verdict::Resync(r) if r.contains("another journal")),
+            "{verdict:?}"
         );
     }
 

@@ -23,11 +23,11 @@ fn main() -> ExitCode {
     cli::run(cli::Cli::parse_from(args))
 }
 
-/// Sets HOME from the password database when it is unset. systemd starts a service without
-/// `User=`, and the mount unit of an fstab line, without HOME, and the AWS SDK finds
+/// Sets HOME from the password database when it is unset or empty. systemd starts a service
+/// without `User=`, and the mount unit of an fstab line, without HOME, and the AWS SDK finds
 /// `~/.aws/credentials` and `~/.aws/config` only through it.
 fn set_missing_home() {
-    if std::env::var_os("HOME").is_some() {
+    if std::env::var_os("HOME").is_some_and(|home| !home.is_empty()) {
         return;
     }
     // SAFETY: geteuid cannot fail.

@@ -30,7 +30,7 @@ fn set_missing_home() {
     if std::env::var_os("HOME").is_some_and(|home| !home.is_empty()) {
         return;
     }
-    // SAFETY: geteuid cannot fail.
+    // SAFETY: geteuid takes no arguments and always succeeds (POSIX lists no errors).
     let Some(home) = passwd_home(unsafe { libc::geteuid() }) else {
         return;
     };

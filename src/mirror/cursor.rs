@@ -90,9 +90,8 @@ pub fn load(state_dir: &Path, mirror: &str) -> Option<Cursor> {
 /// Writes a cursor by replacing the file; `durable` adds the fsyncs that make it survive a
 /// power loss.
 pub fn store(state_dir: &Path, cursor: &Cursor, durable: bool) -> io::Result<()> {
-    // Mirror workers store at the same time, at least at the first mount. Without the lock,
-    // two of them wrote the same temporary file of the list. One rename then failed with
-    // ENOENT, and one name could go missing from the list.
+    // Mirror workers store at the same time at the first mount, and two renames of one
+    // temporary file would fail with ENOENT and drop a name from the list.
     let _serial = STORE_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let path = path(state_dir, &cursor.mirror);
     let dir = path.parent().expect("cursor path has a parent");

@@ -22,7 +22,7 @@ const BATCH_MAX_RECORDS: usize = 4096;
 /// Payload bytes applied before a flush.
 const BATCH_MAX_BYTES: u64 = 8 << 20;
 /// Writes applied in one call to a mirror that stores their data, after which the journal
-/// may drop that data. A batch holds more data than the journal's memory budget
+/// may drop that data. A batch can contain more data than the journal's memory budget
 /// ([`journal::DATA_CACHE_BYTES`]), so waiting for its end would push new writes out of it.
 const RELEASE_RUN_RECORDS: usize = 256;
 /// How long an async-mode worker lets records gather before it applies them, so that one
@@ -519,13 +519,16 @@ impl Worker {
         let stores_data = mirror.stores_applied_data();
         while self.applied < self.batch.len() {
             let run = self.write_run_len(slot.index);
-            if run > 0 && stores_data {
-                self.apply_write_run(mirror.as_mut(), run.min(RELEASE_RUN_RECORDS))?;
-                self.release_data(self.batch[self.applied - 1].0.seq);
-                continue;
-            }
             if run > 0 {
+                let run = if stores_data {
+                    run.min(RELEASE_RUN_RECORDS)
+                } else {
+                    run
+                };
                 self.apply_write_run(mirror.as_mut(), run)?;
+                if stores_data {
+                    self.release_data(self.batch[self.applied - 1].0.seq);
+                }
                 continue;
             }
             let (record, _) = &self.batch[self.applied];

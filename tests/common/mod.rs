@@ -410,7 +410,7 @@ pub struct Status {
     pub degraded: bool,
     pub head_seq: u64,
     pub journal_bytes: u64,
-    /// Write data the journal holds in memory until every mirror applied it.
+    /// Write data that the journal keeps in memory until every mirror applied it.
     pub journal_memory_bytes: u64,
     pub mirrors: Vec<MirrorStatus>,
     #[serde(default)]

@@ -52,7 +52,8 @@ pub fn compare(
         };
     };
     if newest.journal_id != journal_id {
-        // A cursor with a resync pending shows that this journal wrote to the prefix first.
+        // A cursor with a resync pending also counts as this journal's claim on the prefix.
+        // NOTE: so a new host whose first resync was interrupted needs takeover=true next time.
         return match ours.map(|c| Seq(c.seq)) {
             Some(seq) if !takeover => Verdict::TakenOver {
                 number: newest.number,
@@ -161,7 +162,7 @@ mod tests {
     #[test]
     fn newest_from_other_journal_with_resync_pending() {
         // A clean unmount while the store is unreachable leaves a resync pending in the
-        // cursor. The prefix was this journal's before, so the newer owner's objects refuse it.
+        // cursor. The prefix was this journal's before, so the newer owner's objects stop it.
         let newest = header(OTHER, 9, 40);
         let pending = Cursor {
             needs_resync: true,
